@@ -1,0 +1,3 @@
+from align3gr_kit.cli import main
+
+raise SystemExit(main())

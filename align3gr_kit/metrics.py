@@ -1,0 +1,72 @@
+"""Recall@K and NDCG@K with one relevant item per user (full ranking, leave-one-out).
+
+With one relevant item at 0-based rank ``r`` in the ranked list:
+``Recall@K = 1[r < K]`` and ``NDCG@K = 1[r < K] / log2(r + 2)`` (the ideal DCG is 1).
+Every evaluated user counts; a user whose target is absent from the list scores 0.
+Every evaluation command of the kit reports these keys: ``recall@5``, ``recall@10``, ``ndcg@5``, ``ndcg@10``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def target_ranks(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[int]) -> np.ndarray:
+    """0-based rank of each user's target in their ranked list; ``-1`` when absent.
+
+    Args:
+        ranked: ``[n_users, L]`` item ids, best first (rows may be padded with -1).
+        targets: ``[n_users]`` the held-out item of each user.
+    Returns:
+        ``[n_users]`` int array.
+    """
+    ranked = np.asarray(ranked)
+    targets = np.asarray(targets).reshape(-1, 1)
+    if ranked.ndim != 2 or len(ranked) != len(targets):
+        raise ValueError(f"ranked must be [n_users, L] with n_users={len(targets)}, got shape {ranked.shape}")
+    hit = ranked == targets
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Recall@K and NDCG@K averaged over all users from 0-based target ranks (-1 = miss)."""
+    ranks = np.asarray(ranks)
+    if len(ranks) == 0:
+        raise ValueError("no users to evaluate")
+    found = ranks >= 0
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = found & (ranks < k)
+        out[f"recall@{k}"] = float(hit.mean())
+    for k in ks:
+        hit = found & (ranks < k)
+        gains = np.zeros(len(ranks))
+        gains[hit] = 1.0 / np.log2(ranks[hit] + 2.0)
+        out[f"ndcg@{k}"] = float(gains.mean())
+    return out
+
+
+def rank_metrics(ranked, targets, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Recall@K / NDCG@K of ranked lists against one target per user."""
+    return metrics_from_ranks(target_ranks(ranked, targets), ks)
+
+
+def topk_from_scores(scores: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Top-``k`` item ids per row of a ``[n_users, n_items]`` score matrix (ties: lower id first).
+
+    ``exclude`` lists item ids per user to drop (e.g. already-seen items); the protocol of the
+    paper ranks over all items, so callers pass ``None`` unless they say otherwise.
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            if len(items):
+                scores[row, list(items)] = -np.inf
+    k = min(k, scores.shape[1])
+    # argsort on (-score, id) for deterministic tie-breaking.
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    return np.take_along_axis(part, order, axis=1)
