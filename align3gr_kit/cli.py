@@ -1,0 +1,124 @@
+"""Command line: ``python -m align3gr_kit <command>``. Every command prints one JSON object on stdout.
+
+Commands:
+    run       --config C [--stages 00,01] [--resume]   the notebooks through papermill, then reports/
+    data      stats --dataset D [--data-path P] [--name N] | download ml-100k [--dest data/ml-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from align3gr_kit.config import RunConfig
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _load_config(args: argparse.Namespace) -> RunConfig:
+    overrides = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        import yaml
+
+        overrides[k] = yaml.safe_load(v)
+    return RunConfig.from_yaml(args.config, overrides=overrides, run_name=getattr(args, "run_name", None),
+                               seed=getattr(args, "seed", None))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from align3gr_kit.config import DataConfig
+    from align3gr_kit.data import leave_one_out, load_dataset
+
+    if args.data_cmd == "download":
+        if args.name != "ml-100k":
+            raise SystemExit(f"only ml-100k can be downloaded automatically; got {args.name!r}")
+        from align3gr_kit.data.movielens import download
+
+        _print({"downloaded": str(download(args.dest or "data/ml-100k"))})
+        return 0
+    t0 = time.time()
+    cfg = DataConfig(dataset=args.dataset, data_path=args.data_path or "", name=args.name or "",
+                     max_history=args.max_history)
+    ds = load_dataset(cfg, seed=args.seed)
+    split = leave_one_out(ds, cfg.max_history)
+    out = {"dataset": ds.name, "users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions),
+           **split.stats(), "has_ratings": ds.has_ratings, "seconds": round(time.time() - t0, 2)}
+    _print(out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from align3gr_kit.runner import run_pipeline
+
+    cfg = _load_config(args)
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    result = run_pipeline(cfg, config_path=args.config, stages=stages, resume=args.resume,
+                          overrides=cfg_overrides(args))
+    _print(result)
+    return 0 if result["ok"] else 1
+
+
+def cfg_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in getattr(args, "set", None) or []:
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    if getattr(args, "run_name", None):
+        out["run_name"] = args.run_name
+    if getattr(args, "seed", None) is not None:
+        out["seed"] = args.seed
+    return out
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config (configs/smoke.yaml, configs/default.yaml, ...)")
+    p.add_argument("--run-name", dest="run_name", default=None, help="override run_name")
+    p.add_argument("--seed", type=int, default=None, help="override seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. tokenizer.levels=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m align3gr_kit", description="Align3GR research kit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the notebooks of the pipeline through papermill, render reports/")
+    _add_config_args(p)
+    p.add_argument("--stages", default=None, help="comma-separated stages, e.g. 00,01 (default: all)")
+    p.add_argument("--resume", action="store_true", help="skip stages whose parameters and inputs are unchanged")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("data", help="dataset statistics and downloads")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("stats", help="print users/items/interactions/split statistics as JSON")
+    s.add_argument("--dataset", required=True, help="synthetic, ml-100k, lcrec or amazon2018")
+    s.add_argument("--data-path", default=None)
+    s.add_argument("--name", default=None, help="file prefix (lcrec) or category (amazon2018)")
+    s.add_argument("--max-history", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    d = dsub.add_parser("download", help="fetch a dataset that may be downloaded (ml-100k)")
+    d.add_argument("name")
+    d.add_argument("--dest", default=None)
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from align3gr_kit.data.schema import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,88 @@
+"""LC-Rec / LETTER preprocessed Amazon sets: ``<name>.inter.json`` (+ ``.item.json``, ``.index.json``).
+
+``<name>.inter.json`` maps a user index to their items in chronological order (already 5-core).
+It carries no timestamps and no ratings: the position in the list is the time. ``<name>.item.json``
+(optional) maps an item index to ``title``/``description``/``categories``/``brand``;
+``<name>.index.json`` (optional) holds a published reference tokenization, kept in ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from align3gr_kit.data.schema import DataError, RecDataset, make_items, make_users, reindex
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+                        "the file must be one JSON object") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 at byte {e.start}; save the file as UTF-8") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _sort_key(k: str):
+    return (0, int(k), k) if k.lstrip("-").isdigit() else (1, 0, k)
+
+
+def load_lcrec(path: str | Path, name: str) -> RecDataset:
+    """Read ``<path>/<name>.inter.json`` (+ optional item/index files) into canonical form."""
+    path = Path(path)
+    if not name:
+        found = sorted(p.name[: -len(".inter.json")] for p in path.glob("*.inter.json"))
+        if len(found) != 1:
+            raise DataError(f"{path}: set data.name to the file prefix (found {found or 'no *.inter.json'})")
+        name = found[0]
+    inter_path = path / f"{name}.inter.json"
+    if not inter_path.exists():
+        raise DataError(f"{inter_path}: file missing; pass the folder that holds {name}.inter.json "
+                        "(e.g. --data-path ../shared/data/amazon-instruments --name Instruments)")
+    seqs = _read_json(inter_path)
+    users, items_, times = [], [], []
+    for u in sorted(seqs, key=_sort_key):
+        seq = seqs[u]
+        if not isinstance(seq, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
+            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices")
+        users.extend([u] * len(seq))
+        items_.extend(str(x) for x in seq)
+        times.extend(range(len(seq)))
+    inter = pd.DataFrame({"user": users, "item": items_, "timestamp": times, "rating": np.nan})
+
+    item_path = path / f"{name}.item.json"
+    if item_path.exists():
+        meta = _read_json(item_path)
+        rows = []
+        for k in sorted(meta, key=_sort_key):
+            m = meta[k]
+            if not isinstance(m, dict):
+                raise DataError(f"{item_path}: item {k!r}: the value must be an object with title/description")
+            cats = m.get("categories", [])
+            if isinstance(cats, str):  # LC-Rec stores categories as one comma-separated string
+                cats = [c.strip() for c in cats.split(",") if c.strip()]
+            title, desc = str(m.get("title", "") or ""), m.get("description", "") or ""
+            if isinstance(desc, list):
+                desc = " ".join(str(d) for d in desc)
+            if not title and not desc:
+                raise DataError(f"{item_path}: item {k!r} has neither 'title' nor 'description'; "
+                                "every item needs a title or a description")
+            rows.append({"raw_id": k, "title": title, "description": str(desc), "categories": list(cats),
+                         "brand": str(m.get("brand", "") or ""), "category": cats[0] if cats else ""})
+    else:
+        rows = [{"raw_id": k} for k in sorted(set(items_), key=_sort_key)]
+    user_table = make_users([{"raw_id": u} for u in sorted(seqs, key=_sort_key)], str(inter_path))
+    items, users_df, interactions = reindex(make_items(rows, str(item_path)), user_table, inter, str(inter_path))
+    extra = {}
+    index_path = path / f"{name}.index.json"
+    if index_path.exists():
+        extra["reference_index"] = str(index_path)
+    return RecDataset(name, items, users_df, interactions, source=str(path), extra=extra).validate()

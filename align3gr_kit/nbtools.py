@@ -1,0 +1,59 @@
+"""Keeping the committed notebooks honest: re-execute them on the smoke config and strip volatile
+metadata, so that nbval in CI compares real, stable outputs.
+
+``python -m align3gr_kit notebooks refresh [--only 00,01]`` executes ``notebooks/*.ipynb`` in place
+(in order, each with its default parameters = the smoke config) and then strips: cell execution
+timestamps, widget state, papermill metadata; execution counts are renumbered 1..n per notebook.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+from align3gr_kit.runs import STAGES, get_stage
+from align3gr_kit.utils import atomic_path, project_root
+
+VOLATILE_CELL_KEYS = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
+
+
+def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove volatile metadata; renumber execution counts of code cells 1..n in order."""
+    keep_top = {"kernelspec": nb.metadata.get("kernelspec"), "language_info": {"name": "python"}}
+    nb.metadata = nbformat.NotebookNode({k: v for k, v in keep_top.items() if v})
+    count = 0
+    for cell in nb.cells:
+        for key in VOLATILE_CELL_KEYS:
+            cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            has_run = cell.execution_count is not None
+            if has_run:
+                count += 1
+                cell.execution_count = count
+                for out in cell.outputs:
+                    if "execution_count" in out:
+                        out["execution_count"] = count
+    return nb
+
+
+def refresh(only: list[str] | None = None, timeout: int = 1800) -> list[Path]:
+    """Execute the stage notebooks in place on their defaults, then strip them."""
+    from nbclient import NotebookClient
+
+    names = [get_stage(s).notebook for s in only] if only else [s.notebook for s in STAGES]
+    done = []
+    for name in names:
+        path = project_root() / "notebooks" / name
+        if not path.exists():
+            continue
+        print(f"executing {path.name}", file=sys.stderr)
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        strip_notebook(nb)
+        with atomic_path(path) as tmp:
+            nbformat.write(nb, tmp)
+        done.append(path)
+    return done
