@@ -3,6 +3,7 @@
 Commands:
     run       --config C [--stages 00,01] [--resume]   the notebooks through papermill, then reports/
     data      stats --dataset D [--data-path P] [--name N] | download ml-100k [--dest data/ml-100k]
+    notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def cfg_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from align3gr_kit.nbtools import refresh
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    _print({"refreshed": [str(p) for p in refresh(only)]})
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (configs/smoke.yaml, configs/default.yaml, ...)")
     p.add_argument("--run-name", dest="run_name", default=None, help="override run_name")
@@ -109,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("--dest", default=None)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")
+    nsub = p.add_subparsers(dest="nb_cmd", required=True)
+    r = nsub.add_parser("refresh", help="re-execute notebooks/ on the smoke config in place and strip metadata")
+    r.add_argument("--only", default=None, help="comma-separated stages, e.g. 00,01")
+    p.set_defaults(func=cmd_notebooks)
     return parser
 
 

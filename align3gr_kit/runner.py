@@ -42,7 +42,7 @@ def is_current(cfg: RunConfig, stage: Stage) -> bool:
 
 def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None, kernel_name: str = "python3",
-                 render: bool = True) -> dict[str, Any]:
+                 render: bool = True, reports_dir: Path | None = None) -> dict[str, Any]:
     """Execute the selected stages in order; returns ``{"ok", "run_dir", "stages": [...], "report"}``."""
     import papermill as pm
 
@@ -103,7 +103,7 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             os.environ.pop("PLOTLY_RENDERER", None)
         else:
             os.environ["PLOTLY_RENDERER"] = env_before
-    report = render_report(cfg) if render else None
+    report = render_report(cfg, reports_dir) if render else None
     return {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
 
 
@@ -111,12 +111,12 @@ class _StageFailed(Exception):
     pass
 
 
-def render_report(cfg: RunConfig) -> Path:
+def render_report(cfg: RunConfig, reports_dir: Path | None = None) -> Path:
     """Write ``reports/<run_name>/``: HTML per executed notebook, ``metrics.json``, ``summary.md``."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    out = project_root() / "reports" / cfg.run_name
+    out = Path(reports_dir or project_root() / "reports") / cfg.run_name
     out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter()
     metrics: dict[str, Any] = {}

@@ -120,7 +120,7 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
     used_titles: set[str] = set()
     for c in range(n_cat):
         idx = np.flatnonzero(item_cat == c)
-        popularity[idx] = 1.0 / (1.0 + rng.permutation(len(idx))) ** 0.9
+        popularity[idx] = 1.0 / (1.0 + rng.permutation(len(idx))) ** 1.1 + 0.02  # floor: no dead items
     for i in range(n_items):
         spec = CATALOGUE[cats[item_cat[i]]]
         sub = spec["subs"][item_sub[i]]

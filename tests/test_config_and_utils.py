@@ -1,0 +1,69 @@
+"""Config loading/overrides, atomic writes, the pins shared by pyproject.toml and environment.yml."""
+
+import re
+import tomllib
+
+import pytest
+import yaml
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.utils import atomic_path, project_root, write_json
+
+
+def test_yaml_sections_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run_name: r\nseed: 3\ndata: {dataset: ml-100k, max_history: 7}\ntokenizer: {levels: 2}\n")
+    cfg = RunConfig.from_yaml(p, overrides={"tokenizer.code_dim": 8}, seed=None, run_name="other", dataset="synthetic")
+    assert (cfg.run_name, cfg.seed, cfg.data.dataset, cfg.data.max_history) == ("other", 3, "synthetic", 7)
+    assert (cfg.tokenizer.levels, cfg.tokenizer.code_dim) == (2, 8)
+    assert cfg.seed == 3  # None keeps the YAML value; 0 would be a real seed
+    assert RunConfig.from_yaml(p, seed=0).seed == 0
+
+
+def test_unknown_keys_name_the_file_and_the_valid_keys(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("data: {datset: ml-100k}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown key\(s\) data\.datset; valid keys here: .*dataset"):
+        RunConfig.from_yaml(p)
+    with pytest.raises(ValueError, match=r"unknown config field 'tokenizer\.nope'"):
+        RunConfig().override({"tokenizer.nope": 1})
+    p.write_text("data: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        RunConfig.from_yaml(p)
+
+
+def test_section_hash_tracks_only_its_sections():
+    a = RunConfig()
+    b = a.override({"dpo.beta": 0.5})
+    assert a.section_hash("data", "tokenizer") == b.section_hash("data", "tokenizer")
+    assert a.section_hash("dpo") != b.section_hash("dpo")
+    assert a.section_hash("data") != a.override({"seed": 1}).section_hash("data")
+
+
+def test_shipped_configs_load():
+    for p in sorted((project_root() / "configs").glob("*.yaml")):
+        cfg = RunConfig.from_yaml(p)
+        assert cfg.run_name, p
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_environment_yml_matches_pyproject_pins():
+    root = project_root()
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((root / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_pins = sorted(d for d in pip_section if not d.startswith("-e"))
+    assert sorted(deps) == env_pins
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", d) for d in deps), "pin every dependency exactly"
+    assert "python=3.11" in env["dependencies"]
+    assert "torch==2.13.0" in deps

@@ -1,0 +1,42 @@
+"""The committed notebooks: small, parameterised the same way, executed in order, calling the package."""
+
+import json
+
+import pytest
+
+from align3gr_kit.runs import STAGES
+from align3gr_kit.utils import project_root
+
+NOTEBOOKS = sorted((project_root() / "notebooks").glob("*.ipynb"))
+PARAMETERS = ["config", "run_name", "seed", "smoke", "dataset", "data_path", "runs_dir", "overrides"]
+
+
+def test_every_notebook_is_a_stage():
+    names = {s.notebook for s in STAGES}
+    assert NOTEBOOKS, "no notebooks found"
+    assert {p.name for p in NOTEBOOKS} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shape(path):
+    assert path.stat().st_size < 400_000, f"{path.name} is over 400 KB: strip volatile outputs"
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and cells[0]["source"][0].startswith("# ")
+    code = [c for c in cells if c["cell_type"] == "code"]
+    params = code[0]
+    assert "parameters" in params["metadata"].get("tags", []), "first code cell must be tagged 'parameters'"
+    src = "".join(params["source"])
+    for name in PARAMETERS:
+        assert f"\n{name} = " in "\n" + src, f"parameters cell lacks {name!r}"
+    assert 'config = "../configs/smoke.yaml"' in src
+    assert "nbval-ignore-output" in code[1]["metadata"].get("tags", []), "setup cell must be nbval-ignore-output"
+    assert "start_stage(" in "".join(code[1]["source"])
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: commit it executed in order (refresh it)"
+    for c in code:
+        n = len("".join(c["source"]).splitlines())
+        assert n <= 15, f"{path.name}: a cell of {n} lines; move logic into align3gr_kit/"
+        assert "def " not in "".join(c["source"]), f"{path.name}: functions belong in the package"
+    assert "stage.finish(" in "".join("".join(c["source"]) for c in code)
+    assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "strip notebook metadata"
