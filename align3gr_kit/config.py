@@ -368,6 +368,7 @@ class RunConfig:
         d = self.to_dict()
         payload = {s: d[s] for s in sections}
         payload["seed"] = self.seed
+        payload["smoke"] = self.smoke
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

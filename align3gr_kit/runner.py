@@ -40,6 +40,40 @@ def is_current(cfg: RunConfig, stage: Stage) -> bool:
     return read_json(m).get("fingerprint") == fingerprint(cfg, stage)
 
 
+def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
+    """Another run's folder for ``stage`` with the same fingerprint (same config sections, seed and
+    upstream chain), so ablations and baselines that share their early stages compute them once."""
+    want = fingerprint(cfg, stage)
+    root = cfg.run_dir.parent
+    if not root.is_dir():
+        return None
+    for other in sorted(root.iterdir()):
+        folder = other / stage.name
+        if other == cfg.run_dir or not (folder / stage.notebook).exists() or not (folder / "manifest.json").exists():
+            continue
+        if read_json(folder / "manifest.json").get("fingerprint") == want:
+            return folder
+    return None
+
+
+def reuse_stage(source: Path, dest: Path) -> None:
+    """Copy a finished stage folder (hard links where possible: checkpoints are not duplicated)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = dest.with_name(f".{dest.name}.reuse")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    os.replace(tmp, dest)
+
+
 def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None, kernel_name: str = "python3",
                  render: bool = True, reports_dir: Path | None = None) -> dict[str, Any]:
@@ -70,6 +104,11 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             if resume and is_current(cfg, stage):
                 results.append({"stage": stage.name, "status": "skipped (unchanged)"})
                 print(f"[{stage.name}] unchanged, skipped (--resume)", file=sys.stderr)
+                continue
+            if resume and (source := find_identical_stage(cfg, stage)) is not None:
+                reuse_stage(source, folder)
+                results.append({"stage": stage.name, "status": f"reused from {source.parent.name}"})
+                print(f"[{stage.name}] identical to {source}, reused (--resume)", file=sys.stderr)
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             out_nb = folder / stage.notebook

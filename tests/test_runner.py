@@ -61,3 +61,16 @@ def test_stage_input_error_says_how_to_run_it(cfg):
     st = StageRun(cfg, "01")
     with pytest.raises(FileNotFoundError, match=r"stage 00_data has not finished.*--stages 00"):
         st.input("00_data")
+
+
+def test_resume_reuses_an_identical_stage_of_another_run(cfg, tmp_path):
+    first = run_pipeline(cfg, SMOKE, stages=["00"], render=False)
+    assert first["ok"]
+    other = cfg.override({"run_name": "t2", "dpo.beta": 0.3})  # differs only downstream of stage 00
+    res = run_pipeline(other, SMOKE, stages=["00"], resume=True, render=False, overrides={"dpo.beta": 0.3})
+    assert res["stages"][0]["status"] == "reused from t"
+    src, dst = cfg.run_dir / "00_data" / "dataset" / "items.parquet", other.run_dir / "00_data" / "dataset" / "items.parquet"
+    assert dst.read_bytes() == src.read_bytes()
+    changed = cfg.override({"run_name": "t3", "data.max_history": 4})
+    res = run_pipeline(changed, SMOKE, stages=["00"], resume=True, render=False, overrides={"data.max_history": 4})
+    assert res["stages"][0]["status"] == "ok"
