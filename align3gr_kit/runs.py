@@ -23,25 +23,28 @@ from align3gr_kit.utils import git_commit, package_versions, read_json, write_js
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: its folder/notebook name and the config sections it depends on."""
+    """A pipeline stage: its folder/notebook name, the config sections it depends on, and the
+    earlier stages whose artifacts it reads (02_codebooks only draws, so nothing depends on it)."""
 
     name: str
     sections: tuple[str, ...]
+    upstream: tuple[str, ...] = ()
 
     @property
     def notebook(self) -> str:
         return f"{self.name}.ipynb"
 
 
+_ALL = ("data", "tokenizer", "prompts", "model", "sft", "decode", "dpo")
 STAGES: tuple[Stage, ...] = (
     Stage("00_data", ("data",)),
-    Stage("01_tokenize", ("data", "tokenizer")),
-    Stage("02_codebooks", ("data", "tokenizer")),
-    Stage("03_sft_prompts", ("data", "tokenizer", "prompts", "model")),
-    Stage("04_sft", ("data", "tokenizer", "prompts", "model", "sft", "decode")),
-    Stage("05_sp_dpo", ("data", "tokenizer", "prompts", "model", "sft", "decode", "dpo")),
-    Stage("06_rf_dpo", ("data", "tokenizer", "prompts", "model", "sft", "decode", "dpo")),
-    Stage("07_report", ("data", "tokenizer", "prompts", "model", "sft", "decode", "dpo")),
+    Stage("01_tokenize", ("tokenizer",), ("00_data",)),
+    Stage("02_codebooks", ("tokenizer",), ("01_tokenize",)),
+    Stage("03_sft_prompts", ("prompts", "model"), ("01_tokenize",)),
+    Stage("04_sft", ("model", "sft", "decode"), ("03_sft_prompts",)),
+    Stage("05_sp_dpo", ("decode", "dpo"), ("04_sft",)),
+    Stage("06_rf_dpo", ("decode", "dpo"), ("05_sp_dpo",)),
+    Stage("07_report", _ALL, ("00_data",)),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
@@ -56,19 +59,17 @@ def get_stage(name: str) -> Stage:
     raise ValueError(f"unknown stage {name!r}; stages are {[s.name for s in STAGES]}")
 
 
-def previous_stage(stage: Stage) -> Stage | None:
-    i = STAGES.index(stage)
-    return STAGES[i - 1] if i else None
-
-
 def fingerprint(cfg: RunConfig, stage: Stage) -> str:
-    """Hash of the stage's config sections, its name and the upstream stage's manifest fingerprint."""
-    prev = previous_stage(stage)
-    upstream = ""
-    if prev is not None:
-        m = cfg.run_dir / prev.name / "manifest.json"
-        upstream = read_json(m).get("fingerprint", "") if m.exists() else "missing"
-    payload = f"{stage.name}|{cfg.section_hash(*stage.sections)}|{upstream}"
+    """Hash of the stage's name, its config sections and its upstream stages' manifest fingerprints.
+
+    Upstream fingerprints chain in everything earlier stages depended on, so a stage is "unchanged"
+    exactly when nothing that fed it changed.
+    """
+    upstream = []
+    for name in stage.upstream:
+        m = cfg.run_dir / name / "manifest.json"
+        upstream.append(read_json(m).get("fingerprint", "") if m.exists() else "missing")
+    payload = f"{stage.name}|{cfg.section_hash(*stage.sections)}|{','.join(upstream)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
