@@ -1,0 +1,228 @@
+"""Batched, vectorised beam search constrained to the SCIDs of real items.
+
+Why hand-written: ``model.generate(prefix_allowed_tokens_fn=...)`` (kept as the reference in
+:mod:`align3gr_kit.decoding.reference`) runs the prompt once per *beam*, copies the whole KV cache
+at every step to reorder beams, and calls a Python function for every beam at every step. The
+constraint here is a fixed-depth trie, so the search is a few tensor ops per SCID level:
+
+1. one forward over the prompts ``[B, T]`` fills the KV cache (logits of the last position only);
+2. for each level ``l``: gather the log-probs of every beam's allowed children (``trie.child_tokens``)
+   ``[B, w, C_l]``, add the beam scores, take the top ``beam_width`` of ``w * C_l`` per user, follow
+   ``trie.child_nodes``, and run one forward of the ``B x beam_width`` chosen tokens.
+
+The forward of step 2 uses *tree attention* by default: the ``beam_width`` new tokens of a user
+are ``beam_width`` query positions of that user's single cache row, and a 4D attention mask lets
+each see only the prompt and its own ancestors (one cached position per earlier level). The
+prompt's keys are therefore stored once per user instead of once per beam, and beams are never
+reordered in the cache (a new beam inherits its parent's mask row instead). Attention backends that
+cannot take a custom 4D mask (e.g. flash-attention) and models with sliding-window layers fall back
+to the usual layout: the cache is expanded to ``B * beam_width`` rows and reordered with
+``Cache.reorder_cache``.
+
+Scores are ``log p(SCID tokens | prompt)``: log-softmax over the full vocabulary, then the
+disallowed tokens are dropped, exactly as ``generate`` scores constrained beams (``log_softmax``
+then ``PrefixConstrainedLogitsProcessor``), so both paths rank the same way and a score can be
+checked against teacher forcing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from align3gr_kit.decoding.trie import ItemTrie
+
+# attention implementations that apply a custom 4D mask as given (bool for sdpa, additive for eager)
+_TREE_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class BeamResult:
+    """Ranked items per user.
+
+    Attributes:
+        items: ``[B, K]`` long, item ids best first; ``-1`` pads users with fewer than ``K`` items.
+        scores: ``[B, K]`` float32, ``log p(item SCID | prompt)`` (sum over levels); ``-inf`` at padding.
+    """
+
+    items: torch.Tensor
+    scores: torch.Tensor
+
+    def cpu(self) -> "BeamResult":
+        return BeamResult(self.items.cpu(), self.scores.cpu())
+
+    @staticmethod
+    def concat(parts: list["BeamResult"]) -> "BeamResult":
+        """Stack results of several user batches (padding to the widest ``K``)."""
+        k = max(p.items.shape[1] for p in parts)
+        items = [F.pad(p.items, (0, k - p.items.shape[1]), value=-1) for p in parts]
+        scores = [F.pad(p.scores, (0, k - p.scores.shape[1]), value=float("-inf")) for p in parts]
+        return BeamResult(torch.cat(items), torch.cat(scores))
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes keyword ``name``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_width: int) -> None:
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be [B, T]"
+        )
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError(
+            "constrained decoding: prompts must be left-padded (attention_mask[:, -1] must be 1); "
+            "set tokenizer.padding_side = 'left'"
+        )
+
+
+def finalize(items: torch.Tensor, scores: torch.Tensor, topk: int | None) -> BeamResult:
+    """Sort ``[B, W]`` finished beams by score and cut to ``K = min(topk, most finite beams)`` columns."""
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    items = items.gather(1, order)
+    finite = torch.isfinite(scores)
+    k = int(finite.sum(1).max()) if finite.numel() else 0
+    if topk is not None:
+        k = min(k, topk)
+    items = torch.where(finite, items, -1)[:, :k]
+    scores = torch.where(finite, scores, float("-inf"))[:, :k]
+    return BeamResult(items, scores.float())
+
+
+def _as_model_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean ``[B, 1, Q, K]`` (True = attend) in the form the attention implementation adds/uses."""
+    if impl == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+@torch.inference_mode()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: ItemTrie,
+    beam_width: int = 20,
+    topk: int | None = None,
+    tree_attention: bool | None = None,
+) -> BeamResult:
+    """Top items per user by beam search over the item trie (one forward per SCID level).
+
+    Args:
+        model: a Hugging Face causal LM (or a PEFT wrapper of one) whose vocabulary holds the SCID
+            tokens; used in its own dtype and device, switched to eval mode for the call.
+        input_ids: ``[B, T]`` prompt token ids, left-padded.
+        attention_mask: ``[B, T]`` 1 for real tokens, 0 for padding.
+        trie: the catalogue's :class:`ItemTrie` (its tables are copied to the model's device).
+        beam_width: beams kept per user at every level (Align3GR/LC-Rec: 20).
+        topk: return at most this many items per user; ``None`` = ``beam_width``.
+        tree_attention: share each user's prompt cache between its beams through a 4D mask (see the
+            module docstring); ``None`` = when the attention implementation takes a 4D mask (sdpa,
+            eager) and every layer is full attention (no sliding window).
+
+    Returns:
+        :class:`BeamResult` with ``items``/``scores`` ``[B, K]``, ``K = min(topk or beam_width,
+        most finite beams of any user)``; distinct items best first (SCIDs are unique, so distinct
+        final beams are distinct items); ``-1``/``-inf`` where a user has fewer valid beams.
+    """
+    _check_inputs(input_ids, attention_mask, beam_width)
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    # A custom 4D mask replaces every layer's own mask, so it needs an attention implementation
+    # that applies it (sdpa, eager) and only full-attention layers (sliding-window caches are cut).
+    full = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    supported = impl in _TREE_ATTENTION and full
+    if tree_attention is None:
+        tree_attention = supported
+    elif tree_attention and not supported:
+        raise ValueError(
+            f"tree_attention=True needs attention implementation {_TREE_ATTENTION} (model: {impl!r}) and "
+            "full-attention layers only (no sliding window); pass tree_attention=None to choose automatically"
+        )
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).long()
+    child_tokens = [t.to(device) for t in trie.child_tokens]
+    child_nodes = [t.to(device) for t in trie.child_nodes]
+    B, T = input_ids.shape
+    W = beam_width
+    users = torch.arange(B, device=device)
+
+    was_training = model.training
+    model.eval()
+    try:
+        # Position ids from the mask (as generate does) so left padding does not shift positions.
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
+        )
+        cache = out.past_key_values
+        logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, None, :]  # [B, w=1, V]
+        del out
+        next_pos = attention_mask.sum(1)  # [B] position of the first generated token
+
+        scores = torch.zeros(B, 1, device=device)  # [B, w] accumulated log-probs
+        nodes = torch.zeros(B, 1, dtype=torch.long, device=device)  # [B, w] trie node at depth lv
+        ancestors = torch.zeros(B, 1, 0, dtype=torch.bool, device=device)  # [B, w, cached beam slots]
+        for lv in range(trie.levels):
+            w = nodes.shape[1]
+            toks = child_tokens[lv][nodes]  # [B, w, C] vocab ids, -1 pad
+            C = toks.shape[2]
+            cand = logp.gather(2, toks.clamp(min=0)).masked_fill(toks < 0, float("-inf")) + scores[:, :, None]
+            top, flat = cand.reshape(B, w * C).topk(min(W, w * C), dim=1)  # sorted, best first
+            # Fewer valid continuations than beams (a small first level, a tiny catalogue): keep only
+            # as many beams as the fullest user needs; the others' extra beams are dead (-inf).
+            k = max(int(torch.isfinite(top).sum(1).max()), 1)
+            top, flat = top[:, :k], flat[:, :k]
+            parent, slot = flat // C, flat % C
+            dead = torch.isinf(top)
+            nodes = child_nodes[lv][nodes.gather(1, parent), slot].masked_fill(dead, 0)
+            chosen = toks.reshape(B, w * C).gather(1, flat).masked_fill(dead, 0)  # [B, k] tokens to feed
+            scores = top
+            if lv == trie.levels - 1:
+                break
+            pos = (next_pos + lv)[:, None].expand(B, k)
+            if tree_attention:
+                # one cache row per user; a new beam sees the prompt, its parent's ancestors and itself
+                # (the k slots this forward appends)
+                eye = torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)
+                inherited = ancestors.gather(1, parent[:, :, None].expand(B, k, ancestors.shape[2]))
+                ancestors = torch.cat([inherited, eye], dim=2)
+                prompt_mask = attention_mask.bool()[:, None, None, :].expand(B, 1, k, T)
+                mask = torch.cat([prompt_mask, ancestors[:, None]], dim=3)  # [B, 1, k, T + slots]
+                out = model(
+                    input_ids=chosen,
+                    attention_mask=_as_model_mask(mask, impl, dtype),
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logp = F.log_softmax(out.logits.float(), dim=-1)  # [B, k, V]
+            else:
+                # expanded layout: row b*k+j holds beam j of user b; at level 0 every beam comes from
+                # prompt row b, so this one index_select also expands the cache from users to beams
+                cache.reorder_cache((users[:, None] * w + parent).reshape(-1))
+                beam_mask = F.pad(attention_mask.repeat_interleave(k, dim=0), (0, lv + 1), value=1)
+                out = model(
+                    input_ids=chosen.reshape(B * k, 1),
+                    attention_mask=beam_mask,
+                    position_ids=pos.reshape(B * k, 1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logp = F.log_softmax(out.logits[:, -1].float(), dim=-1).reshape(B, k, -1)
+            cache = out.past_key_values
+            del out
+    finally:
+        model.train(was_training)
+    return finalize(nodes, scores, topk)
