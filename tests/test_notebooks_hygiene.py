@@ -38,5 +38,6 @@ def test_notebook_shape(path):
         n = len("".join(c["source"]).splitlines())
         assert n <= 15, f"{path.name}: a cell of {n} lines; move logic into align3gr_kit/"
         assert "def " not in "".join(c["source"]), f"{path.name}: functions belong in the package"
-    assert "stage.finish(" in "".join("".join(c["source"]) for c in code)
+    closing = "".join(code[-1]["source"])
+    assert "stage.finish(" in closing or "_stage(stage" in closing, "the closing cell saves the stage (manifest)"
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "strip notebook metadata"
