@@ -3,6 +3,10 @@
 Commands:
     run       --config C [--stages 00,01] [--resume]   the notebooks through papermill, then reports/
     data      stats --dataset D [--data-path P] [--name N] | download ml-100k [--dest data/ml-100k]
+    tokenize  --config C                               dual SCID tokenization (stage 01)
+    baseline  sasrec|popularity --config C             a baseline under the shared protocol
+    train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
+    evaluate  --config C --split test                  Recall/NDCG of the run's model
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
 """
 
@@ -81,6 +85,57 @@ def cfg_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from align3gr_kit.data.stage import prepare_data
+    from align3gr_kit.runs import StageRun
+    from align3gr_kit.tokenizer.pipeline import run_tokenize
+
+    cfg = _load_config(args)
+    ds, split = prepare_data(cfg)
+    stage = StageRun(cfg, "01_tokenize")
+    summary = run_tokenize(cfg, ds, split, stage.dir)
+    stage.finish(summary)
+    _print(summary)
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
+    from align3gr_kit.data.stage import prepare_data
+
+    cfg = _load_config(args)
+    ds, split = prepare_data(cfg)
+    fn = {"sasrec": run_sasrec_baseline, "popularity": run_popularity_baseline}[args.name]
+    _print(fn(cfg, ds, split))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if args.what == "sft":
+        from align3gr_kit.train.sft import run_train_sft
+
+        out = run_train_sft(cfg)
+    else:
+        from align3gr_kit.dpo.pipeline import run_dpo
+
+        out = run_dpo(cfg, args.stage)
+        out = {k: v for k, v in out.items() if k in ("stage", "stages", "out_dir", "metrics", "final_model")}
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _print(out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from align3gr_kit.evaluate import run_evaluate
+
+    cfg = _load_config(args)
+    _print(run_evaluate(cfg, args.split, args.model_stage))
+    return 0
+
+
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from align3gr_kit.nbtools import refresh
 
@@ -118,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("--dest", default=None)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("tokenize", help="dual SCID tokenization of the run (stage 01 without figures)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("baseline", help="a non-generative baseline under the shared protocol")
+    p.add_argument("name", choices=["sasrec", "popularity"])
+    _add_config_args(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("train", help="SFT or DPO training (also under accelerate launch / torchrun)")
+    p.add_argument("what", choices=["sft", "dpo"])
+    _add_config_args(p)
+    p.add_argument("--stage", choices=["sp", "rf"], default="sp", help="dpo: self-play or real-feedback stages")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Recall/NDCG of a trained model of the run with constrained beam search")
+    _add_config_args(p)
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--model-stage", default="04_sft", help="the stage whose model/ to evaluate")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")
     nsub = p.add_subparsers(dest="nb_cmd", required=True)

@@ -1,0 +1,163 @@
+"""The ablation ladder (paper Figure 4) and the generative baselines, as configs of one pipeline.
+
+Every rung and every generative baseline is the same code with different config overrides, run
+as a papermill run (``runner.run_pipeline``) into its own run directory. Runs use ``resume``, so a
+stage whose config sections and upstream stages equal another run's is reused rather than
+recomputed (e.g. all rungs share ``00_data``; the DPO rungs share tokenization, prompts and SFT).
+
+Each model stage's manifest carries the valid/test metrics of the model it ends with (nested
+``metrics["test"]["recall@10"]`` or flat ``metrics["test_recall@10"]``); a rung's result is the
+last stage it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.runs import read_manifest
+
+METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+LC_REC_TASKS = ["A", "B1", "C1-1", "C1-2", "C2", "C3"]
+ALL_TASKS = ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"]
+SFT_STAGES = ("00_data", "01_tokenize", "03_sft_prompts", "04_sft")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One configuration of the ladder: a label, the overrides that define it, the stages it runs."""
+
+    label: str
+    overrides: dict[str, Any]
+    stages: tuple[str, ...] = SFT_STAGES
+    note: str = ""
+
+    @property
+    def last_stage(self) -> str:
+        return self.stages[-1]
+
+
+def _ladder() -> list[Rung]:
+    # Each rung adds one thing to the previous one (paper Figure 4, read bottom to top).
+    steps: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
+        ("Single+SEQ", {"tokenizer.dual": False, "tokenizer.use_cf": False, "tokenizer.u2i_align": False,
+                        "prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False}, SFT_STAGES,
+         "item-only semantic IDs from text, sequential task only"),
+        ("+CF", {"tokenizer.use_cf": True}, SFT_STAGES, "collaborative features in the item SCIDs"),
+        ("+Dual SCID", {"tokenizer.dual": True}, SFT_STAGES, "users get SCIDs too"),
+        ("+U-I align", {"tokenizer.u2i_align": True}, SFT_STAGES, "L_U2I phase before RQ"),
+        ("+B1", {"prompts.tasks": ["A", "B1"]}, SFT_STAGES, "item alignment task"),
+        ("+C1-C3", {"prompts.tasks": LC_REC_TASKS}, SFT_STAGES, "asymmetric, intention, preference tasks"),
+        ("+User SCID", {"prompts.user_scid_in_prompt": True}, SFT_STAGES, "user SCID in every prompt"),
+        ("+B2", {"prompts.tasks": ALL_TASKS}, SFT_STAGES, "user alignment task"),
+        ("+Softmax-DPO", {"dpo.negatives": "random", "dpo.progressive": False}, SFT_STAGES + ("05_sp_dpo",),
+         "random negatives, one stage"),
+        ("+SP-DPO", {"dpo.negatives": "selfplay"}, SFT_STAGES + ("05_sp_dpo",), "self-play negatives, one stage"),
+        ("+Progressive", {"dpo.progressive": True}, SFT_STAGES + ("05_sp_dpo",), "Easy -> Medium -> Hard"),
+        ("+RF-DPO", {"dpo.rf_progressive": True}, SFT_STAGES + ("05_sp_dpo", "06_rf_dpo"), "real feedback, Easy -> Hard"),
+    ]
+    rungs, acc = [], {}
+    for label, delta, stages, note in steps:
+        acc = {**acc, **delta}
+        rungs.append(Rung(label, dict(acc), stages, note))
+    return rungs
+
+
+LADDER: list[Rung] = _ladder()
+
+# Generative baselines: configs of the same code (not second implementations).
+GENERATIVE_BASELINES: list[Rung] = [
+    Rung("TIGER-style", dict(LADDER[0].overrides), SFT_STAGES,
+         "item-only semantic IDs from text, sequential task only, no user SCID"),
+    Rung("LC-Rec-style", {"tokenizer.dual": False, "tokenizer.use_cf": False, "tokenizer.u2i_align": False,
+                          "prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": False}, SFT_STAGES,
+         "item-only SCIDs, LC-Rec tasks, no user SCID, no DPO"),
+    Rung("Align3GR (full)", {}, SFT_STAGES + ("05_sp_dpo", "06_rf_dpo"), "the full pipeline of the config"),
+]
+
+
+def final_metrics(cfg: RunConfig, stage: str) -> dict[str, dict[str, float]]:
+    """``{"valid": {...}, "test": {...}}`` of the model a stage ends with (from its manifest)."""
+    m = read_manifest(cfg, stage)
+    if m is None:
+        raise FileNotFoundError(f"{cfg.run_dir / stage}: no manifest; the stage did not finish")
+    metrics = m.get("metrics", {})
+    out = {}
+    for split in ("valid", "test"):
+        nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+        values = {k: nested.get(k, metrics.get(f"{split}_{k}")) for k in METRIC_KEYS}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise KeyError(f"{cfg.run_dir / stage / 'manifest.json'}: metrics lack {split} {missing}")
+        out[split] = {k: float(v) for k, v in values.items()}
+    return out
+
+
+@dataclass
+class RungResult:
+    label: str
+    seed: int
+    run_name: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
+              kernel_name: str = "python3") -> list[RungResult]:
+    """Run each rung for each seed as its own papermill run (``<base>-<prefix>-NN-sS``), resuming."""
+    from align3gr_kit.runner import run_pipeline
+
+    results = []
+    for seed in seeds:
+        for i, rung in enumerate(rungs):
+            run_name = f"{base.run_name}-{prefix}-{i:02d}-s{seed}"
+            overrides = {**rung.overrides, "seed": seed}
+            cfg = base.override({**overrides, "run_name": run_name})
+            t0 = time.time()
+            res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
+                               overrides=rung.overrides, kernel_name=kernel_name, render=False)
+            out = RungResult(rung.label, seed, run_name, seconds=round(time.time() - t0, 1))
+            if res["ok"]:
+                out.metrics = final_metrics(cfg, rung.last_stage)
+            else:
+                failed = next(s for s in res["stages"] if s["status"] == "failed")
+                out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
+            results.append(out)
+    return results
+
+
+def results_table(results: list[RungResult], split: str = "test") -> pd.DataFrame:
+    """One row per (label, seed) with the split's metrics; failed runs keep their error."""
+    rows = []
+    for r in results:
+        row = {"method": r.label, "seed": r.seed, "run": r.run_name, "seconds": r.seconds}
+        row.update(r.metrics.get(split, {}))
+        if r.error:
+            row["error"] = r.error
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per method, in the order methods first appear."""
+    order = list(dict.fromkeys(table["method"]))
+    present = [k for k in METRIC_KEYS if k in table]
+    g = table.groupby("method", sort=False)[present]
+    mean, std = g.mean(), g.std(ddof=0)
+    out = mean.join(std, lsuffix="", rsuffix=" sd").reindex(order).reset_index()
+    out.insert(1, "seeds", table.groupby("method", sort=False).size().reindex(order).to_numpy())
+    return out
+
+
+def save_results(table: pd.DataFrame, path: Path) -> Path:
+    from align3gr_kit.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
