@@ -7,6 +7,7 @@ Commands:
     baseline  sasrec|popularity --config C             a baseline under the shared protocol
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
+    ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
 """
 
@@ -136,6 +137,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from align3gr_kit.report.benchmark import run_benchmark
+
+    cfg = _load_config(args)
+    seeds = [cfg.seed + i for i in range(args.seeds)]
+    if not (args.ladder or args.baselines):
+        raise SystemExit("ablate: choose --ladder and/or --baselines")
+    base_overrides = {k: v for k, v in cfg_overrides(args).items() if k not in ("run_name", "seed")}
+    _print(run_benchmark(cfg, args.config, seeds, ladder=args.ladder, baselines=args.baselines,
+                         base_overrides=base_overrides))
+    return 0
+
+
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from align3gr_kit.nbtools import refresh
 
@@ -194,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--model-stage", default="04_sft", help="the stage whose model/ to evaluate")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="the ablation ladder and/or every baseline, as papermill runs, N seeds")
+    _add_config_args(p)
+    p.add_argument("--ladder", action="store_true", help="the ladder of the paper's Figure 4")
+    p.add_argument("--baselines", action="store_true", help="popularity, SASRec, TIGER-/LC-Rec-style, full pipeline")
+    p.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed, seed+1, ...")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")
     nsub = p.add_subparsers(dest="nb_cmd", required=True)

@@ -109,19 +109,23 @@ class RungResult:
 
 
 def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
-              kernel_name: str = "python3") -> list[RungResult]:
-    """Run each rung for each seed as its own papermill run (``<base>-<prefix>-NN-sS``), resuming."""
+              base_overrides: dict[str, Any] | None = None, kernel_name: str = "python3") -> list[RungResult]:
+    """Run each rung for each seed as its own papermill run (``<base>-<prefix>-NN-sS``), resuming.
+
+    ``base_overrides`` are the caller's own overrides of the YAML (``--set``); each rung's overrides
+    apply on top of them, and the notebooks receive both.
+    """
     from align3gr_kit.runner import run_pipeline
 
     results = []
     for seed in seeds:
         for i, rung in enumerate(rungs):
             run_name = f"{base.run_name}-{prefix}-{i:02d}-s{seed}"
-            overrides = {**rung.overrides, "seed": seed}
-            cfg = base.override({**overrides, "run_name": run_name})
+            overrides = {**(base_overrides or {}), **rung.overrides}
+            cfg = base.override({**overrides, "seed": seed, "run_name": run_name})
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
-                               overrides=rung.overrides, kernel_name=kernel_name, render=False)
+                               overrides=overrides, kernel_name=kernel_name, render=False)
             out = RungResult(rung.label, seed, run_name, seconds=round(time.time() - t0, 1))
             if res["ok"]:
                 out.metrics = final_metrics(cfg, rung.last_stage)
