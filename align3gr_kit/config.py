@@ -259,7 +259,7 @@ class DPOConfig:
             one stage named ``random``).
         difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
             ``similarity`` (terciles of the cosine similarity of SC item embeddings to the chosen item:
-            easy = least similar third; needs ``01_tokenize/item_sc_embeddings.npy``).
+            easy = least similar third; needs ``01_tokenize/item_sc.npy``).
         progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
         rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
         epochs: epochs per stage.
@@ -268,8 +268,8 @@ class DPOConfig:
         batch_size: prompts per device per step (each brings 1 + n_rejected sequences).
         grad_accum: gradient accumulation steps.
         max_prompts: preference prompts sampled per stage from the training samples (seeded);
-            0 = all training prompts. ``smoke`` caps it at 32.
-        max_length: prompt + response tokens; longer prompts lose their oldest tokens (left truncation).
+            0 = all training prompts. ``smoke`` caps it at 32 (and each stage at 2 optimiser steps).
+            Prompts are encoded as in SFT and evaluation, cut to ``sft.max_length``.
         precompute_ref: score the reference once per stage before training (off: on the fly under
             ``no_grad`` at every step, keeping the reference in memory).
         logging_steps: log loss / rewards / accuracy every this many steps.
@@ -289,7 +289,6 @@ class DPOConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_prompts: int = 0
-    max_length: int = 256
     precompute_ref: bool = True
     logging_steps: int = 5
 

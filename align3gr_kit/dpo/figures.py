@@ -1,0 +1,136 @@
+"""Tables and plotly figures of stages 05 (SP-DPO) and 06 (RF-DPO): example pairs, per-stage
+training curves, the negatives' make-up, and metrics after every stage next to the start model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from align3gr_kit.data.schema import RecDataset
+from align3gr_kit.scid import ScidTable
+from align3gr_kit.utils import read_json
+
+CURVE_METRICS = ("loss", "rewards/margins", "rewards/accuracies")
+RANK_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+def read_preferences(stage_dir: str | Path) -> list[dict]:
+    """The preference examples a stage trained on (``<stage>/preferences.jsonl``)."""
+    path = Path(stage_dir) / "preferences.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no preference data; run the DPO stage first (run_dpo)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _label(ds: RecDataset, scids: ScidTable, item: int, width: int = 40) -> str:
+    title = str(ds.items.title.iloc[int(item)]) or f"item {item}"
+    title = title if len(title) <= width else title[: width - 1] + "…"
+    return f"{title} {scids.string(int(item))}"
+
+
+def example_pairs(out_dir: str | Path, stages: list[str], ds: RecDataset, item_scids: ScidTable,
+                  per_stage: int = 1, rejected: int = 3) -> pd.DataFrame:
+    """The first ``per_stage`` examples of each stage: chosen and first rejected items with titles.
+
+    Returns a long table ``stage, user, role, item, overlap/level`` (one row per response).
+    """
+    rows = []
+    for stage in stages:
+        for ex in read_preferences(Path(out_dir) / stage)[:per_stage]:
+            rows.append({"stage": stage, "user": ex["user_id"], "role": "chosen",
+                         "item": _label(ds, item_scids, ex["chosen_item"]), "detail": "liked" if "rejected_levels" in ex else "target"})
+            details = ex.get("rejected_levels") or [f"{o} shared level(s)" for o in ex.get("overlaps", [])]
+            for item, detail in list(zip(ex["rejected_items"], details))[:rejected]:
+                rows.append({"stage": stage, "user": ex["user_id"], "role": "rejected",
+                             "item": _label(ds, item_scids, item), "detail": detail})
+    return pd.DataFrame(rows, columns=["stage", "user", "role", "item", "detail"])
+
+
+def negatives_table(out_dir: str | Path, stages: list[str]) -> pd.DataFrame:
+    """Per stage: prompts, mean rejected per prompt, share of rejected taken from the policy's beams,
+    and (SP) the mean shared SCID levels or (RF) the share of target-chosen prompts."""
+    rows = []
+    for stage in stages:
+        ex = read_preferences(Path(out_dir) / stage)
+        n_rej = sum(len(e["rejected"]) for e in ex)
+        row: dict[str, Any] = {"stage": stage, "prompts": len(ex), "rejected/prompt": n_rej / max(1, len(ex)),
+                               "from beams": sum(e.get("from_beams", 0) for e in ex) / max(1, n_rej)}
+        if ex and "overlaps" in ex[0]:
+            row["mean shared levels"] = float(np.mean([o for e in ex for o in e["overlaps"]]))
+        if ex and "chosen_is_target" in ex[0]:
+            row["chosen = target"] = float(np.mean([e["chosen_is_target"] for e in ex]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def training_curves(out_dir: str | Path, stages: list[str]) -> pd.DataFrame:
+    """Logged training statistics of every stage, long form: ``stage, step, run_step, metric, value``.
+
+    ``run_step`` counts optimiser steps across the stages, so the curves of consecutive stages sit
+    side by side on one axis.
+    """
+    rows, offset = [], 0
+    for stage in stages:
+        log = read_json(Path(out_dir) / stage / "log_history.json")
+        last = 0
+        for entry in log:
+            for metric in CURVE_METRICS:
+                if metric in entry:
+                    rows.append({"stage": stage, "step": entry["step"], "run_step": offset + entry["step"],
+                                 "metric": metric, "value": float(entry[metric])})
+            last = max(last, int(entry.get("step", 0)))
+        offset += last
+    return pd.DataFrame(rows, columns=["stage", "step", "run_step", "metric", "value"])
+
+
+def curves_figure(curves: pd.DataFrame, title: str) -> go.Figure:
+    """Loss, reward margin and preference accuracy per optimiser step, one colour per stage."""
+    fig = make_subplots(rows=1, cols=len(CURVE_METRICS), subplot_titles=CURVE_METRICS)
+    colours = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd"]
+    for s, stage in enumerate(dict.fromkeys(curves["stage"])):
+        for c, metric in enumerate(CURVE_METRICS):
+            d = curves[(curves.stage == stage) & (curves.metric == metric)]
+            fig.add_trace(go.Scatter(x=d.run_step, y=d.value, mode="lines+markers", name=stage, legendgroup=stage,
+                                     showlegend=c == 0, line={"color": colours[s % len(colours)]}), row=1, col=c + 1)
+    fig.update_xaxes(title_text="optimiser step (all stages)")
+    fig.update_layout(title=title, height=360)
+    return fig
+
+
+def metrics_table(result: dict[str, Any], start_label: str = "SFT") -> pd.DataFrame:
+    """Recall/NDCG on valid and test for the start model and after every stage (rows in order)."""
+    rows = [(start_label, result.get("start"))] + [(h["stage"], h.get("metrics")) for h in result["history"]]
+    out = []
+    for label, metrics in rows:
+        if not metrics:
+            continue
+        row: dict[str, Any] = {"model": label}
+        for split_name in ("valid", "test"):
+            for k in RANK_METRICS:
+                if k in metrics.get(split_name, {}):
+                    row[f"{split_name} {k}"] = float(metrics[split_name][k])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def metrics_figure(table: pd.DataFrame, title: str) -> go.Figure:
+    """NDCG@10 and Recall@10 on valid and test, model by model (start model first)."""
+    fig = go.Figure()
+    for col in [c for c in table.columns if c.endswith(("ndcg@10", "recall@10"))]:
+        fig.add_trace(go.Scatter(x=table["model"], y=table[col], mode="lines+markers", name=col))
+    fig.update_layout(title=title, xaxis_title="after stage", yaxis_title="metric", height=360)
+    return fig
+
+
+def level_counts(levels: list[str | None]) -> pd.DataFrame:
+    """Counts and shares of feedback levels (``None`` = the oracle cannot judge: ``unrated``)."""
+    s = pd.Series(["unrated" if lv is None else lv for lv in levels], dtype="object")
+    order = [lv for lv in ("disliked", "neutral", "liked", "unrated") if lv in set(s)]
+    counts = s.value_counts().reindex(order)
+    return pd.DataFrame({"level": order, "count": counts.to_numpy(), "share": (counts / max(1, len(s))).to_numpy()})

@@ -1,0 +1,190 @@
+"""Rejected responses for SP-DPO: the policy's own constrained-beam proposals, graded by difficulty.
+
+Difficulty of a candidate item relative to the chosen (ground-truth) item, ``prefix`` mode (the
+paper): the number of leading SCID levels the two share.
+
+* ``easy``   - no shared prefix (level 0 differs): overlap 0
+* ``medium`` - exactly the first level shared: overlap 1
+* ``hard``   - the first two levels shared, never identical: overlap >= 2 and < L (with 3 levels
+  that is exactly 2; a 4th, collision-resolving level adds items that share 3)
+
+``similarity`` mode (a softer construction): candidates are graded by the cosine similarity of
+their SC item embeddings to the chosen item's, split at the terciles of that similarity over the
+whole catalogue (minus the chosen item): easy = least similar third, medium = middle, hard = most
+similar third.
+
+When the beams give fewer than ``n`` negatives of a stage's difficulty, the rest are drawn from the
+catalogue items of the same difficulty, uniformly without replacement, with the stage's seeded
+generator (deterministic). If the catalogue itself holds fewer such items, the example keeps fewer
+negatives: the loss masks the missing slots. Repeats are never used because a repeated negative
+would count twice in Softmax-DPO's sum over rejected responses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from align3gr_kit.scid import ScidTable
+
+DIFFICULTIES = ("easy", "medium", "hard")
+#: ``all`` mixes the three difficulties (progressive off); ``random`` ignores the beams (ablation).
+MIXED = ("all", "random")
+
+
+def shared_prefix(codes: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Number of leading levels each row of ``codes`` ``[n, L]`` shares with ``chosen`` ``[L]``: ``[n]``."""
+    eq = np.asarray(codes) == np.asarray(chosen)[None, :]
+    return np.cumprod(eq, axis=1).sum(axis=1)
+
+
+def prefix_grades(codes: np.ndarray, chosen: int) -> np.ndarray:
+    """Difficulty grade of every item against item ``chosen``: 0 easy, 1 medium, 2 hard, -1 identical.
+
+    ``codes`` is the ``[n_items, L]`` SCID table; requires ``L >= 3`` for a ``hard`` grade to exist.
+    """
+    overlap = shared_prefix(codes, codes[chosen])
+    grades = np.minimum(overlap, 2)
+    grades[overlap >= codes.shape[1]] = -1
+    grades[chosen] = -1
+    return grades
+
+
+def similarity_grades(unit_embeddings: np.ndarray, chosen: int) -> np.ndarray:
+    """Tercile of each item's cosine similarity to item ``chosen``: 0 easy (least similar) .. 2 hard; -1 itself.
+
+    ``unit_embeddings`` is ``[n_items, d]`` with unit-norm rows.
+    """
+    sims = unit_embeddings @ unit_embeddings[chosen]
+    others = np.delete(sims, chosen)
+    lo, hi = np.quantile(others, [1 / 3, 2 / 3])
+    grades = np.where(sims <= lo, 0, np.where(sims <= hi, 1, 2))
+    grades[chosen] = -1
+    return grades
+
+
+class NegativeSampler:
+    """Pick ``n`` rejected items of one difficulty for a chosen item: beams first, then the catalogue.
+
+    Args:
+        item_codes: ``[n_items, L]`` item SCID codes (the ``ScidTable.codes``).
+        mode: ``prefix`` (shared SCID levels) or ``similarity`` (terciles of embedding similarity).
+        item_embeddings: ``[n_items, d]`` SC item embeddings; required for ``similarity``.
+    """
+
+    def __init__(self, item_codes: np.ndarray, mode: str = "prefix", item_embeddings: np.ndarray | None = None):
+        self.codes = np.asarray(item_codes, dtype=np.int64)
+        if mode not in ("prefix", "similarity"):
+            raise ValueError(f"dpo.difficulty must be 'prefix' or 'similarity', got {mode!r}")
+        self.mode = mode
+        if mode == "prefix" and self.codes.shape[1] < 3:
+            raise ValueError(
+                f"item SCIDs have {self.codes.shape[1]} level(s); the hard SP-DPO stage needs two shared levels and a "
+                "differing one: use tokenizer.levels >= 3 or dpo.difficulty: similarity"
+            )
+        if mode == "similarity":
+            if item_embeddings is None:
+                raise ValueError("dpo.difficulty=similarity needs the SC item embeddings (item_embeddings=[n_items, d])")
+            emb = np.asarray(item_embeddings, dtype=np.float64)
+            if len(emb) != len(self.codes):
+                raise ValueError(f"item_embeddings has {len(emb)} rows for {len(self.codes)} items")
+            self.unit = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+
+    def grades(self, chosen: int) -> np.ndarray:
+        """``[n_items]`` grade of every item for this chosen item (0/1/2, -1 = not a negative)."""
+        if self.mode == "prefix":
+            return prefix_grades(self.codes, chosen)
+        return similarity_grades(self.unit, chosen)
+
+    def pick(
+        self,
+        chosen: int,
+        candidates: Sequence[int] | None,
+        difficulty: str,
+        n: int,
+        rng: np.random.Generator,
+    ) -> tuple[list[int], int]:
+        """Rejected items for one prompt.
+
+        Args:
+            chosen: the chosen item id.
+            candidates: the policy's beam items, best first (``-1`` = padding); ignored for ``random``.
+            difficulty: ``easy``, ``medium``, ``hard``, ``all`` (any grade) or ``random`` (no beams).
+            n: how many to return at most.
+            rng: the stage's seeded generator (catalogue fill).
+        Returns:
+            ``(items, n_from_beams)``: up to ``n`` distinct item ids, beam items first in beam order.
+        """
+        grades = self.grades(chosen)
+        if difficulty in DIFFICULTIES:
+            ok = grades == DIFFICULTIES.index(difficulty)
+        elif difficulty in MIXED:
+            ok = grades >= 0
+        else:
+            raise ValueError(f"unknown SP-DPO difficulty {difficulty!r}; use one of {DIFFICULTIES + MIXED}")
+        picked: list[int] = []
+        if difficulty != "random" and candidates is not None:
+            for c in candidates:
+                c = int(c)
+                if c >= 0 and ok[c] and c not in picked:
+                    picked.append(c)
+                    if len(picked) == n:
+                        return picked, n
+        from_beams = len(picked)
+        pool = np.flatnonzero(ok)
+        if picked:
+            pool = np.setdiff1d(pool, picked, assume_unique=True)
+        need = min(n - len(picked), len(pool))
+        if need > 0:
+            picked.extend(int(x) for x in rng.choice(pool, size=need, replace=False))
+        return picked, from_beams
+
+
+PromptEncoder = Callable[[str], list[int]]
+
+
+def default_prompt_encoder(tokenizer, max_length: int | None = None) -> PromptEncoder:
+    """The kit's one prompt encoding (BOS + prompt text ids, oldest tokens cut first), shared by SFT,
+    evaluation and DPO: :func:`align3gr_kit.model.encoding.prompt_encoder`."""
+    from align3gr_kit.model.encoding import prompt_encoder
+
+    return prompt_encoder(tokenizer, max_length)
+
+
+@torch.no_grad()
+def beam_candidates(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    item_scids: ScidTable,
+    beam_width: int = 20,
+    batch_size: int = 32,
+    encode_prompt: PromptEncoder | None = None,
+) -> np.ndarray:
+    """The policy's constrained beam search over the catalogue for every prompt (self-play proposals).
+
+    Args:
+        model: the policy (the stage's starting policy, i.e. its frozen reference).
+        prompts: sequential-prediction prompts.
+        item_scids: the item SCID table (the trie's leaves).
+        encode_prompt: ``prompt -> token ids``, the SAME encoder the collator uses (so the beams come
+            from the context the loss scores); default: :func:`default_prompt_encoder`.
+    Returns:
+        ``[n_prompts, beam_width]`` item ids, best first, ``-1`` where a beam found fewer items.
+    """
+    from align3gr_kit.decoding import constrained_beam_search, trie_from_scids
+    from align3gr_kit.model.encoding import left_pad
+
+    encode = encode_prompt or default_prompt_encoder(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trie = trie_from_scids(item_scids, tokenizer)
+    out = np.full((len(prompts), beam_width), -1, dtype=np.int64)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="self-play beams", leave=False):
+        input_ids, mask = left_pad([encode(p) for p in prompts[start:start + batch_size]], pad)
+        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=beam_width)
+        items = res.items.cpu().numpy()[:, :beam_width]
+        out[start:start + len(items), : items.shape[1]] = items
+    return out

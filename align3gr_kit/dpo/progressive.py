@@ -1,0 +1,217 @@
+"""Progressive DPO: a list of stages, each with its own preference data; the policy trained in stage
+i is the frozen reference of stage i+1.
+
+For every stage ``s`` in order::
+
+    ref      = frozen copy of the current policy           (stage 1: the SFT / previous model)
+    data     = s.build(ref)                                (self-play beams come from this policy)
+    ref_logp = ref's log-probs of every response            (once; or on the fly if not precomputed)
+    policy   = Softmax-DPO training of the policy on data against ref
+    save     out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json, metrics.json
+    metrics  = evaluate_fn(policy)                          (validation/test after every stage)
+
+``out_dir/history.json`` (rewritten after each stage) lists every stage's sizes, final training
+statistics, metrics, and parameter fingerprints of its reference and trained policy (the reference
+fingerprint of stage i+1 equals the policy fingerprint of stage i).
+
+With a ``wrap_fn`` (e.g. :func:`align3gr_kit.model.apply_lora`) each stage trains a fresh adapter
+on top of the current policy and merges it afterwards (``merge_and_unload``): the next stage's
+reference is then exactly the merged policy, never ``disable_adapter()`` (which would also drop
+the trained SCID embedding rows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import PartialState
+from transformers import TrainingArguments
+from trl.trainer.utils import disable_dropout_in_model
+
+from align3gr_kit.config import DPOConfig
+from align3gr_kit.dpo.trainer import (
+    SoftmaxDPOCollator,
+    SoftmaxDPOTrainer,
+    make_reference,
+    parameter_fingerprint,
+    precompute_reference_logps,
+)
+from align3gr_kit.utils import atomic_path, write_json
+
+TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+@dataclass
+class StageSpec:
+    """One progressive stage.
+
+    Attributes:
+        name: folder name and label (``easy``, ``medium``, ``hard``, ``all``, ``random``...).
+        build: ``build(reference_model) -> list of preference examples`` (see
+            :class:`~align3gr_kit.dpo.trainer.SoftmaxDPOCollator`); it receives the stage's frozen
+            reference, which equals the policy at the start of the stage.
+    """
+
+    name: str
+    build: Callable[[torch.nn.Module], list[dict]]
+
+
+def run_progressive(
+    policy: torch.nn.Module,
+    tokenizer,
+    stages: list[StageSpec],
+    cfg: DPOConfig,
+    out_dir: str | Path,
+    evaluate_fn: Callable[[torch.nn.Module], dict] | None = None,
+    seed: int = 0,
+    smoke: bool = False,
+    encode_prompt: Callable[[str], list[int]] | None = None,
+    max_length: int = 256,
+    wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    save_fn: Callable[[torch.nn.Module, Any, Path], Any] | None = None,
+) -> dict[str, Any]:
+    """Train the stages in order (see the module docstring).
+
+    Args:
+        policy: the starting policy (a Hugging Face causal LM), trained in place stage after stage.
+        tokenizer: its tokenizer (saved beside every stage's model).
+        stages: the stages, in order.
+        cfg: the DPO settings (beta, batch size, lr, epochs/steps, precompute_ref...).
+        out_dir: where ``<stage>/`` folders and ``history.json`` go.
+        evaluate_fn: ``evaluate_fn(model) -> dict`` of metrics, run before the first stage
+            (``start``) and after every stage, on the main process; None skips evaluation.
+        seed: Trainer seed.
+        smoke: shorten training for CI (at most 2 optimiser steps per stage).
+        encode_prompt: ``prompt -> token ids`` shared with the self-play beam search and evaluation
+            (default: :func:`align3gr_kit.model.encoding.prompt_encoder`).
+        max_length: prompt + response tokens per sequence (the collator cuts longer prompts).
+        wrap_fn: ``policy -> trainable model`` (e.g. LoRA) applied at every stage and merged after
+            it (the wrapped model must offer ``merge_and_unload``); None = full fine-tuning.
+        save_fn: ``save_fn(model, tokenizer, folder)``; default ``save_pretrained`` of both.
+    Returns:
+        ``{"start": metrics|None, "stages": [per-stage entries], "final_model": path, "policy": model}``.
+    """
+    if not stages:
+        raise ValueError("run_progressive: no stages to train (check dpo.sp_stages / dpo.rf_stages)")
+    out_dir = Path(out_dir)
+    # TrainingArguments sets up the distributed state the Trainer will use (e.g. gloo for CPU
+    # processes under torchrun); read it from there so "main process" means the same thing here.
+    device = _training_args(cfg, out_dir, seed, smoke).device
+    state = PartialState()
+    policy.to(device)
+    disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
+    history: dict[str, Any] = {"start": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None, "stages": []}
+    for spec in stages:
+        stage_dir = out_dir / spec.name
+        ref = make_reference(policy)
+        examples = spec.build(ref)
+        if not examples:
+            raise ValueError(
+                f"stage {spec.name!r}: no preference examples could be built (no prompt got a rejected response); "
+                "raise dpo.max_prompts or check the stage's data source"
+            )
+        if state.is_main_process:
+            _write_jsonl(stage_dir / "preferences.jsonl", examples)
+        collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
+        ref_fp = parameter_fingerprint(ref)
+        if cfg.precompute_ref:
+            examples = precompute_reference_logps(ref, examples, collator, batch_size=cfg.batch_size)
+            ref = None  # the frozen copy is no longer needed: free it before training
+        trainable = wrap_fn(policy) if wrap_fn else policy
+        trainer = SoftmaxDPOTrainer(
+            model=trainable,
+            ref_model=ref,
+            beta=cfg.beta,
+            args=_training_args(cfg, stage_dir, seed, smoke),
+            train_dataset=_dataset(examples),
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+        policy = trainable.merge_and_unload() if wrap_fn else trainable
+        policy.eval()
+        model_dir = stage_dir / "model"
+        if state.is_main_process:
+            (save_fn or _save_pretrained)(policy, tokenizer, model_dir)
+            write_json(stage_dir / "log_history.json", trainer.state.log_history)
+        entry = {
+            "stage": spec.name,
+            "n_examples": len(examples),
+            "mean_rejected": round(sum(len(e["rejected"]) for e in examples) / len(examples), 4),
+            "from_beams_share": round(
+                sum(e.get("from_beams", 0) for e in examples) / max(1, sum(len(e["rejected"]) for e in examples)), 4
+            ),
+            "steps": trainer.state.global_step,
+            "train_loss": float(result.training_loss),
+            "train": last_logged(trainer.state.log_history),
+            "reference_fingerprint": ref_fp,
+            "policy_fingerprint": parameter_fingerprint(policy),
+            "model_dir": str(model_dir),
+            "metrics": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None,
+        }
+        history["stages"].append(entry)
+        if state.is_main_process:
+            write_json(stage_dir / "metrics.json", entry)
+            write_json(out_dir / "history.json", {**history, "final_model": str(model_dir)})
+        del trainer, ref
+        state.wait_for_everyone()
+    history["final_model"] = str(out_dir / stages[-1].name / "model")
+    history["policy"] = policy
+    return history
+
+
+def last_logged(log_history: list[dict]) -> dict[str, float]:
+    """The last logged value of each training statistic (``loss``, ``rewards/*``)."""
+    out: dict[str, float] = {}
+    for entry in log_history:
+        for k in TRAIN_KEYS:
+            if k in entry:
+                out[k] = float(entry[k])
+    return out
+
+
+def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, smoke: bool) -> TrainingArguments:
+    max_steps = cfg.max_steps or -1
+    if smoke:
+        max_steps = min(max_steps, 2) if max_steps > 0 else 2
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(stage_dir / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=max_steps,
+        learning_rate=cfg.lr,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,  # the collator reads the raw prompt/chosen/rejected columns
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    keep = ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
+    return Dataset.from_list([{k: e[k] for k in keep if k in e} for e in examples])
+
+
+def _save_pretrained(model: torch.nn.Module, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")

@@ -1,0 +1,259 @@
+"""Softmax-DPO training: a data collator, a small ``transformers.Trainer`` subclass, and the frozen
+reference model.
+
+Why not ``trl.DPOTrainer``: its loss internals (``_compute_loss``, the concatenated forward, the old
+``get_batch_logps``/``dpo_loss``) are private and changed in nearly every release, and trl declined
+support for several rejected responses per prompt (huggingface/trl issue 1831). Subclassing
+``transformers.Trainer`` with our own collator and ``compute_loss`` keeps everything the Trainer
+gives (optimiser, scheduler, gradient accumulation, ``accelerate launch`` / DDP / DeepSpeed, logging,
+saving) and leaves only the method's own parts here.
+
+One prompt with one chosen and N rejected responses becomes ``1 + N`` sequences
+``prompt + response``; a batch of B prompts is one left-padded batch of ``B + sum(N_b)`` sequences
+(chosen rows first, then each prompt's rejected rows), scored in ONE forward pass per model, labels
+masked to the response tokens.
+
+Reference log-probs are precomputed once per stage by default (:func:`precompute_reference_logps`):
+the reference is frozen, so its log-probs never change during a stage; scoring them once costs one
+forward pass over the stage's data instead of one per step and epoch, and the reference model can
+be freed before training (half the model memory, which matters more than the compute on a GPU).
+``DPOConfig.precompute_ref = False`` scores them on the fly under ``no_grad`` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, Trainer
+
+from align3gr_kit.dpo.negatives import default_prompt_encoder
+from align3gr_kit.model.encoding import bos_ids
+from align3gr_kit.dpo.softmax_dpo import (
+    IGNORE_INDEX,
+    batched_logps,
+    implicit_rewards,
+    preference_stats,
+    softmax_dpo_loss,
+)
+
+
+@dataclass
+class SoftmaxDPOCollator:
+    """Turn preference examples into one left-padded batch of ``B + sum(N_b)`` sequences.
+
+    Each example is a dict with ``prompt`` (str), ``chosen`` (str) and ``rejected`` (list[str], at
+    least one), optionally ``ref_chosen_logps`` (float) and ``ref_rejected_logps`` (list[float]).
+    The prompt goes through ``encode_prompt`` (default: the kit's one prompt encoding, BOS + text,
+    :mod:`align3gr_kit.model.encoding`, as in SFT, evaluation and the self-play beam search); the
+    response is the SCID text without special tokens, appended. The response is scored without the
+    EOS that SFT completions end with: the log-probability DPO moves is then exactly the score the
+    constrained beam search ranks items by.
+
+    Returns a dict of tensors: ``input_ids``, ``attention_mask``, ``position_ids``, ``labels``
+    (``[S, T]``, S = B + sum(N_b), chosen rows first), ``rejected_mask`` (``[B, N_max]`` bool), and
+    ``ref_chosen_logps`` ``[B]`` / ``ref_rejected_logps`` ``[B, N_max]`` when the examples carry them.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 256
+    encode_prompt: Callable[[str], list[int]] | None = None
+
+    def encode_pair(self, prompt_ids: list[int], response: str) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of one sequence; a too-long prompt loses its oldest tokens (not BOS)."""
+        resp = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        if not resp:
+            raise ValueError(f"response {response!r} tokenizes to nothing; the tokenizer lacks its SCID tokens")
+        room = self.max_length - len(resp)
+        if room < 2:
+            raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before {len(resp)} response tokens")
+        p = list(prompt_ids)
+        if len(p) > room:  # keep a leading BOS, drop the oldest history tokens after it
+            head = p[:1] if p[:1] == bos_ids(self.tokenizer) else []
+            p = head + p[len(p) - (room - len(head)):]
+        return p + resp, [IGNORE_INDEX] * len(p) + resp
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        encode = self.encode_prompt or default_prompt_encoder(self.tokenizer)
+        chosen_rows, rejected_rows, n_rej = [], [], []
+        for ex in examples:
+            if len(ex["rejected"]) == 0:
+                raise ValueError(f"preference example for prompt {ex['prompt'][:60]!r} has no rejected response")
+            prompt_ids = encode(ex["prompt"])
+            chosen_rows.append(self.encode_pair(prompt_ids, ex["chosen"]))
+            rejected_rows.extend(self.encode_pair(prompt_ids, r) for r in ex["rejected"])
+            n_rej.append(len(ex["rejected"]))
+        rows = chosen_rows + rejected_rows
+        batch = _left_pad(rows, self._pad_id())
+        n_max = max(n_rej)
+        mask = torch.zeros(len(examples), n_max, dtype=torch.bool)
+        for b, n in enumerate(n_rej):
+            mask[b, :n] = True
+        batch["rejected_mask"] = mask
+        if all("ref_chosen_logps" in ex for ex in examples):
+            batch["ref_chosen_logps"] = torch.tensor([float(ex["ref_chosen_logps"]) for ex in examples])
+            ref_rej = torch.zeros(len(examples), n_max)
+            for b, ex in enumerate(examples):
+                ref_rej[b, : n_rej[b]] = torch.tensor([float(x) for x in ex["ref_rejected_logps"]])
+            batch["ref_rejected_logps"] = ref_rej
+        return batch
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        return int(pad)
+
+
+def _left_pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    # Left padding puts every response at the end, so the forward pass only needs logits for the
+    # last few positions (see softmax_dpo.batched_logps); position_ids undo the padding offset.
+    T = max(len(ids) for ids, _ in rows)
+    S = len(rows)
+    input_ids = torch.full((S, T), pad_id, dtype=torch.long)
+    labels = torch.full((S, T), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((S, T), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        n = len(ids)
+        input_ids[i, T - n:] = torch.tensor(ids)
+        labels[i, T - n:] = torch.tensor(lab)
+        attention[i, T - n:] = 1
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids, "labels": labels}
+
+
+def split_logps(logps: torch.Tensor, rejected_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo the collator's flattening: ``[B + sum(N_b)]`` -> chosen ``[B]``, rejected ``[B, N_max]``.
+
+    Masked (absent) rejected slots hold 0 and must be ignored through ``rejected_mask``.
+    """
+    B = rejected_mask.shape[0]
+    chosen = logps[:B]
+    rejected = logps.new_zeros(rejected_mask.shape).masked_scatter(rejected_mask.bool(), logps[B:])
+    return chosen, rejected
+
+
+def score_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen ``[B]`` and rejected ``[B, N_max]`` response log-probs of a collated batch, one forward."""
+    logps = batched_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"])
+    return split_logps(logps, batch["rejected_mask"])
+
+
+def make_reference(policy: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``policy``: deep copy, ``requires_grad=False``, eval mode.
+
+    A copy, not ``peft``'s ``disable_adapter()``: that would also drop the trained copies of the
+    SCID embeddings (``modules_to_save``) and give the base model with untrained new rows.
+    """
+    ref = copy.deepcopy(policy)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def parameter_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) over every parameter's name and bytes: equal iff the weights are equal."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def precompute_reference_logps(
+    ref_model: torch.nn.Module,
+    examples: list[dict[str, Any]],
+    collator: SoftmaxDPOCollator,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """Score every example under the frozen reference once.
+
+    Args:
+        ref_model: the frozen reference (eval mode).
+        examples: preference examples (see :class:`SoftmaxDPOCollator`).
+    Returns:
+        New dicts with ``ref_chosen_logps`` (float) and ``ref_rejected_logps`` (list[float], one per
+        rejected response) added.
+    """
+    device = device or next(ref_model.parameters()).device
+    ref_model.eval()
+    out: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collator(chunk).items()}
+        chosen, rejected = score_batch(ref_model, batch)
+        for b, ex in enumerate(chunk):
+            n = len(ex["rejected"])
+            out.append({**ex, "ref_chosen_logps": float(chosen[b]), "ref_rejected_logps": rejected[b, :n].float().tolist()})
+    return out
+
+
+class SoftmaxDPOTrainer(Trainer):
+    """``transformers.Trainer`` with the Softmax-DPO loss.
+
+    Args:
+        model: the policy.
+        args: ``TrainingArguments`` (``remove_unused_columns=False`` is required: the collator reads
+            the raw ``prompt``/``chosen``/``rejected`` columns).
+        beta: DPO temperature.
+        ref_model: frozen reference scored on the fly; may be None when every example carries
+            precomputed ``ref_*_logps``.
+        **kwargs: passed to ``Trainer`` (``train_dataset``, ``data_collator``, ``processing_class``...).
+
+    Logged every ``logging_steps`` (averaged over the steps since the last log, across processes):
+    ``loss``, ``rewards/chosen``, ``rewards/rejected`` (mean over a prompt's rejected), ``rewards/margins``,
+    ``rewards/accuracies`` (chosen beats every rejected), ``logps/chosen``, ``logps/rejected``.
+    """
+
+    def __init__(self, model: torch.nn.Module, args, beta: float, ref_model: torch.nn.Module | None = None, **kwargs):
+        if getattr(args, "remove_unused_columns", False):
+            raise ValueError("SoftmaxDPOTrainer needs TrainingArguments(remove_unused_columns=False): the collator reads raw text columns")
+        super().__init__(model=model, args=args, **kwargs)
+        self.beta = float(beta)
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False)
+            # Plain DDP only: under DeepSpeed ZeRO-3 use precomputed reference log-probs (the default).
+            self.ref_model = ref_model.eval().to(self.args.device)
+        # compute_loss returns a per-batch mean: let the Trainer divide it by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs["rejected_mask"]
+        policy_chosen, policy_rejected = score_batch(model, inputs)
+        if "ref_chosen_logps" in inputs:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        elif self.ref_model is not None:
+            with torch.no_grad():
+                ref_chosen, ref_rejected = score_batch(self.ref_model, inputs)
+        else:
+            raise ValueError("no reference: pass ref_model or precompute ref_chosen_logps/ref_rejected_logps")
+        losses = softmax_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta, mask)
+        loss = losses.mean()
+
+        chosen_r, rejected_r = implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        stats = preference_stats(chosen_r, rejected_r, mask)
+        n = mask.sum(-1).clamp(min=1)
+        stats["logps/chosen"] = policy_chosen.detach().mean()
+        stats["logps/rejected"] = ((policy_rejected.detach() * mask).sum(-1) / n).mean()
+        mode = "train" if model.training else "eval"
+        for k, v in stats.items():
+            self._metrics[mode][k].append(self.accelerator.gather(v.reshape(1)).float().mean().item())
+        return (loss, {"chosen_logps": policy_chosen, "rejected_logps": policy_rejected}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        stored = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            stored = {f"eval_{k}": v for k, v in stored.items()}
+        self._metrics[mode].clear()
+        super().log({**logs, **stored}, start_time)

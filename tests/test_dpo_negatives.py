@@ -1,0 +1,101 @@
+"""SP-DPO negatives: Easy/Medium/Hard by shared SCID prefix, catalogue fill, similarity variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from align3gr_kit.dpo import NegativeSampler, build_sp_preferences, prefix_grades, shared_prefix
+from align3gr_kit.dpo.negatives import similarity_grades
+from align3gr_kit.dpo.preferences import sample_prompts
+from align3gr_kit.scid import ScidTable
+
+
+def _catalogue(n: int = 300, levels: int = 3, codes: int = 4, seed: int = 0) -> ScidTable:
+    rng = np.random.default_rng(seed)
+    all_codes = np.array(np.meshgrid(*[np.arange(codes)] * levels, indexing="ij")).reshape(levels, -1).T
+    return ScidTable(all_codes[rng.choice(len(all_codes), size=min(n, len(all_codes)), replace=False)], "item")
+
+
+def test_shared_prefix_by_hand():
+    codes = np.array([[1, 2, 3], [1, 2, 4], [1, 5, 3], [0, 2, 3], [1, 2, 3]])
+    assert shared_prefix(codes, np.array([1, 2, 3])).tolist() == [3, 2, 1, 0, 3]
+    grades = prefix_grades(codes[:4], 0)
+    assert grades.tolist() == [-1, 2, 1, 0]  # itself, hard, medium, easy
+
+
+@pytest.mark.parametrize("difficulty,overlap", [("easy", 0), ("medium", 1), ("hard", 2)])
+def test_negatives_have_exact_overlap(difficulty, overlap):
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    rng = np.random.default_rng(0)
+    for chosen in range(0, table.n, 17):
+        beams = rng.permutation(table.n)[:20]
+        beams[0] = chosen  # the ground truth among the beams is never a negative
+        neg, from_beams = sampler.pick(chosen, beams, difficulty, 5, np.random.default_rng(1))
+        assert chosen not in neg and len(set(neg)) == len(neg)
+        assert shared_prefix(table.codes[neg], table.codes[chosen]).tolist() == [overlap] * len(neg)
+        # the beam items of that difficulty come first, in beam order
+        beam_ok = [int(b) for b in beams if b != chosen and shared_prefix(table.codes[[b]], table.codes[chosen])[0] == overlap]
+        assert neg[:from_beams] == beam_ok[:from_beams] and from_beams == min(5, len(beam_ok))
+
+
+def test_catalogue_fill_is_seeded_and_runs_out_without_repeats():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    a = sampler.pick(3, None, "medium", 8, np.random.default_rng(7))
+    b = sampler.pick(3, None, "medium", 8, np.random.default_rng(7))
+    assert a == b and a[1] == 0
+    # 4 codes per level: at most 3 items share exactly 2 levels with the chosen one -> fewer, never repeated
+    hard, _ = sampler.pick(3, None, "hard", 20, np.random.default_rng(0))
+    n_pool = int((prefix_grades(table.codes, 3) == 2).sum())
+    assert len(hard) == n_pool <= 3 and len(set(hard)) == len(hard)
+
+
+def test_all_and_random_modes():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    beams = np.array([5, 6, 7, -1, -1])
+    neg, from_beams = sampler.pick(5, beams, "all", 6, np.random.default_rng(0))
+    assert neg[:2] == [6, 7] and from_beams == 2 and 5 not in neg and len(neg) == 6
+    neg, from_beams = sampler.pick(5, beams, "random", 6, np.random.default_rng(0))
+    assert from_beams == 0 and 5 not in neg and len(set(neg)) == 6
+    with pytest.raises(ValueError, match="difficulty"):
+        sampler.pick(5, beams, "extreme", 6, np.random.default_rng(0))
+
+
+def test_two_level_scids_cannot_have_hard_negatives():
+    with pytest.raises(ValueError, match="tokenizer.levels >= 3"):
+        NegativeSampler(np.array([[0, 1], [1, 1]]))
+
+
+def test_similarity_terciles():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(90, 8))
+    grades = similarity_grades(emb / np.linalg.norm(emb, axis=1, keepdims=True), 0)
+    sims = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (emb[0] / np.linalg.norm(emb[0]))
+    assert grades[0] == -1
+    assert sorted(np.bincount(grades[1:]).tolist()) == [29, 30, 30]  # 89 other items in thirds
+    # every easy item is less similar than every hard item
+    assert sims[grades == 0].max() < sims[grades == 2].min()
+    sampler = NegativeSampler(np.zeros((90, 3), dtype=int) + np.arange(90)[:, None], "similarity", emb)
+    hard, _ = sampler.pick(0, None, "hard", 10, np.random.default_rng(0))
+    assert set(hard) <= set(np.flatnonzero(grades == 2).tolist())
+
+
+def test_build_sp_preferences_strings_and_overlaps():
+    table = _catalogue()
+    train = pd.DataFrame({"user_id": [0, 0, 1], "history": [[1], [1, 2], [4]], "target": [2, 9, 11]})
+    samples = sample_prompts(train, 0, 0, "sp/easy")
+    assert samples["t"].tolist() == [1, 2, 1]
+    prompts = [f"p{i}" for i in range(3)]
+    cands = np.tile(np.arange(20), (3, 1))
+    ex = build_sp_preferences(samples, prompts, table, NegativeSampler(table.codes), "easy", 4, 0, cands)
+    assert len(ex) == 3
+    for e, target in zip(ex, [2, 9, 11]):
+        assert e["chosen"] == table.string(target) and len(e["rejected"]) == 4
+        assert e["rejected"] == [table.string(i) for i in e["rejected_items"]]
+        assert e["overlaps"] == [0, 0, 0, 0]
+    again = build_sp_preferences(samples, prompts, table, NegativeSampler(table.codes), "easy", 4, 0, cands)
+    assert again == ex

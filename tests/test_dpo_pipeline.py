@@ -1,0 +1,187 @@
+"""run_dpo end to end on a fake run directory (tiny dataset with ratings, tiny SFT model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from align3gr_kit.config import DPOConfig, RunConfig
+from align3gr_kit.data.schema import DataError, RecDataset, make_interactions, make_items, make_users
+from align3gr_kit.data.split import leave_one_out
+from align3gr_kit.dpo import rf_stage_names, run_dpo, shared_prefix, sp_stage_names
+from align3gr_kit.model import load_model, save_model
+from align3gr_kit.runs import StageRun
+from align3gr_kit.scid import ScidTable
+from align3gr_kit.utils import read_json
+
+
+def _world(n_users: int = 8, n_items: int = 40, per_user: int = 9, ratings: bool = True, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    grid = np.array(np.meshgrid(np.arange(4), np.arange(4), np.arange(4), indexing="ij")).reshape(3, -1).T
+    items = ScidTable(grid[rng.choice(len(grid), n_items, replace=False)], "item")
+    users = ScidTable(np.stack([np.arange(n_users) % 4, np.arange(n_users) // 4], 1), "user")
+    u = np.repeat(np.arange(n_users), per_user)
+    i = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    t = np.tile(np.arange(per_user), n_users)
+    r = rng.integers(1, 6, size=len(u)) if ratings else None
+    ds = RecDataset("tiny", make_items([{"raw_id": str(k), "title": f"t{k}"} for k in range(n_items)], "t"),
+                    make_users([{"raw_id": str(k)} for k in range(n_users)], "t"), make_interactions(u, i, t, r), "t")
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: k for k, w in enumerate(["<unk>", "<pad>", "<s>", "</s>", "user", "history", ","])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.add_tokens(items.vocabulary() + users.vocabulary())
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                                         pad_token_id=tok.pad_token_id, initializer_range=0.3))
+    return ds, items, users, tok, model
+
+
+def _fake_run(tmp_path, ratings: bool = True, **dpo) -> RunConfig:
+    """Upstream stages 00/01/04 written the way their notebooks write them."""
+    cfg = RunConfig(run_name="t", runs_dir=str(tmp_path), seed=0)
+    cfg.dpo = DPOConfig(**{"n_rejected": 3, "batch_size": 4, "max_steps": 2, "max_prompts": 8, "lr": 1e-2,
+                           "logging_steps": 1, **dpo})
+    cfg.decode.beam_width = 6
+    cfg.decode.topk = [1, 5]
+    cfg.decode.max_eval_users = 4
+    cfg.model.dtype = "float32"
+    ds, items, users, tok, model = _world(ratings=ratings)
+    s = StageRun(cfg, "00_data")
+    ds.save(s.path("dataset"))
+    leave_one_out(ds, 20).save(s.path("split"))
+    s.finish()
+    s = StageRun(cfg, "01_tokenize")
+    items.save(s.path("item_scids.json"))
+    users.save(s.path("user_scids.json"))
+    s.finish()
+    s = StageRun(cfg, "04_sft")
+    save_model(model, tok, s.path("model"), items, users)
+    s.finish()
+    return cfg
+
+
+def _count_valid_metric(model) -> dict:
+    return {"valid": {"n_params": float(sum(p.numel() for p in model.parameters()))}}
+
+
+def test_sp_then_rf_end_to_end(tmp_path):
+    cfg = _fake_run(tmp_path)
+    sp = run_dpo(cfg, "sp", evaluate_fn=_count_valid_metric)
+    assert sp["stages"] == ["easy", "medium", "hard"] and [h["stage"] for h in sp["history"]] == sp["stages"]
+    sp_dir = cfg.run_dir / "05_sp_dpo"
+    items = ScidTable.load(cfg.run_dir / "01_tokenize" / "item_scids.json")
+    for k, name in enumerate(sp["stages"]):
+        rows = [json.loads(x) for x in (sp_dir / name / "preferences.jsonl").read_text().splitlines()]
+        # 40 of 64 possible SCIDs: an item has at most 3 catalogue neighbours sharing two levels, so
+        # hard examples may hold fewer than N negatives (never repeats); easy ones always have N
+        assert rows and all(1 <= len(r["rejected"]) <= 3 for r in rows)
+        assert name != "easy" or all(len(r["rejected"]) == 3 for r in rows)
+        for r in rows:
+            n = len(r["rejected_items"])
+            assert shared_prefix(items.codes[r["rejected_items"]], items.codes[r["chosen_item"]]).tolist() == [k] * n
+        assert (sp_dir / name / "model" / "item_scids.json").exists()
+    # the final policy is reachable as 05_sp_dpo/model, and loads with the model package
+    model, _, _, _ = load_model(sp_dir / "model", "float32")
+    final = load_model(sp_dir / "hard" / "model", "float32")[0]
+    for a, b in zip(model.parameters(), final.parameters()):
+        assert torch.equal(a, b)
+    manifest = read_json(sp_dir / "manifest.json")
+    assert manifest["metrics"]["hard/valid/n_params"] > 0 and "easy/train/rewards/accuracies" in manifest["metrics"]
+    hist = read_json(sp_dir / "history.json")
+    assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]
+
+    _check_figures(cfg, sp)
+
+    rf = run_dpo(cfg, "rf")  # the default evaluator: Recall/NDCG on valid and test (align3gr_kit.evaluate)
+    assert rf["stages"] == ["easy", "hard"] and rf["start_model"].endswith("05_sp_dpo/hard/model")
+    for label in ("start", "easy", "hard", "final"):
+        for split_name in ("valid", "test"):
+            assert 0.0 <= rf["metrics"][f"{label}/{split_name}/recall@5"] <= 1.0
+            assert rf["metrics"][f"{label}/{split_name}/users"] == 4 and rf["metrics"][f"{label}/{split_name}/invalid"] == 0
+    rf_hist = read_json(cfg.run_dir / "06_rf_dpo" / "history.json")
+    assert rf_hist["stages"][0]["reference_fingerprint"] == hist["stages"][-1]["policy_fingerprint"]
+    for name, level in (("easy", "disliked"), ("hard", "neutral")):
+        rows = [json.loads(x) for x in (cfg.run_dir / "06_rf_dpo" / name / "preferences.jsonl").read_text().splitlines()]
+        assert rows and all(set(r["rejected_levels"]) == {level} for r in rows)
+
+
+def _check_figures(cfg, sp):
+    from align3gr_kit.dpo import figures
+
+    out = cfg.run_dir / "05_sp_dpo"
+    ds = RecDataset.load(cfg.run_dir / "00_data" / "dataset")
+    items = ScidTable.load(cfg.run_dir / "01_tokenize" / "item_scids.json")
+    pairs = figures.example_pairs(out, sp["stages"], ds, items, per_stage=1, rejected=2)
+    assert pairs.role.tolist() == ["chosen", "rejected", "rejected"] * 3
+    assert pairs.detail[pairs.stage == "medium"].tolist()[1:] == ["1 shared level(s)"] * 2
+    first = figures.read_preferences(out / "easy")[0]
+    assert pairs.item.iloc[0] == f"{ds.items.title.iloc[first['chosen_item']]} {first['chosen']}"
+    neg = figures.negatives_table(out, sp["stages"])
+    assert neg["mean shared levels"].tolist() == [0.0, 1.0, 2.0] and (neg.prompts == 8).all()
+    curves = figures.training_curves(out, sp["stages"])
+    # 2 steps per stage, logged every step: run_step runs 1..6 across the three stages
+    assert sorted(curves[curves.metric == "loss"].run_step) == [1, 2, 3, 4, 5, 6]
+    assert len(figures.curves_figure(curves, "t").data) == 9
+    table = figures.metrics_table({"start": None, "history": [
+        {"stage": "easy", "metrics": {"valid": {"recall@5": 0.5, "ndcg@10": 0.25}}}]})
+    assert table.to_dict("records") == [{"model": "easy", "valid recall@5": 0.5, "valid ndcg@10": 0.25}]
+    assert len(figures.metrics_figure(table, "t").data) == 1
+
+
+def test_rf_without_ratings_names_loaders(tmp_path):
+    cfg = _fake_run(tmp_path, ratings=False, sp_stages=[])
+    with pytest.raises(DataError, match="ml-100k"):
+        run_dpo(cfg, "rf", evaluate_fn=None)
+
+
+def test_ablation_stage_names():
+    assert sp_stage_names(DPOConfig()) == ["easy", "medium", "hard"]
+    assert sp_stage_names(DPOConfig(progressive=False)) == ["all"]
+    assert sp_stage_names(DPOConfig(negatives="random")) == ["random"]
+    assert sp_stage_names(DPOConfig(sp_stages=[])) == []
+    assert rf_stage_names(DPOConfig()) == ["easy", "hard"]
+    assert rf_stage_names(DPOConfig(rf_progressive=False)) == ["all"]
+    with pytest.raises(ValueError, match="dpo.sp_stages"):
+        sp_stage_names(DPOConfig(sp_stages=["easy", "extreme"]))
+    with pytest.raises(ValueError, match="dpo.negatives"):
+        sp_stage_names(DPOConfig(negatives="beams"))
+
+
+def test_lora_stages_merge_and_chain(tmp_path):
+    cfg = _fake_run(tmp_path, sp_stages=["easy", "medium"], max_prompts=4)
+    cfg.model.lora = True
+    cfg.model.lora_r = 4
+    sft = load_model(cfg.run_dir / "04_sft" / "model", "float32")[0]
+    run_dpo(cfg, "sp", evaluate_fn=None)
+    hist = read_json(cfg.run_dir / "05_sp_dpo" / "history.json")
+    assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]
+    easy = load_model(cfg.run_dir / "05_sp_dpo" / "easy" / "model", "float32")[0]
+    # merged plain models (no adapter left) whose SCID embedding rows moved away from SFT's
+    assert not any("lora" in k for k in easy.state_dict())
+    assert not torch.equal(easy.get_input_embeddings().weight, sft.get_input_embeddings().weight)
+    assert not torch.equal(easy.get_output_embeddings().weight, sft.get_output_embeddings().weight)
+
+
+def test_similarity_difficulty_reads_sc_embeddings(tmp_path):
+    from align3gr_kit.dpo.negatives import similarity_grades
+
+    cfg = _fake_run(tmp_path, sp_stages=["hard"], difficulty="similarity", max_prompts=4)
+    with pytest.raises(FileNotFoundError, match="item_sc.npy"):
+        run_dpo(cfg, "sp", evaluate_fn=None)
+    emb = np.random.default_rng(0).normal(size=(40, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    np.save(cfg.run_dir / "01_tokenize" / "item_sc.npy", emb)
+    run_dpo(cfg, "sp", evaluate_fn=None)
+    rows = [json.loads(x) for x in (cfg.run_dir / "05_sp_dpo" / "hard" / "preferences.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:  # every negative lies in the most similar third of the catalogue
+        assert set(r["rejected_items"]) <= set(np.flatnonzero(similarity_grades(emb, r["chosen_item"]) == 2).tolist())
