@@ -1,0 +1,225 @@
+"""The whole token level in one call: features -> SC encoders + RQ-VAEs -> unique user/item SCIDs.
+
+``run_tokenize`` is what ``python -m align3gr_kit tokenize`` and ``notebooks/01_tokenize.ipynb`` call.
+Files it writes into ``out_dir``:
+
+* ``item_scids.json`` / ``user_scids.json``: :class:`ScidTable` (collisions resolved, see
+  :mod:`align3gr_kit.tokenizer.unique`); ``user_scids.json`` only when ``tokenizer.dual``.
+* ``item_codes_raw.npy`` / ``user_codes_raw.npy``: RQ-VAE codes before resolution ``[n, levels]``.
+* ``item_sc.npy`` / ``user_sc.npy``: SC embeddings ``[n, sc_dim]`` (unit norm).
+* ``item_semantic.npy`` / ``user_semantic.npy`` / ``item_cf.npy`` / ``user_cf.npy``: frozen features used.
+* ``item_codebooks.npy`` / ``user_codebooks.npy``: ``[levels, K, code_dim]``; ``tokenizer.pt``: all weights.
+* ``tokenizer_history.json``: one dict per epoch of both phases; ``sasrec_history.json`` when SASRec
+  was trained; ``summary.json``: the returned summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from align3gr_kit.config import RunConfig, TokenizerConfig
+from align3gr_kit.data.schema import RecDataset
+from align3gr_kit.data.split import Split
+from align3gr_kit.encoders.sasrec import load_item_cf, mean_item_embedding, params_from_config, train_sasrec
+from align3gr_kit.encoders.semantic import semantic_features
+from align3gr_kit.scid import ScidTable
+from align3gr_kit.tokenizer.sc_encoder import fuse_features
+from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
+from align3gr_kit.tokenizer.unique import append_unique_level, collisions, perplexity, utilisation
+from align3gr_kit.utils import atomic_path, project_root, write_json
+
+# Smoke runs (RunConfig.smoke) cap the epochs so a notebook runs in seconds; the config's own
+# values are used when they are smaller.
+SMOKE_CAPS = {"sasrec_epochs": 3, "phase1_max_epochs": 4, "phase2_epochs": 6}
+
+
+@dataclass
+class Features:
+    """Frozen features of every item and user (``None`` where switched off).
+
+    Attributes:
+        item_semantic / user_semantic: ``[n, d_text]`` sentence embeddings.
+        item_cf / user_cf: ``[n, d_cf]`` collaborative embeddings.
+        sasrec_history: SASRec's epoch log when it was trained here.
+    """
+
+    item_semantic: np.ndarray | None = None
+    user_semantic: np.ndarray | None = None
+    item_cf: np.ndarray | None = None
+    user_cf: np.ndarray | None = None
+    sasrec_history: list | None = None
+
+    def fused(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(item [n_items, d], user [n_users, d'])``: each block L2-normalised, then concatenated."""
+        return fuse_features(self.item_semantic, self.item_cf), fuse_features(self.user_semantic, self.user_cf)
+
+
+def effective_config(cfg: RunConfig) -> TokenizerConfig:
+    """The tokenizer settings a run uses: ``cfg.tokenizer`` with :data:`SMOKE_CAPS` when ``cfg.smoke``."""
+    tcfg = cfg.tokenizer
+    if cfg.smoke:
+        tcfg = dataclasses.replace(tcfg, **{k: min(getattr(tcfg, k), v) for k, v in SMOKE_CAPS.items()})
+    if not (tcfg.use_semantic or tcfg.use_cf):
+        raise ValueError("tokenizer: use_semantic and use_cf are both false; at least one feature source is needed")
+    return tcfg
+
+
+def default_cache_dir(ds: RecDataset) -> Path:
+    """Where sentence embeddings are cached by default: ``data/<dataset>/cache/`` (git-ignored)."""
+    return project_root() / "data" / ds.name / "cache"
+
+
+def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """Collaborative features ``(item [n_items, d], user [n_users, d], sasrec_history or None)``.
+
+    Trains SASRec on the training split (user feature = its representation of the user's training
+    history), or loads ``tcfg.cf_embeddings`` (user feature = mean of the user's training items).
+    """
+    seqs = split.train_sequences
+    if tcfg.cf_embeddings:
+        warnings.warn(
+            f"tokenizer.cf_embeddings={tcfg.cf_embeddings}: using given item CF embeddings whose training data is "
+            "unknown; if they were trained on all interactions, validation/test items leak into the SCIDs. "
+            "Leave tokenizer.cf_embeddings empty to train SASRec on the training split instead.",
+            stacklevel=2,
+        )
+        item = load_item_cf(tcfg.cf_embeddings, ds.n_items)
+        return item, mean_item_embedding(item, seqs, ds.n_users), None
+    missing = [u for u in range(ds.n_users) if u not in seqs]
+    if missing:
+        raise ValueError(f"{ds.name}: user {missing[0]} has no training sequence; the split must cover every user")
+    result = train_sasrec(split, ds.n_items, params_from_config(tcfg, split.max_history), seed, progress=progress)
+    model = result.model
+    with torch.no_grad():
+        item = model.item_embeddings().float().cpu().numpy()
+        user = model.represent([seqs[u].tolist() for u in range(ds.n_users)]).float().cpu().numpy()
+    return item, user, result.history
+
+
+def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
+                   cache_dir: str | Path | None = None, progress: bool = True) -> Features:
+    """Frozen semantic and collaborative features as switched on in ``tcfg``."""
+    f = Features()
+    if tcfg.use_semantic:
+        f.item_semantic, f.user_semantic = semantic_features(
+            ds, tcfg.semantic_model, cache_dir if cache_dir is not None else default_cache_dir(ds))
+    if tcfg.use_cf:
+        f.item_cf, f.user_cf, f.sasrec_history = cf_features(tcfg, ds, split, seed, progress)
+    return f
+
+
+def training_pairs(split: Split) -> np.ndarray:
+    """``[P, 2]`` (user, item) pairs of the training sequences, users ascending, chronological."""
+    rows = [np.stack([np.full(len(s), u), s], 1) for u, s in sorted(split.train_sequences.items()) if len(s)]
+    return np.concatenate(rows).astype(np.int64)
+
+
+def code_stats(raw: np.ndarray, resolved: np.ndarray | None, codebook_size: int) -> dict:
+    """Collisions before/after resolution, per-level utilisation and perplexity of raw codes."""
+    return {
+        "collisions_before": collisions(raw),
+        "collisions": collisions(resolved if resolved is not None else raw),
+        "utilisation": [round(x, 4) for x in utilisation(raw, codebook_size)],
+        "perplexity": [round(x, 4) for x in perplexity(raw)],
+        "codebook_size": codebook_size,
+    }
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
+
+
+def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str | Path,
+                 cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Run the token level end to end and write its artifacts (module docstring) into ``out_dir``.
+
+    Args:
+        cfg: run config (``cfg.tokenizer``, ``cfg.seed``, ``cfg.smoke``).
+        dataset: the dataset in canonical form.
+        split: its leave-one-out split; only ``train_sequences`` trains anything, ``valid`` steers
+            early stopping and the phase switch.
+        out_dir: folder for the artifacts (created).
+        cache_dir: sentence-embedding cache; ``None`` = ``data/<dataset>/cache/``.
+        progress: progress bars.
+    Returns:
+        Summary: ``item_collisions`` (after resolution, always 0), ``user_collisions``,
+        ``item_collisions_before``, ``user_collisions_before``, ``item_utilisation`` /
+        ``user_utilisation`` and ``item_perplexity`` / ``user_perplexity`` (per level, raw codes),
+        ``item_codebook_size`` / ``user_codebook_size``, ``item_levels`` / ``user_levels`` (SCID
+        length), ``u2i_auc`` (held-out AUC of the final SC embeddings), ``phase_switch_epoch``,
+        ``epochs``, ``seconds``. User entries are ``None`` for item-only runs.
+    """
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = effective_config(cfg)
+    feats = build_features(tcfg, dataset, split, cfg.seed, cache_dir, progress)
+    for name in ("item_semantic", "user_semantic", "item_cf", "user_cf"):
+        if getattr(feats, name) is not None:
+            _save_npy(out / f"{name}.npy", getattr(feats, name))
+    if feats.sasrec_history is not None:
+        write_json(out / "sasrec_history.json", feats.sasrec_history)
+
+    item_x, user_x = feats.fused()
+    heldout = split.valid[["user_id", "target"]].to_numpy(dtype=np.int64)
+    result: TokenizerResult = train_dual_tokenizer(item_x, user_x, training_pairs(split), heldout, tcfg,
+                                                   cfg.seed, progress)
+    model = result.model
+    write_json(out / "tokenizer_history.json", result.history)
+    torch.save(model.state_dict(), out / "tokenizer.pt")
+
+    device = model.item_rq.quantizer.codebooks.device
+    items_t = torch.as_tensor(item_x, device=device)
+    users_t = torch.as_tensor(user_x, device=device)
+    _save_npy(out / "item_sc.npy", model.embed(items_t, "item").cpu().numpy())
+    _save_npy(out / "user_sc.npy", model.embed(users_t, "user").cpu().numpy())
+
+    item_raw = model.codes(items_t, "item").cpu().numpy()
+    item_codes = append_unique_level(item_raw)
+    _save_npy(out / "item_codes_raw.npy", item_raw)
+    _save_npy(out / "item_codebooks.npy", model.item_rq.quantizer.codebooks.detach().cpu().numpy())
+    ScidTable(item_codes, "item").save(out / "item_scids.json")
+    item_stats = code_stats(item_raw, item_codes, model.item_codebook_size)
+
+    user_stats: dict = {k: None for k in ("collisions_before", "collisions", "utilisation", "perplexity", "codebook_size")}
+    user_levels = None
+    if model.user_rq is not None:
+        user_raw = model.codes(users_t, "user").cpu().numpy()
+        user_codes = append_unique_level(user_raw) if tcfg.unique_users else user_raw
+        _save_npy(out / "user_codes_raw.npy", user_raw)
+        _save_npy(out / "user_codebooks.npy", model.user_rq.quantizer.codebooks.detach().cpu().numpy())
+        ScidTable(user_codes, "user").save(out / "user_scids.json")
+        user_stats = code_stats(user_raw, user_codes, model.user_codebook_size)
+        user_levels = int(user_codes.shape[1])
+
+    summary = {
+        "n_items": dataset.n_items,
+        "n_users": dataset.n_users,
+        "item_collisions": item_stats["collisions"],
+        "user_collisions": user_stats["collisions"],
+        "item_collisions_before": item_stats["collisions_before"],
+        "user_collisions_before": user_stats["collisions_before"],
+        "item_utilisation": item_stats["utilisation"],
+        "user_utilisation": user_stats["utilisation"],
+        "item_perplexity": item_stats["perplexity"],
+        "user_perplexity": user_stats["perplexity"],
+        "item_codebook_size": item_stats["codebook_size"],
+        "user_codebook_size": user_stats["codebook_size"],
+        "item_levels": int(item_codes.shape[1]),
+        "user_levels": user_levels,
+        "u2i_auc": round(result.history[-1]["auc"], 4),
+        "phase_switch_epoch": result.switch_epoch,
+        "epochs": len(result.history),
+        "seconds": round(time.time() - t0, 2),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
