@@ -135,7 +135,8 @@ class PromptConfig:
             ``B2``, whose only purpose is to ground the user tokens).
         task_mix: per-task sampling weight applied after ``max_per_task`` (missing task = 1.0):
             ``0.5`` keeps a seeded half of the task's examples, ``2.0`` adds a seeded second copy.
-        max_per_task: cap on examples per task (a seeded subsample); 0 = no cap.
+        max_per_task: cap on examples per task (a seeded subsample); 0 = no cap. The default keeps
+            ml-100k's five sequence tasks at 20k examples each (~107k rows, built in ~15 s).
         max_title_history: most recent titles shown in title-history prompts (``C1-2``), to keep
             them within the model's context.
         max_text_words: descriptions and profiles are cut to this many words in prompts/completions.
@@ -145,7 +146,7 @@ class PromptConfig:
     tasks: list[str] = field(default_factory=lambda: ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"])
     user_scid_in_prompt: bool = True
     task_mix: dict[str, float] = field(default_factory=dict)
-    max_per_task: int = 0
+    max_per_task: int = 20000
     max_title_history: int = 10
     max_text_words: int = 40
     ts_align_keywords: int = 5
@@ -172,6 +173,9 @@ class ModelConfig:
         lora_dropout: dropout on the LoRA branch.
         lora_target_modules: peft ``target_modules`` (``all-linear`` = every linear layer but the head).
         sa_init: initialise new SCID token embeddings by SA-Init (TS-Rec) instead of a seeded normal.
+            Meant for pretrained backbones (``minilm``, hub models): on ``tiny-llama`` the keyword rows are
+            random, their means are small and alike, and short SFT runs do worse (Recall@10 0.03 vs 0.2
+            on the default data after 200 steps), hence off by default.
         sa_init_keywords: TF-IDF keywords per SCID token for SA-Init.
         trust_remote_code: allow a hub model's own code (off by default: safety).
         dtype: ``auto`` (bf16 on a GPU that supports it, fp32 on CPU), ``float32`` or ``bfloat16``.
@@ -189,7 +193,7 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: str = "all-linear"
-    sa_init: bool = True
+    sa_init: bool = False
     sa_init_keywords: int = 10
     trust_remote_code: bool = False
     dtype: str = "auto"
@@ -201,7 +205,8 @@ class SFTConfig:
 
     Attributes:
         epochs: passes over the SFT dataset.
-        max_steps: stop after this many optimiser steps; 0 = by epochs.
+        max_steps: stop after this many optimiser steps; 0 = by epochs. The default (3000 steps of 32)
+            trains ml-100k in about 25-40 min on 2 CPU cores (0.5-0.75 s/step measured).
         lr: peak learning rate.
         batch_size: examples per device per step.
         grad_accum: gradient accumulation steps.
@@ -214,7 +219,7 @@ class SFTConfig:
     """
 
     epochs: float = 3.0
-    max_steps: int = 0
+    max_steps: int = 3000
     lr: float = 1e-3
     batch_size: int = 32
     grad_accum: int = 1

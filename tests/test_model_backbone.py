@@ -1,0 +1,166 @@
+"""The tiny-llama backbone: BPE, SCID tokens, new-row init (normal, SA-Init), LoRA, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from align3gr_kit.config import ModelConfig
+from align3gr_kit.model import (
+    apply_lora,
+    build_backbone,
+    build_tokenizer,
+    encode_prompts,
+    encode_sft_batch,
+    left_pad,
+    load_model,
+    save_model,
+    scid_keywords,
+    trainable_parameters,
+)
+from align3gr_kit.prompts.keywords import TfidfKeywords, token_groups
+from align3gr_kit.scid import ScidTable
+
+CORPUS = [
+    "A vintage electric guitar with maple neck and alnico pickups.",
+    "A weighted digital piano with hammer action keys.",
+    "A maple-shell drum kit with chrome hardware and cymbals.",
+    "User profile: a 25-34 year old guitarist who likes vintage gear.",
+] * 20
+TEXTS = ["vintage guitar maple pickups", "guitar strings bridge", "digital piano keys", "drum kit cymbals snare",
+         "piano synthesizer keys", "drum snare sticks"]
+CFG = ModelConfig(base="tiny-llama", hidden_size=32, num_layers=1, num_heads=2, bpe_vocab_size=300, sa_init=False)
+
+
+@pytest.fixture(scope="module")
+def tables():
+    items = ScidTable(np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [2, 0, 0], [1, 1, 0], [2, 1, 0]]), "item")
+    users = ScidTable(np.array([[0, 0], [1, 0]]), "user")
+    return items, users
+
+
+def scid_tokens(items, users):
+    return items.vocabulary() + users.vocabulary()
+
+
+def test_scid_tokens_are_whole_tokens(tables):
+    items, users = tables
+    tok = build_tokenizer(CFG, CORPUS, scid_tokens(items, users))
+    text = f"User {users.string(1)} bought {items.string(4)}, {items.string(0)}.\n"
+    pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    expected = users.tokens(1) + items.tokens(4) + items.tokens(0)
+    assert [p for p in pieces if p.startswith("<") and p.endswith(">") and "_" in p] == expected
+    assert not any("<a_" in p and p not in items.vocabulary() for p in pieces)
+    # SCID strings are stripped from the BPE's training text: no merge spells a piece of them.
+    assert not any(("a_" in v or "_1>" in v) for v in tok.backend_tokenizer.get_vocab(with_added_tokens=False))
+    assert tok.bos_token == "<s>" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_normal_init_is_seeded_and_scaled(tables):
+    items, users = tables
+    toks = scid_tokens(items, users)
+    m1, tok = build_backbone(CFG, CORPUS, toks, seed=0)
+    m2, _ = build_backbone(CFG, CORPUS, toks, seed=0, tokenizer=build_tokenizer(CFG, CORPUS, toks))
+    m3, _ = build_backbone(CFG, CORPUS, toks, seed=1, tokenizer=build_tokenizer(CFG, CORPUS, toks))
+    ids = tok.convert_tokens_to_ids(toks)
+    assert m1.get_input_embeddings().weight.shape[0] == len(tok)
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        w1, w2, w3 = (getattr(m, get)().weight.detach() for m in (m1, m2, m3))
+        assert torch.equal(w1[ids], w2[ids]) and not torch.allclose(w1[ids], w3[ids])
+        old_std = w1[: min(ids)].std()
+        assert 0.6 < float(w1[ids].std() / old_std) < 1.5
+        # Distinct rows (mean_resizing would make them nearly identical).
+        assert float(torch.pdist(w1[ids]).min()) > 0.1 * float(old_std)
+
+
+def test_tfidf_keywords_hand_example():
+    kws = TfidfKeywords().extract(["guitar guitar amp", "drum drum stick", ""], k=1)
+    assert kws == [["guitar"], ["drum"], []]
+
+
+def test_sa_init_is_the_mean_of_keyword_embeddings(tables):
+    items, users = tables
+    from align3gr_kit.data.schema import RecDataset, make_interactions, make_items, make_users
+
+    ds = RecDataset("t", make_items([{"raw_id": str(i), "title": t} for i, t in enumerate(TEXTS)], "t"),
+                    make_users([{"raw_id": "u0", "profile": "guitarist vintage"}, {"raw_id": "u1", "profile": "drummer"}], "t"),
+                    make_interactions([0], [0], [0]))
+    kw = scid_keywords(ds, items, users, k=3)
+    # Token <a_0> is carried by items 0 and 1 (both guitar texts): "guitar" is its top keyword.
+    assert [list(r) for r in token_groups(items).rows][:1] == [[0, 1]] and kw["<a_0>"][0] == "guitar"
+    cfg = ModelConfig(**{**CFG.__dict__, "sa_init": True})
+    model, tok = build_backbone(cfg, CORPUS + TEXTS, scid_tokens(items, users), seed=0, keywords=kw)
+    assert model.align3gr_init_stats["sa_init"] == len(kw)
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        w = getattr(model, get)().weight.detach()
+        for token, words in kw.items():
+            # Independent path: the raw `tokenizers` object, one mean per keyword, then the mean.
+            per_kw = [w[tok.backend_tokenizer.encode(" " + word, add_special_tokens=False).ids].mean(0) for word in words]
+            expected = torch.stack(per_kw).mean(0)
+            assert torch.allclose(w[tok.convert_tokens_to_ids(token)], expected, atol=1e-6), token
+
+
+def test_sa_init_requires_keywords(tables):
+    items, users = tables
+    with pytest.raises(ValueError, match="keywords"):
+        build_backbone(ModelConfig(**{**CFG.__dict__, "sa_init": True}), CORPUS, scid_tokens(items, users), seed=0)
+
+
+def test_lora_trainable_count_includes_embeddings(tables):
+    items, users = tables
+    model, tok = build_backbone(CFG, CORPUS, scid_tokens(items, users), seed=0)
+    V, H, I, r = len(tok), CFG.hidden_size, 4 * CFG.hidden_size, 4
+    peft_model = apply_lora(model, ModelConfig(**{**CFG.__dict__, "lora": True, "lora_r": r}))
+    counts = trainable_parameters(peft_model)
+    # Hand count: LoRA A (r x in) and B (out x r) on q, k, v, o (H->H), gate, up (H->I), down (I->H),
+    # plus full copies of the input embedding and lm_head (V x H each).
+    lora = r * (4 * (H + H) + 2 * (H + I) + (I + H))
+    assert counts["trainable"] == lora + 2 * V * H
+    assert counts["trainable"] == peft_model.get_nb_trainable_parameters()[0]
+    # Without the embeddings in modules_to_save (the pitfall) the SCID rows would be frozen.
+    from peft import LoraConfig, get_peft_model
+
+    plain, _ = build_backbone(CFG, CORPUS, scid_tokens(items, users), seed=0)
+    plain = get_peft_model(plain, LoraConfig(r=r, target_modules="all-linear", task_type="CAUSAL_LM"))
+    from align3gr_kit.train.sft import embeddings_trainable
+
+    assert embeddings_trainable(peft_model) and not embeddings_trainable(plain)
+
+
+def test_encoding_is_shared_and_left_padded(tables):
+    items, users = tables
+    tok = build_tokenizer(CFG, CORPUS, scid_tokens(items, users))
+    prompts = ["User <ua_0> likes <a_0><b_0><c_0>.\n", "Hi\n"]
+    enc = encode_sft_batch(tok, prompts, [items.string(1), "guitar"], max_length=64)
+    p_ids = encode_prompts(tok, prompts)
+    for ids, mask, p in zip(enc["input_ids"], enc["completion_mask"], p_ids):
+        assert ids[: len(p)] == p and p[0] == tok.bos_token_id  # training starts with the inference prompt
+        assert ids[-1] == tok.eos_token_id and mask == [0] * len(p) + [1] * (len(ids) - len(p))
+    assert tok.convert_ids_to_tokens(enc["input_ids"][0][len(p_ids[0]):-1]) == items.tokens(1)
+    # A prompt longer than the budget keeps BOS and its most recent tokens; the completion stays whole.
+    long = encode_sft_batch(tok, ["word " * 100 + "end\n"], [items.string(2)], max_length=20)["input_ids"][0]
+    assert len(long) == 20 and long[0] == tok.bos_token_id and tok.convert_ids_to_tokens(long[-4:-1]) == items.tokens(2)
+    ids, mask = left_pad(p_ids, tok.pad_token_id)
+    assert ids.shape == mask.shape and bool(mask[:, -1].all()) and int(mask[1].sum()) == len(p_ids[1])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_save_and_load_round_trip(tables, tmp_path, lora):
+    items, users = tables
+    model, tok = build_backbone(CFG, CORPUS, scid_tokens(items, users), seed=0)
+    if lora:
+        model = apply_lora(model, ModelConfig(**{**CFG.__dict__, "lora": True}))
+        with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+    model.eval()
+    x = torch.as_tensor([encode_prompts(tok, [f"hi {items.string(3)}\n"])[0]])
+    before = model(input_ids=x).logits
+    save_model(model, tok, tmp_path / "m", items, users)
+    loaded, tok2, items2, users2 = load_model(tmp_path / "m")
+    assert not hasattr(loaded, "peft_config")  # a merged, plain model
+    assert torch.allclose(loaded.eval()(input_ids=x).logits, before, atol=1e-4)
+    assert len(tok2) == len(tok) and np.array_equal(items2.codes, items.codes) and np.array_equal(users2.codes, users.codes)
