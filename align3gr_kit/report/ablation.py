@@ -23,6 +23,8 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.runs import read_manifest
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+# The columns a report prints of a summary (:func:`summarise`).
+SUMMARY_COLUMNS = ["method", "seeds", *METRIC_KEYS, "recall@10 sd", "ndcg@10 sd"]
 LC_REC_TASKS = ["A", "B1", "C1-1", "C1-2", "C2", "C3"]
 ALL_TASKS = ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"]
 SFT_STAGES = ("00_data", "01_tokenize", "03_sft_prompts", "04_sft")
@@ -81,25 +83,49 @@ GENERATIVE_BASELINES: list[Rung] = [
 ]
 
 
+def manifest_final_metrics(metrics: dict[str, Any], source: str = "manifest.json") -> dict[str, dict[str, float]]:
+    """``{"valid": {...}, "test": {...}}`` from a stage manifest's ``metrics``, in any of the layouts the
+    stages write: nested ``{"test": {"recall@10": ..}}``, flat ``"test_recall@10"`` (SFT) or
+    ``"final/test/recall@10"`` (the DPO stages' model after their last stage). ``source`` names the file
+    in the error raised when a metric is missing."""
+    out = {}
+    for split in ("valid", "test"):
+        nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+        values = {}
+        for k in METRIC_KEYS:
+            for v in (nested.get(k), metrics.get(f"{split}_{k}"), metrics.get(f"final/{split}/{k}")):
+                if v is not None:
+                    values[k] = v
+                    break
+        missing = [k for k in METRIC_KEYS if k not in values]
+        if missing:
+            raise KeyError(f"{source}: metrics lack {split} {missing} (looked for '{split}': {{...}}, "
+                           f"'{split}_<metric>' and 'final/{split}/<metric>'); re-run the stage")
+        out[split] = {k: float(v) for k, v in values.items()}
+    return out
+
+
 def final_metrics(cfg: RunConfig, stage: str) -> dict[str, dict[str, float]]:
     """``{"valid": {...}, "test": {...}}`` of the model a stage ends with (from its manifest)."""
     m = read_manifest(cfg, stage)
     if m is None:
         raise FileNotFoundError(f"{cfg.run_dir / stage}: no manifest; the stage did not finish")
-    metrics = m.get("metrics", {})
-    out = {}
-    for split in ("valid", "test"):
-        nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
-        values = {k: nested.get(k, metrics.get(f"{split}_{k}")) for k in METRIC_KEYS}
-        missing = [k for k, v in values.items() if v is None]
-        if missing:
-            raise KeyError(f"{cfg.run_dir / stage / 'manifest.json'}: metrics lack {split} {missing}")
-        out[split] = {k: float(v) for k, v in values.items()}
-    return out
+    return manifest_final_metrics(m.get("metrics", {}), str(cfg.run_dir / stage / "manifest.json"))
+
+
+def config_diff(cfg: RunConfig, config_path: str) -> dict[str, Any]:
+    """Dotted overrides (``{"data.dataset": "ml-100k"}``) that turn the YAML at ``config_path`` into ``cfg``,
+    over the config sections only (``run_name``, ``seed``, ``smoke``, ``runs_dir`` travel separately)."""
+    yaml_cfg, ours = RunConfig.from_yaml(config_path).to_dict(), cfg.to_dict()
+    return {f"{section}.{k}": v for section, values in ours.items() if isinstance(values, dict)
+            for k, v in values.items() if yaml_cfg[section][k] != v}
 
 
 @dataclass
 class RungResult:
+    """One run of one rung: its label, seed, run name, ``{"valid": {...}, "test": {...}}`` metrics of
+    its last stage, wall seconds, and the failing stage's error (empty when it finished)."""
+
     label: str
     seed: int
     run_name: str
@@ -112,16 +138,22 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
               base_overrides: dict[str, Any] | None = None, kernel_name: str = "python3") -> list[RungResult]:
     """Run each rung for each seed as its own papermill run (``<base>-<prefix>-NN-sS``), resuming.
 
-    ``base_overrides`` are the caller's own overrides of the YAML (``--set``); each rung's overrides
-    apply on top of them, and the notebooks receive both.
+    The notebooks of every run receive the YAML ``config_path`` plus dotted overrides: first whatever
+    makes the YAML equal ``base`` (:func:`config_diff`: a notebook's ``dataset`` parameter, CLI
+    ``--set``...), then ``base_overrides``, then the rung's own overrides. ``smoke`` and ``runs_dir``
+    come from ``base``, ``seed`` and ``run_name`` from the loop.
+
+    Returns:
+        One :class:`RungResult` per (seed, rung), seeds outermost; a failed run carries ``error``.
     """
     from align3gr_kit.runner import run_pipeline
 
+    inherited = {**config_diff(base, config_path), **(base_overrides or {})}
     results = []
     for seed in seeds:
         for i, rung in enumerate(rungs):
             run_name = f"{base.run_name}-{prefix}-{i:02d}-s{seed}"
-            overrides = {**(base_overrides or {}), **rung.overrides}
+            overrides = {**inherited, **rung.overrides}
             cfg = base.override({**overrides, "seed": seed, "run_name": run_name})
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
@@ -149,13 +181,21 @@ def results_table(results: list[RungResult], split: str = "test") -> pd.DataFram
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per method, in the order methods first appear."""
+    """Mean and sample standard deviation over seeds per method, in the order methods first appear.
+
+    ``table``: one row per (method, seed) with metric columns (NaN for a failed run). Returns one row
+    per method: ``method``, ``seeds`` (runs that produced metrics), the metric means, then
+    ``"<metric> sd"`` (``ddof=1``, so NaN with a single seed: one run measures no spread).
+    """
     order = list(dict.fromkeys(table["method"]))
     present = [k for k in METRIC_KEYS if k in table]
-    g = table.groupby("method", sort=False)[present]
-    mean, std = g.mean(), g.std(ddof=0)
-    out = mean.join(std, lsuffix="", rsuffix=" sd").reindex(order).reset_index()
-    out.insert(1, "seeds", table.groupby("method", sort=False).size().reindex(order).to_numpy())
+    g = table.groupby("method", sort=False)
+    if not present:
+        return pd.DataFrame({"method": order, "seeds": [0] * len(order)})
+    mean = g[present].mean().reindex(order)
+    sd = g[present].std(ddof=1).reindex(order).add_suffix(" sd")
+    out = pd.concat([mean, sd], axis=1).rename_axis("method").reset_index()
+    out.insert(1, "seeds", g[present[0]].count().reindex(order).to_numpy())
     return out
 
 

@@ -7,6 +7,7 @@ of the same notebooks with config overrides (:mod:`align3gr_kit.report.ablation`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
+from align3gr_kit.data.split import Split
 from align3gr_kit.report.ablation import (
     GENERATIVE_BASELINES,
     LADDER,
     METRIC_KEYS,
+    config_diff,
     results_table,
     run_rungs,
     save_results,
@@ -26,8 +29,44 @@ from align3gr_kit.report.ablation import (
 from align3gr_kit.utils import project_root, write_json
 
 
+# On the smoke config the report runs ~20 distinct trainings (every rung and baseline); these
+# reductions, the same for every configuration, keep that within a CI budget. They are written into
+# benchmark.json and printed by the report; the config's own (or the caller's) values win over them.
+SMOKE_REPORT_OVERRIDES: dict[str, Any] = {
+    "prompts.max_per_task": 100,
+    "sft.max_steps": 10,
+    "sft.batch_size": 16,
+    "decode.max_eval_users": 40,
+    "dpo.max_prompts": 8,
+    "dpo.n_rejected": 5,
+}
+
+
+def report_overrides(base: RunConfig, config_path: str, base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cost reductions this benchmark applies to its runs: :data:`SMOKE_REPORT_OVERRIDES` on a smoke
+    config, minus any key the caller set (in the YAML-to-``base`` difference or ``base_overrides``)."""
+    if not base.smoke:
+        return {}
+    own = {**config_diff(base, config_path), **(base_overrides or {})}
+    return {k: v for k, v in SMOKE_REPORT_OVERRIDES.items() if k not in own}
+
+
+def evaluation_split(split: Split, max_users: int) -> Split:
+    """``split`` with validation and test cut to their first ``max_users`` rows (0 = unchanged): the
+    users the generative models are scored on when ``decode.max_eval_users`` is set
+    (:func:`align3gr_kit.evaluate.evaluate`), so that every method in one table counts the same users."""
+    if not max_users:
+        return split
+    return dataclasses.replace(split, valid=split.valid.iloc[:max_users].reset_index(drop=True),
+                               test=split.test.iloc[:max_users].reset_index(drop=True))
+
+
 def classic_baselines(base: RunConfig, seeds: list[int]) -> pd.DataFrame:
-    """Popularity and SASRec on the config's data, one row per (method, seed), test metrics."""
+    """Popularity and SASRec on the config's data, one row per (method, seed), test metrics.
+
+    Both train on the full training split; they are scored on the same users as the generative
+    models (all, or the first ``decode.max_eval_users``).
+    """
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
     from align3gr_kit.data.stage import prepare_data
 
@@ -35,6 +74,7 @@ def classic_baselines(base: RunConfig, seeds: list[int]) -> pd.DataFrame:
     for seed in seeds:
         cfg = base.override({"seed": seed, "run_name": f"{base.run_name}-baselines-s{seed}"})
         ds, split = prepare_data(cfg)
+        split = evaluation_split(split, cfg.decode.max_eval_users)
         for name, fn in (("Popularity", run_popularity_baseline), ("SASRec", run_sasrec_baseline)):
             t0 = time.time()
             res = fn(cfg, ds, split)
@@ -43,34 +83,57 @@ def classic_baselines(base: RunConfig, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _failed(table: pd.DataFrame) -> list[dict[str, Any]]:
+    if "error" not in table:
+        return []
+    bad = table[table["error"].fillna("") != ""]
+    return bad[["method", "seed", "error"]].to_dict("records")
+
+
 def run_benchmark(base: RunConfig, config_path: str, seeds: list[int], ladder: bool = True,
                   baselines: bool = True, out_dir: Path | None = None,
                   base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the baselines and/or the ladder, save CSVs and a JSON summary under ``reports/<run_name>/``.
+    """Run the baselines and/or the ladder, save CSVs and a JSON summary in ``out_dir``
+    (default ``reports/<run_name>/``).
 
-    Returns ``{"baselines": [...], "ladder": [...], "ratio_vs_sasrec": {...}, "out_dir": str}``
-    (summaries: mean and sd over seeds per method).
+    Args:
+        base: the run's config (its ``run_name`` prefixes every sub-run: ``<run_name>-ladder-NN-sS``,
+            ``<run_name>-baseline-NN-sS``, ``<run_name>-baselines-sS``; its ``runs_dir`` holds them).
+        config_path: the YAML the sub-runs' notebooks load.
+        seeds: one run per seed and configuration.
+        base_overrides: the caller's own dotted overrides of the YAML, passed on to every sub-run.
+            On a smoke config :func:`report_overrides` adds cheaper settings for every run (and the
+            classic baselines are scored on the same users).
+    Returns:
+        ``{"seeds", "out_dir", "smoke_reductions", "baselines": [...], "ratio_vs_sasrec": {...}, "full_runs": [run dirs],
+        "ladder": [...], "failed": [...]}`` (summaries: mean and sd over seeds per method, as records).
+        Files: ``baselines_runs.csv``, ``baselines.csv``, ``ladder_runs.csv``, ``ladder.csv``, ``benchmark.json``.
     """
     out_dir = Path(out_dir or project_root() / "reports" / base.run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"seeds": seeds, "out_dir": str(out_dir)}
+    reductions = report_overrides(base, config_path, base_overrides)
+    base = base.override(reductions)
+    base_overrides = {**reductions, **(base_overrides or {})}
+    result: dict[str, Any] = {"seeds": seeds, "out_dir": str(out_dir), "smoke_reductions": reductions, "failed": []}
     if baselines:
         classic = classic_baselines(base, seeds)
-        generative = results_table(run_rungs(base, config_path, GENERATIVE_BASELINES, seeds, "baseline", base_overrides))
-        table = pd.concat([classic, generative], ignore_index=True)
+        gen_results = run_rungs(base, config_path, GENERATIVE_BASELINES, seeds, "baseline", base_overrides)
+        table = pd.concat([classic, results_table(gen_results)], ignore_index=True)
         save_results(table, out_dir / "baselines_runs.csv")
         summary = summarise(table)
         save_results(summary, out_dir / "baselines.csv")
         result["baselines"] = summary.to_dict("records")
         result["ratio_vs_sasrec"] = ratio_vs(summary, "Align3GR (full)", "SASRec")
-        failed = table[table.get("error", pd.Series(dtype=str)).fillna("") != ""] if "error" in table else table.iloc[:0]
-        result["failed"] = failed[["method", "seed", "error"]].to_dict("records") if len(failed) else []
+        result["full_runs"] = [str(base.override({"run_name": r.run_name}).run_dir)
+                               for r in gen_results if r.label == "Align3GR (full)" and not r.error]
+        result["failed"] += _failed(table)
     if ladder:
         table = results_table(run_rungs(base, config_path, LADDER, seeds, "ladder", base_overrides))
         save_results(table, out_dir / "ladder_runs.csv")
         summary = summarise(table)
         save_results(summary, out_dir / "ladder.csv")
         result["ladder"] = summary.to_dict("records")
+        result["failed"] += _failed(table)
     write_json(out_dir / "benchmark.json", result)
     return result
 
@@ -87,3 +150,27 @@ def ratio_vs(summary: pd.DataFrame, method: str, reference: str) -> dict[str, fl
             continue
         out[k] = round(a / b, 4) if b else None
     return out
+
+
+def report_metrics(bench: dict[str, Any], keys: tuple[str, ...] = ("recall@10", "ndcg@10")) -> dict[str, Any]:
+    """The numbers the report stage keeps in its manifest: ratios to SASRec, and per method/rung the
+    mean test ``keys`` over seeds (NaN means dropped), plus how many runs failed."""
+    out: dict[str, Any] = {"seeds": len(bench.get("seeds", [])), "failed_runs": len(bench.get("failed", []))}
+    if "ratio_vs_sasrec" in bench:
+        out["ratio_vs_sasrec"] = bench["ratio_vs_sasrec"]
+    for part in ("baselines", "ladder"):
+        if part in bench:
+            out[part] = {r["method"]: {k: round(float(r[k]), 6) for k in keys if k in r and not pd.isna(r[k])}
+                         for r in bench[part]}
+    return out
+
+
+def full_run_dir(bench: dict[str, Any]) -> Path:
+    """The run directory of the full pipeline (first seed) that :func:`run_benchmark` ran; a clear error
+    when it failed or the baselines were not run."""
+    runs = bench.get("full_runs")
+    if not runs:
+        failed = [f for f in bench.get("failed", []) if f["method"] == "Align3GR (full)"]
+        why = f"it failed: {failed[0]['error']}" if failed else "the baselines were not run (baselines=False)"
+        raise FileNotFoundError(f"no full Align3GR run to read stage metrics from: {why}")
+    return Path(runs[0])

@@ -25,3 +25,61 @@ def paper_table() -> pd.DataFrame:
     """The published rows as a table with the kit's metric keys and a ``source`` column."""
     rows = [{"method": m, **dict(zip(KEYS, v)), "source": SOURCE} for m, v in INSTRUMENTS_TABLE1.items()]
     return pd.DataFrame(rows)
+
+
+# The kit's method labels and the paper's rows they correspond to (same method family, not the same model).
+OURS_TO_PAPER: dict[str, str] = {
+    "SASRec": "SASRec",
+    "TIGER-style": "TIGER",
+    "LC-Rec-style": "LC-Rec",
+    "Align3GR (full)": "Align3GR",
+}
+PAPER_SETUP = "LLaMA-scale LLM backbone trained on GPUs, full Instruments data"
+
+
+def same_data_as_paper(dataset: str, name: str = "") -> bool:
+    """True only for the LC-Rec/LETTER Instruments files (``data.dataset: lcrec``, ``data.name: Instruments``),
+    the split the paper's Table 1 uses."""
+    return dataset == "lcrec" and name.lower() == "instruments"
+
+
+def context_note(dataset: str, name: str = "", backbone: str = "", smoke: bool = False) -> str:
+    """One paragraph saying how the published numbers relate to this run (dataset, backbone, scale)."""
+    ours = f"{dataset}{f' ({name})' if name else ''}"
+    model = backbone or "the config's backbone"
+    if same_data_as_paper(dataset, name):
+        data = "Same dataset and split as the paper (Instruments, LC-Rec/LETTER preprocessing)"
+    elif dataset == "amazon2018" and "instrument" in name.lower():
+        data = (f"The paper's numbers are on the LC-Rec/LETTER Instruments files; this run reads the same Amazon "
+                f"category ({ours}) with the kit's own 5-core preprocessing, so the user/item sets differ")
+    else:
+        data = f"The paper's numbers are on another dataset (Amazon Instruments); this run is on {ours}"
+    scale = " and on the smoke config (a few training steps)" if smoke else ""
+    return (f"{data}. Paper: {PAPER_SETUP}. Ours: {model}{scale}. "
+            "The columns are side by side for context, not as a comparison: a gap between them measures "
+            "backbone and scale as much as method.")
+
+
+def side_by_side(ours: pd.DataFrame, metrics: tuple[str, ...] = ("recall@10", "ndcg@10")) -> pd.DataFrame:
+    """Our summary rows beside the paper's (``SOURCE``), one row per method, NaN where a side has none.
+
+    Args:
+        ours: a summary with ``method`` and the metric columns (e.g. :func:`~align3gr_kit.report.ablation.summarise`).
+    Returns:
+        Columns ``method``, ``paper method``, then ``"ours <metric>"`` and ``"paper <metric>"`` per metric.
+    """
+    paper = paper_table().set_index("method")
+    rows, used = [], set()
+    for _, r in ours.iterrows():
+        p = OURS_TO_PAPER.get(r["method"])
+        used.add(p)
+        row = {"method": r["method"], "paper method": p or ""}
+        for m in metrics:
+            row[f"ours {m}"] = float(r[m]) if m in r and not pd.isna(r[m]) else float("nan")
+            row[f"paper {m}"] = float(paper.loc[p, m]) if p in paper.index else float("nan")
+        rows.append(row)
+    for p in paper.index:
+        if p not in used:
+            rows.append({"method": "", "paper method": p,
+                         **{k: v for m in metrics for k, v in ((f"ours {m}", float("nan")), (f"paper {m}", float(paper.loc[p, m])))}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,180 @@
+"""The report's reading of its own numbers, the full pipeline's per-stage table, the paper side by side,
+and run_benchmark end to end against a fake pipeline (classic baselines for real)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from align3gr_kit import runner
+from align3gr_kit.config import RunConfig
+from align3gr_kit.report.benchmark import SMOKE_REPORT_OVERRIDES, report_metrics, report_overrides, run_benchmark
+from align3gr_kit.report.figures import comparison_figure, ladder_figure
+from align3gr_kit.report.paper import INSTRUMENTS_TABLE1, context_note, side_by_side
+from align3gr_kit.report.reading import baseline_reading, caveats, compare, honest_reading, ladder_reading, stage_reading
+from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
+from align3gr_kit.runs import StageRun
+from align3gr_kit.utils import project_root, write_json
+
+SMOKE = str(project_root() / "configs" / "smoke.yaml")
+
+
+def _summary(rows):
+    return pd.DataFrame([{"method": m, "recall@10": r, "ndcg@10": r / 2, **({"recall@10 sd": sd} if sd is not None else {})}
+                         for m, r, sd in rows])
+
+
+def test_baseline_reading_says_below_sasrec_with_the_ratio():
+    t = _summary([("Popularity", 0.05, None), ("SASRec", 0.08, None), ("TIGER-style", 0.04, None),
+                  ("Align3GR (full)", 0.06, None)])
+    text = " ".join(baseline_reading(t))
+    assert "Align3GR (full) is below SASRec on test Recall@10: 0.0600 vs 0.0800 (ratio 0.75)." in text
+    assert "Ranking by test Recall@10: SASRec 0.0800, Align3GR (full) 0.0600, Popularity 0.0500, TIGER-style 0.0400." in text
+    assert "above Popularity" in text and "above TIGER-style" in text
+    assert "Not above the popularity ranking (0.0500): TIGER-style." in text
+    up = " ".join(baseline_reading(_summary([("SASRec", 0.08, None), ("Align3GR (full)", 0.1, None)])))
+    assert "is above SASRec" in up and "ratio 1.25" in up and "popularity" not in up
+
+
+def test_within_the_seed_spread_and_failed_methods():
+    t = _summary([("SASRec", 0.080, 0.004), ("Align3GR (full)", 0.083, 0.002)])
+    assert "is within the seed spread of SASRec" in " ".join(baseline_reading(t))
+    t = _summary([("SASRec", 0.080, 0.001), ("Align3GR (full)", 0.083, 0.002)])
+    assert "is above SASRec" in " ".join(baseline_reading(t))
+    assert compare(0.1, 0.1) == "level with" and compare(0.1, 0.2, 0.05) == "below"
+    failed = _summary([("SASRec", 0.08, None), ("Align3GR (full)", float("nan"), None)])
+    text = baseline_reading(failed)
+    assert text[0] == "'Align3GR (full)' produced no Recall@10 (its run failed; see the runs table)."
+    assert not any("ratio" in s for s in text)
+
+
+def test_ladder_reading_reports_each_step_and_the_extremes():
+    ladder = _summary([("Single+SEQ", 0.10, None), ("+CF", 0.12, None), ("+Dual SCID", 0.09, None),
+                       ("+U-I align", float("nan"), None), ("+B1", 0.09, None), ("+C1-C3", 0.15, None)])
+    text = ladder_reading(ladder)
+    assert text[0].startswith("Rung '+U-I align' produced no Recall@10")
+    assert "+CF (vs Single+SEQ): test Recall@10 0.1000 -> 0.1200 (+0.0200, +20%): helped." in text
+    assert "+Dual SCID (vs +CF): test Recall@10 0.1200 -> 0.0900 (-0.0300, -25%): hurt." in text
+    assert "+B1 (vs +Dual SCID): test Recall@10 0.0900 -> 0.0900 (+0.0000, +0%): changed nothing." in text
+    assert "2 of 4 steps raised test Recall@10 (+CF, +C1-C3); 1 lowered it (+Dual SCID)." in text
+    assert "Largest gain: +C1-C3 (+0.0600)." in text and "Largest drop: +Dual SCID (-0.0300)." in text
+    assert text[-1] == "Whole ladder, Single+SEQ -> +C1-C3: test Recall@10 0.1000 -> 0.1500 (+0.0500, +50%)."
+    noisy = _summary([("a", 0.10, 0.02), ("b", 0.11, 0.01)])
+    assert "moved it within the seed spread" in ladder_reading(noisy)[0]
+    assert "nothing to compare" in ladder_reading(_summary([("a", 0.1, None)]))[0]
+
+
+def test_stage_reading_and_caveats():
+    st = pd.DataFrame({"model": ["SFT", "SP-DPO easy", "SP-DPO hard", "RF-DPO easy"],
+                       "test recall@10": [0.10, 0.12, 0.11, 0.08]})
+    text = stage_reading(st)
+    assert text[0] == "SP-DPO easy (after SFT): test Recall@10 0.1000 -> 0.1200 (+0.0200, +20%)."
+    assert "All SP-DPO stages together: 0.1000 -> 0.1100 (+0.0100, +10%) (from SFT)." in text
+    assert "All RF-DPO stages together: 0.1100 -> 0.0800 (-0.0300, -27%) (from SP-DPO hard)." in text
+    assert text[-1].startswith("SFT -> final model (RF-DPO easy)")
+    c = caveats(1, eval_users=150, smoke=True)
+    assert "One seed" in c[0] and "moves Recall@K by 0.0067" in c[1] and "Smoke config" in c[2]
+    assert "3 seeds" in caveats(3)[0]
+    allt = honest_reading(_summary([("SASRec", 0.08, None), ("Align3GR (full)", 0.06, None)]),
+                          _summary([("a", 0.1, None), ("b", 0.2, None)]), st, seeds=1)
+    assert allt[0].startswith("One seed") and any("below SASRec" in s for s in allt)
+    assert any(s.startswith("b (vs a)") for s in allt) and allt[-1].startswith("SFT -> final model")
+
+
+def test_pipeline_stage_metrics_reads_sft_and_dpo_histories(tmp_path):
+    cfg = RunConfig.from_yaml(SMOKE, run_name="full", runs_dir=str(tmp_path))
+    keys = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+    with pytest.raises(FileNotFoundError, match="no finished SFT stage"):
+        pipeline_stage_metrics(cfg.run_dir)
+    StageRun(cfg, "04_sft").finish({"test_users": 150, **{f"{s}_{k}": 0.1 * (i + 1) for i, s in enumerate(("valid", "test"))
+                                                          for k in keys}})
+    for stage, names, base in (("05_sp_dpo", ["easy", "medium", "hard"], 0.3), ("06_rf_dpo", ["easy", "hard"], 0.6)):
+        run = StageRun(cfg, stage)
+        entries = [{"stage": n, "metrics": {s: {k: base + j / 100 for k in keys} for s in ("valid", "test")}}
+                   for j, n in enumerate(names)]
+        write_json(run.path("history.json"), {"start": None, "stages": entries})
+        run.finish({})
+    t = pipeline_stage_metrics(cfg.run_dir)
+    assert t["model"].tolist() == ["SFT", "SP-DPO easy", "SP-DPO medium", "SP-DPO hard", "RF-DPO easy", "RF-DPO hard"]
+    assert t["stage"].tolist() == ["04_sft"] + ["05_sp_dpo"] * 3 + ["06_rf_dpo"] * 2
+    np.testing.assert_allclose(t["test recall@10"], [0.2, 0.3, 0.31, 0.32, 0.6, 0.61])
+    np.testing.assert_allclose(t["valid ndcg@5"], [0.1, 0.3, 0.31, 0.32, 0.6, 0.61])
+    assert t["users"].iloc[0] == 150 and pd.isna(t["users"].iloc[1])
+
+
+def test_paper_side_by_side_and_its_label():
+    ours = pd.DataFrame([{"method": "Popularity", "recall@10": 0.1, "ndcg@10": 0.05},
+                         {"method": "Align3GR (full)", "recall@10": 0.2, "ndcg@10": 0.1}])
+    t = side_by_side(ours).set_index("paper method")
+    assert t.loc["Align3GR", "paper recall@10"] == 0.1442 and t.loc["Align3GR", "ours recall@10"] == 0.2
+    assert np.isnan(t.loc["", "paper recall@10"])  # Popularity: not in the paper's table
+    assert t.loc["LETTER-TIGER", "paper ndcg@10"] == INSTRUMENTS_TABLE1["LETTER-TIGER"][3]
+    assert np.isnan(t.loc["SASRec", "ours ndcg@10"])
+    assert "another dataset" in context_note("synthetic", backbone="tiny-llama", smoke=True)
+    assert "smoke" in context_note("synthetic", smoke=True)
+    assert context_note("lcrec", "Instruments").startswith("Same dataset and split")
+    assert "same Amazon category" in context_note("amazon2018", "Musical_Instruments")
+
+
+def test_figures_draw_the_tables():
+    s = pd.DataFrame({"method": ["a", "b"], "recall@10": [0.1, 0.2], "recall@10 sd": [np.nan, 0.01],
+                      "ndcg@10": [0.05, 0.1]})
+    fig = ladder_figure(s)
+    assert [t.name for t in fig.data] == ["recall@10", "ndcg@10"] and list(fig.data[0].error_y.array) == [0, 0.01]
+    assert list(comparison_figure(s).data[0].y) == ["a", "b"]
+
+
+def test_run_benchmark_end_to_end_with_a_fake_pipeline(tmp_path, monkeypatch):
+    cfg = RunConfig.from_yaml(SMOKE, run_name="b", runs_dir=str(tmp_path / "runs"), overrides={"sft.max_steps": 3})
+    calls, seen = [], []
+
+    def fake(cfg, config_path, stages=None, resume=False, overrides=None, **kw):
+        calls.append(cfg.run_name)
+        seen.append((overrides, cfg.decode.max_eval_users, cfg.sft.max_steps))
+        value = 0.01 * len(stages) + 0.001 * len(cfg.prompts.tasks)
+        StageRun(cfg, stages[-1]).finish({s: {k: value for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")}
+                                          for s in ("valid", "test")})
+        return {"ok": True, "stages": []}
+
+    monkeypatch.setattr(runner, "run_pipeline", fake)
+    out = tmp_path / "report"
+    res = run_benchmark(cfg, SMOKE, seeds=[0], out_dir=out)
+    assert calls == [f"b-baseline-{i:02d}-s0" for i in range(3)] + [f"b-ladder-{i:02d}-s0" for i in range(12)]
+    base = pd.read_csv(out / "baselines.csv").set_index("method")
+    assert list(base.index) == ["Popularity", "SASRec", "TIGER-style", "LC-Rec-style", "Align3GR (full)"]
+    assert base.loc["Align3GR (full)", "recall@10"] == pytest.approx(0.067)
+    sas = base.loc["SASRec", "recall@10"]
+    assert 0 <= sas <= 1 and res["ratio_vs_sasrec"]["recall@10"] == pytest.approx(round(0.067 / sas, 4))
+    assert res["full_runs"] == [str(tmp_path / "runs" / "b-baseline-02-s0")] and res["failed"] == []
+    assert len(pd.read_csv(out / "ladder.csv")) == 12 and len(pd.read_csv(out / "ladder_runs.csv")) == 12
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["ratio_vs_sasrec"] == res["ratio_vs_sasrec"] and len(saved["baselines"]) == 5
+    # smoke: cheaper settings for every run, the caller's own value (sft.max_steps=3) kept
+    want = {k: v for k, v in SMOKE_REPORT_OVERRIDES.items() if k != "sft.max_steps"}
+    assert res["smoke_reductions"] == want and "sft.max_steps" in SMOKE_REPORT_OVERRIDES
+    assert all(o["decode.max_eval_users"] == 40 and o["sft.max_steps"] == 3 and users == 40 and steps == 3
+               for o, users, steps in seen)
+    runs = pd.read_csv(out / "baselines_runs.csv")
+    assert set(runs.method) >= {"Popularity", "SASRec"}
+    m = report_metrics(res)
+    assert m["ladder"]["+RF-DPO"]["recall@10"] == pytest.approx(0.067) and m["seeds"] == 1 and m["failed_runs"] == 0
+
+
+def test_evaluation_split_keeps_the_generative_models_users(synthetic_small):
+    from align3gr_kit.data import leave_one_out
+    from align3gr_kit.report.benchmark import evaluation_split
+
+    split = leave_one_out(synthetic_small, 20)
+    cut = evaluation_split(split, 30)
+    assert len(cut.test) == 30 and len(cut.valid) == 30 and cut.train is split.train
+    assert cut.test.user_id.tolist() == split.test.user_id.iloc[:30].tolist()
+    assert evaluation_split(split, 0) is split
+
+
+def test_report_overrides_only_on_smoke_and_never_over_the_callers(tmp_path):
+    cfg = RunConfig.from_yaml(SMOKE, runs_dir=str(tmp_path))
+    assert report_overrides(cfg, SMOKE) == SMOKE_REPORT_OVERRIDES
+    assert report_overrides(cfg.override({"smoke": False}), SMOKE) == {}
+    mine = report_overrides(cfg.override({"decode.max_eval_users": 7}), SMOKE, {"dpo.n_rejected": 2})
+    assert "decode.max_eval_users" not in mine and "dpo.n_rejected" not in mine and mine["sft.max_steps"] == 10
