@@ -156,7 +156,7 @@ def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray
     import umap
 
     n_neighbors = max(2, min(n_neighbors, len(emb) - 1))
-    return umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed).fit_transform(emb)
+    return umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_jobs=1).fit_transform(emb)
 
 
 def embedding_figure(coords: np.ndarray, colour: pd.Series | np.ndarray, title: str,

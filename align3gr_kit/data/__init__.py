@@ -24,10 +24,16 @@ _HOW_TO_GET = {
 
 
 def find_data_path(cfg: DataConfig) -> Path:
-    """The folder to read: ``data_path`` if given, else ``data/<dataset>/``, else ``../shared/data/<dataset>/``."""
+    """The folder to read: ``data_path`` if given, else ``data/<dataset>/``, else ``../shared/data/<dataset>/``.
+
+    A relative ``data_path`` is looked for in the working directory, the project root, ``data/`` and
+    ``../shared/data/`` (so ``data_path: amazon-instruments`` finds the shared copy).
+    """
     if cfg.data_path:
         p = Path(cfg.data_path).expanduser()
-        candidates = [p] if p.is_absolute() else [Path.cwd() / p, project_root() / p]
+        root = project_root()
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, root / p, root / "data" / p,
+                                                  root.parent / "shared" / "data" / p]
         for c in candidates:
             if c.is_dir():
                 return c.resolve()

@@ -105,6 +105,7 @@ def semantic_features(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     users: bool = True,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Frozen text embeddings of all items and (optionally) all users.
 
@@ -119,7 +120,7 @@ def semantic_features(
             f"{ds.source or ds.name}: items have no title or description, so there is nothing for the semantic "
             "encoder; set tokenizer.use_semantic: false (CF-only tokenization) or provide item text"
         )
-    item = encode_texts(item_texts(ds), model, cache_dir, "item", batch_size)
+    item = encode_texts(item_texts(ds), model, cache_dir, "item", batch_size, progress=progress)
     if not users:
         return item, None
     profiles = user_texts(ds)
@@ -128,4 +129,4 @@ def semantic_features(
             f"{ds.source or ds.name}: users.profile is empty for every user; set tokenizer.use_semantic: false, "
             "or tokenizer.dual: false (item-only SCIDs), or give users a profile text"
         )
-    return item, encode_texts(profiles, model, cache_dir, "user", batch_size)
+    return item, encode_texts(profiles, model, cache_dir, "user", batch_size, progress=progress)

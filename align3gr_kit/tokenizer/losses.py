@@ -64,8 +64,8 @@ def u2i_auc(user_sc: torch.Tensor, item_sc: torch.Tensor, users: np.ndarray, pos
         AUC in ``[0, 1]``: the mean over pairs of the fraction of negatives scored below the positive.
     """
     with torch.no_grad():
-        u = F.normalize(user_sc[torch.as_tensor(users)], dim=-1)
-        pos = (u * F.normalize(item_sc[torch.as_tensor(positives)], dim=-1)).sum(-1, keepdim=True)
-        neg = torch.einsum("pd,pnd->pn", u, F.normalize(item_sc[torch.as_tensor(negatives)], dim=-1))
+        u = F.normalize(user_sc[torch.as_tensor(np.array(users, dtype=np.int64))], dim=-1)
+        pos = (u * F.normalize(item_sc[torch.as_tensor(np.array(positives, dtype=np.int64))], dim=-1)).sum(-1, keepdim=True)
+        neg = torch.einsum("pd,pnd->pn", u, F.normalize(item_sc[torch.as_tensor(np.array(negatives, dtype=np.int64))], dim=-1))
         per_pair = (pos > neg).float().mean(1) + 0.5 * (pos == neg).float().mean(1)
     return float(per_pair.mean())

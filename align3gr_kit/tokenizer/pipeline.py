@@ -33,7 +33,7 @@ from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
 from align3gr_kit.tokenizer.unique import append_unique_level, collisions, perplexity, utilisation
-from align3gr_kit.utils import atomic_path, project_root, write_json
+from align3gr_kit.utils import atomic_path, write_json
 
 # Smoke runs (RunConfig.smoke) cap the epochs so a notebook runs in seconds; the config's own
 # values are used when they are smaller.
@@ -71,9 +71,13 @@ def effective_config(cfg: RunConfig) -> TokenizerConfig:
     return tcfg
 
 
-def default_cache_dir(ds: RecDataset) -> Path:
-    """Where sentence embeddings are cached by default: ``data/<dataset>/cache/`` (git-ignored)."""
-    return project_root() / "data" / ds.name / "cache"
+def default_cache_dir(cfg: RunConfig, ds: RecDataset) -> Path:
+    """Where sentence embeddings are cached by default: ``<runs_dir>/_embeddings/<dataset>/``.
+
+    Files are keyed by a hash of the model name and the texts, so the runs of a batch (ablations,
+    seeds) share them and a changed text or model never reads a stale file.
+    """
+    return cfg.run_dir.parent / "_embeddings" / ds.name
 
 
 def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
@@ -106,11 +110,12 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
 
 def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
                    cache_dir: str | Path | None = None, progress: bool = True) -> Features:
-    """Frozen semantic and collaborative features as switched on in ``tcfg``."""
+    """Frozen semantic and collaborative features as switched on in ``tcfg`` (``cache_dir``: sentence
+    embeddings; ``None`` = no cache)."""
     f = Features()
     if tcfg.use_semantic:
         f.item_semantic, f.user_semantic = semantic_features(
-            ds, tcfg.semantic_model, cache_dir if cache_dir is not None else default_cache_dir(ds))
+            ds, tcfg.semantic_model, cache_dir, progress=progress)
     if tcfg.use_cf:
         f.item_cf, f.user_cf, f.sasrec_history = cf_features(tcfg, ds, split, seed, progress)
     return f
@@ -148,7 +153,7 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         split: its leave-one-out split; only ``train_sequences`` trains anything, ``valid`` steers
             early stopping and the phase switch.
         out_dir: folder for the artifacts (created).
-        cache_dir: sentence-embedding cache; ``None`` = ``data/<dataset>/cache/``.
+        cache_dir: sentence-embedding cache; ``None`` = :func:`default_cache_dir`.
         progress: progress bars.
     Returns:
         Summary: ``item_collisions`` (after resolution, always 0), ``user_collisions``,
@@ -162,6 +167,7 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tcfg = effective_config(cfg)
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
     feats = build_features(tcfg, dataset, split, cfg.seed, cache_dir, progress)
     for name in ("item_semantic", "user_semantic", "item_cf", "user_cf"):
         if getattr(feats, name) is not None:
