@@ -47,6 +47,11 @@ def test_artifacts_summary_and_schedule(data, tmp_path):
     assert sc.shape == (48, 16)
     np.testing.assert_allclose(np.linalg.norm(sc, axis=1), 1, atol=1e-5)
     assert 0.0 <= s["u2i_auc"] <= 1.0
+    # The CF encoder is the SASRec baseline: same model, same scores as `baseline sasrec`.
+    from align3gr_kit.baselines import run_sasrec_baseline
+
+    base = run_sasrec_baseline(config(), ds, split, progress=False)
+    assert s["sasrec"] == {"valid": base["valid"], "test": base["test"]}
 
     hist = json.loads((tmp_path / "tokenizer_history.json").read_text())
     phase1 = [h for h in hist if h["phase"] == 1]

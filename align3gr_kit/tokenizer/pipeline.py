@@ -29,6 +29,7 @@ from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
 from align3gr_kit.encoders.sasrec import load_item_cf, mean_item_embedding, params_from_config, train_sasrec
 from align3gr_kit.encoders.semantic import semantic_features
+from align3gr_kit.metrics import metrics_from_ranks
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
@@ -48,6 +49,8 @@ class Features:
         item_semantic / user_semantic: ``[n, d_text]`` sentence embeddings.
         item_cf / user_cf: ``[n, d_cf]`` collaborative embeddings.
         sasrec_history: SASRec's epoch log when it was trained here.
+        sasrec_metrics: ``{"valid": {...}, "test": {...}}`` of that SASRec (full ranking, the
+            protocol of ``python -m align3gr_kit baseline sasrec``, which trains the same model).
     """
 
     item_semantic: np.ndarray | None = None
@@ -55,6 +58,7 @@ class Features:
     item_cf: np.ndarray | None = None
     user_cf: np.ndarray | None = None
     sasrec_history: list | None = None
+    sasrec_metrics: dict | None = None
 
     def fused(self) -> tuple[np.ndarray, np.ndarray]:
         """``(item [n_items, d], user [n_users, d'])``: each block L2-normalised, then concatenated."""
@@ -81,8 +85,9 @@ def default_cache_dir(cfg: RunConfig, ds: RecDataset) -> Path:
 
 
 def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray, list | None]:
-    """Collaborative features ``(item [n_items, d], user [n_users, d], sasrec_history or None)``.
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray, list | None, dict | None]:
+    """Collaborative features ``(item [n_items, d], user [n_users, d], sasrec_history, sasrec_metrics)``
+    (the last two ``None`` for given embeddings).
 
     Trains SASRec on the training split (user feature = its representation of the user's training
     history), or loads ``tcfg.cf_embeddings`` (user feature = mean of the user's training items).
@@ -96,7 +101,7 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
             stacklevel=2,
         )
         item = load_item_cf(tcfg.cf_embeddings, ds.n_items)
-        return item, mean_item_embedding(item, seqs, ds.n_users), None
+        return item, mean_item_embedding(item, seqs, ds.n_users), None, None
     missing = [u for u in range(ds.n_users) if u not in seqs]
     if missing:
         raise ValueError(f"{ds.name}: user {missing[0]} has no training sequence; the split must cover every user")
@@ -105,7 +110,11 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
     with torch.no_grad():
         item = model.item_embeddings().float().cpu().numpy()
         user = model.represent([seqs[u].tolist() for u in range(ds.n_users)]).float().cpu().numpy()
-    return item, user, result.history
+        # The CF encoder is the SASRec baseline itself: its scores cost one full ranking per split.
+        scores = {name: metrics_from_ranks(model.target_ranks(split.samples(name).history.tolist(),
+                                                              split.samples(name).target.to_numpy()))
+                  for name in ("valid", "test")}
+    return item, user, result.history, scores
 
 
 def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
@@ -117,7 +126,7 @@ def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: in
         f.item_semantic, f.user_semantic = semantic_features(
             ds, tcfg.semantic_model, cache_dir, progress=progress)
     if tcfg.use_cf:
-        f.item_cf, f.user_cf, f.sasrec_history = cf_features(tcfg, ds, split, seed, progress)
+        f.item_cf, f.user_cf, f.sasrec_history, f.sasrec_metrics = cf_features(tcfg, ds, split, seed, progress)
     return f
 
 
@@ -225,6 +234,7 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         "u2i_auc": round(result.history[-1]["auc"], 4),
         "phase_switch_epoch": result.switch_epoch,
         "epochs": len(result.history),
+        "sasrec": feats.sasrec_metrics,
         "seconds": round(time.time() - t0, 2),
     }
     write_json(out / "summary.json", summary)
