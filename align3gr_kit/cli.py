@@ -14,6 +14,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -22,8 +23,13 @@ from typing import Any
 from align3gr_kit.config import RunConfig
 
 
+# The one JSON object of a command goes to the real stdout; everything else a command prints
+# (trainer logs, progress lines) is sent to stderr by ``main`` so that stdout parses as JSON.
+_STDOUT = sys.stdout
+
+
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
+    print(json.dumps(obj, default=str), file=_STDOUT, flush=True)
 
 
 def _load_config(args: argparse.Namespace) -> RunConfig:
@@ -229,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from align3gr_kit.data.schema import DataError
 
+    global _STDOUT
+    _STDOUT = sys.stdout
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.func(args)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

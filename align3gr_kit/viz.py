@@ -255,13 +255,19 @@ def prefix_browser(ds: RecDataset, art: TokenizeArtifacts, limit: int = 20):
     def fill_l1(*_):
         t, _names = current()
         l1.options = [(t.level_token(0, c), int(c)) for c in np.unique(t.codes[:, 0])]
+        if l1.value is None and l1.options:  # new options leave no selection: take the first code
+            l1.value = l1.options[0][1]
 
     def fill_l2(*_):
         t, _names = current()
         under = t.codes[t.codes[:, 0] == l1.value] if l1.value is not None else t.codes[:0]
         l2.options = [("(any)", -1)] + [(t.level_token(1, c), int(c)) for c in np.unique(under[:, 1])]
+        if l2.value is None:
+            l2.value = -1
 
     def show(*_):
+        if l1.value is None:  # options are being replaced: a value change fires before the new options settle
+            return
         t, names = current()
         prefix = (l1.value,) if l2.value in (None, -1) else (l1.value, l2.value)
         with out:

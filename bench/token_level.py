@@ -13,7 +13,7 @@ Datasets: ``ml-100k`` (text + CF: item titles/genres and user profiles through M
 ``instruments`` (the LC-Rec Instruments set: no text there, so CF-only: ``use_semantic: false``).
 They are read from ``data/<name>/`` or ``../shared/data/<name>/``.
 
-Run: ``OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/tokenize.py [--datasets ml-100k,instruments]
+Run: ``OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/token_level.py [--datasets ml-100k,instruments]
 [--set tokenizer.sasrec_epochs=10 ...]`` (a shared, busy CPU: the OpenMP setting stops idle torch
 threads from spinning, see the README).
 """
