@@ -42,18 +42,24 @@ def is_current(cfg: RunConfig, stage: Stage) -> bool:
 
 def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
     """Another run's folder for ``stage`` with the same fingerprint (same config sections, seed and
-    upstream chain), so ablations and baselines that share their early stages compute them once."""
+    upstream chain), so ablations and baselines that share their early stages compute them once.
+
+    Folders holding the executed notebook come first; a stage finished by the command line
+    (``tokenize``, ``train sft``...: manifest and artifacts, no notebook) is reused too, and the
+    report of the run then has no HTML page for that stage.
+    """
     want = fingerprint(cfg, stage)
     root = cfg.run_dir.parent
     if not root.is_dir():
         return None
+    found: list[tuple[bool, Path]] = []
     for other in sorted(root.iterdir()):
         folder = other / stage.name
-        if other == cfg.run_dir or not (folder / stage.notebook).exists() or not (folder / "manifest.json").exists():
+        if other == cfg.run_dir or not (folder / "manifest.json").exists():
             continue
         if read_json(folder / "manifest.json").get("fingerprint") == want:
-            return folder
-    return None
+            found.append((not (folder / stage.notebook).exists(), folder))
+    return min(found)[1] if found else None
 
 
 def reuse_stage(source: Path, dest: Path) -> None:
