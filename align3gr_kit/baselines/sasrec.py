@@ -13,15 +13,8 @@ import time
 from align3gr_kit.config import RunConfig
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
-from align3gr_kit.encoders.sasrec import SASRec, params_from_config, train_sasrec
-from align3gr_kit.metrics import metrics_from_ranks
+from align3gr_kit.encoders.sasrec import params_from_config, split_metrics, train_sasrec
 from align3gr_kit.tokenizer.pipeline import effective_config
-
-
-def evaluate(model: SASRec, split: Split, which: str) -> dict[str, float]:
-    """Recall@{5,10} / NDCG@{5,10} of ``model`` on ``split.valid`` or ``split.test`` (full ranking)."""
-    samples = split.samples(which)
-    return metrics_from_ranks(model.target_ranks(samples.history.tolist(), samples.target.to_numpy()))
 
 
 def run_sasrec_baseline(cfg: RunConfig, dataset: RecDataset, split: Split, progress: bool = True) -> dict:
@@ -36,8 +29,8 @@ def run_sasrec_baseline(cfg: RunConfig, dataset: RecDataset, split: Split, progr
     result = train_sasrec(split, dataset.n_items, params_from_config(tcfg, split.max_history), cfg.seed,
                           progress=progress)
     return {
-        "valid": evaluate(result.model, split, "valid"),
-        "test": evaluate(result.model, split, "test"),
+        "valid": split_metrics(result.model, split, "valid"),
+        "test": split_metrics(result.model, split, "test"),
         "seconds": round(time.time() - t0, 2),
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),

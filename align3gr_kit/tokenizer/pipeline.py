@@ -27,9 +27,14 @@ import torch
 from align3gr_kit.config import RunConfig, TokenizerConfig
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
-from align3gr_kit.encoders.sasrec import load_item_cf, mean_item_embedding, params_from_config, train_sasrec
+from align3gr_kit.encoders.sasrec import (
+    load_item_cf,
+    mean_item_embedding,
+    params_from_config,
+    split_metrics,
+    train_sasrec,
+)
 from align3gr_kit.encoders.semantic import semantic_features
-from align3gr_kit.metrics import metrics_from_ranks
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
@@ -110,10 +115,8 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
     with torch.no_grad():
         item = model.item_embeddings().float().cpu().numpy()
         user = model.represent([seqs[u].tolist() for u in range(ds.n_users)]).float().cpu().numpy()
-        # The CF encoder is the SASRec baseline itself: its scores cost one full ranking per split.
-        scores = {name: metrics_from_ranks(model.target_ranks(split.samples(name).history.tolist(),
-                                                              split.samples(name).target.to_numpy()))
-                  for name in ("valid", "test")}
+    # The CF encoder is the SASRec baseline itself: its scores cost one full ranking per split.
+    scores = {name: split_metrics(model, split, name) for name in ("valid", "test")}
     return item, user, result.history, scores
 
 
