@@ -128,9 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         out = run_dpo(cfg, args.stage)
         out = {k: v for k, v in out.items() if k in ("stage", "stages", "out_dir", "metrics", "final_model")}
-    from accelerate import PartialState
+    from align3gr_kit.utils import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         _print(out)
     return 0
 

@@ -126,3 +126,16 @@ def package_versions() -> dict[str, str]:
 
     versions["python"] = platform.python_version()
     return versions
+
+
+def process_state():
+    """accelerate's ``PartialState`` for this process, created the same way everywhere.
+
+    Without GPUs it is created with ``cpu=True``, so that under ``accelerate launch`` (or torchrun)
+    the gloo process group is set up and only rank 0 is the main process; otherwise accelerate may
+    see no GPU, stay single-process, and every rank would think itself the main one.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -36,7 +36,7 @@ from align3gr_kit.dpo.preferences import (
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
 from align3gr_kit.runs import StageRun
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.utils import read_json, seed_everything
+from align3gr_kit.utils import process_state, read_json, seed_everything
 
 STAGE_FOLDERS = {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}
 SC_EMBEDDINGS_FILE = "item_sc.npy"
@@ -223,9 +223,8 @@ def _start_model_dir(cfg: RunConfig, own: StageRun, stage: str) -> Path:
 def _link_final_model(stage_dir: Path, last: str) -> None:
     """``<stage folder>/model`` -> ``<last stage>/model``, so tools that read ``<stage>/model``
     (``evaluate --model-stage``) find the stage's final policy without a second copy."""
-    from accelerate import PartialState
 
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return
     link = stage_dir / "model"
     if link.is_symlink():

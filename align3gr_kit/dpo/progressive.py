@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import PartialState
 from transformers import TrainingArguments
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -40,7 +39,7 @@ from align3gr_kit.dpo.trainer import (
     parameter_fingerprint,
     precompute_reference_logps,
 )
-from align3gr_kit.utils import atomic_path, write_json
+from align3gr_kit.utils import atomic_path, process_state, write_json
 
 TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -101,7 +100,7 @@ def run_progressive(
     # TrainingArguments sets up the distributed state the Trainer will use (e.g. gloo for CPU
     # processes under torchrun); read it from there so "main process" means the same thing here.
     device = _training_args(cfg, out_dir, seed, smoke).device
-    state = PartialState()
+    state = process_state()
     policy.to(device)
     disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
     history: dict[str, Any] = {"start": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None, "stages": []}

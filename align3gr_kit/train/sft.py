@@ -297,15 +297,14 @@ def run_train_sft(cfg: RunConfig, stage_run=None, evaluate_splits: tuple[str, ..
         On rank 0: ``{"train": {...}, "valid": {...}, "test": {...}, "model_dir": str, "metrics": flat dict
         (the manifest's metrics: ``train_*``, ``valid_recall@10``...)}``; other ranks: ``{"train": {...}}``.
     """
-    from accelerate import PartialState
 
     from align3gr_kit.evaluate import evaluate
     from align3gr_kit.model.backbone import save_model
     from align3gr_kit.runs import StageRun
-    from align3gr_kit.utils import seed_everything
+    from align3gr_kit.utils import process_state, seed_everything
 
     cfg = effective_config(cfg)
-    state = PartialState()
+    state = process_state()
     seed_everything(cfg.seed)
     prompts_dir = cfg.run_dir / "03_sft_prompts"
     with state.main_process_first():

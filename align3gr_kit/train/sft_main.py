@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelerate import PartialState
+    from align3gr_kit.utils import process_state
 
     from align3gr_kit.train.sft import run_train_sft
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[k] = yaml.safe_load(v)
     cfg = RunConfig.from_yaml(args.config, overrides=overrides, run_name=args.run_name, seed=args.seed)
     out = run_train_sft(cfg, evaluate_splits=() if args.no_eval else ("valid", "test"))
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(json.dumps(out, default=str))
     return 0
 
