@@ -297,7 +297,6 @@ def run_train_sft(cfg: RunConfig, stage_run=None, evaluate_splits: tuple[str, ..
         On rank 0: ``{"train": {...}, "valid": {...}, "test": {...}, "model_dir": str, "metrics": flat dict
         (the manifest's metrics: ``train_*``, ``valid_recall@10``...)}``; other ranks: ``{"train": {...}}``.
     """
-
     from align3gr_kit.evaluate import evaluate
     from align3gr_kit.model.backbone import save_model
     from align3gr_kit.runs import StageRun
