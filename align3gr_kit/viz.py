@@ -1,13 +1,11 @@
 """Figures, tables and the browser of the token-level notebooks (01_tokenize, 02_codebooks).
 
-Everything here reads what :func:`align3gr_kit.tokenizer.run_tokenize` wrote (see
-:class:`TokenizeArtifacts`) so the notebooks stay call sites.
+Everything here reads stage 01's outputs (:class:`align3gr_kit.tokenizer.artifacts.TokenizeArtifacts`)
+so the notebooks stay call sites.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,40 +16,7 @@ from plotly.subplots import make_subplots
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.utils import read_json
-
-
-@dataclass
-class TokenizeArtifacts:
-    """The outputs of stage 01 read back from its folder (``None`` where a run made none).
-
-    Attributes:
-        items / users: SCID tables (collisions resolved).
-        item_raw / user_raw: ``[n, levels]`` RQ codes before resolution.
-        item_sc / user_sc: ``[n, sc_dim]`` SC embeddings.
-        history: the tokenizer's epoch log; summary: ``summary.json``.
-    """
-
-    items: ScidTable
-    users: ScidTable | None
-    item_raw: np.ndarray
-    user_raw: np.ndarray | None
-    item_sc: np.ndarray
-    user_sc: np.ndarray
-    history: list[dict]
-    summary: dict
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "TokenizeArtifacts":
-        f = Path(folder)
-
-        def opt(name: str):
-            return np.load(f / name) if (f / name).exists() else None
-
-        users = ScidTable.load(f / "user_scids.json") if (f / "user_scids.json").exists() else None
-        return cls(ScidTable.load(f / "item_scids.json"), users, np.load(f / "item_codes_raw.npy"),
-                   opt("user_codes_raw.npy"), np.load(f / "item_sc.npy"), np.load(f / "user_sc.npy"),
-                   read_json(f / "tokenizer_history.json"), read_json(f / "summary.json"))
+from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
 
 
 # ---------------------------------------------------------------------------------------- stage 01

@@ -14,7 +14,7 @@ Datasets: ``ml-100k`` (text + CF: item titles/genres and user profiles through M
 They are read from ``data/<name>/`` or ``../shared/data/<name>/``.
 
 Run: ``OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/token_level.py [--datasets ml-100k,instruments]
-[--set tokenizer.sasrec_epochs=10 ...]`` (a shared, busy CPU: the OpenMP setting stops idle torch
+[--set tokenizer.sasrec.epochs=10 ...]`` (a shared, busy CPU: the OpenMP setting stops idle torch
 threads from spinning, see the README).
 """
 

@@ -14,7 +14,9 @@ from align3gr_kit.data.schema import DataError, RecDataset, make_interactions, m
 from align3gr_kit.data.split import leave_one_out
 from align3gr_kit.dpo import rf_stage_names, run_dpo, shared_prefix, sp_stage_names
 from align3gr_kit.model import load_model, save_model
-from align3gr_kit.runs import StageRun
+from align3gr_kit.data.artifacts import DataArtifacts
+from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.utils import read_json
 
@@ -56,17 +58,25 @@ def _fake_run(tmp_path, ratings: bool = True, **dpo) -> RunConfig:
     cfg.model.dtype = "float32"
     ds, items, users, tok, model = _world(ratings=ratings)
     s = StageRun(cfg, "00_data")
-    ds.save(s.path("dataset"))
-    leave_one_out(ds, 20).save(s.path("split"))
+    DataArtifacts(ds, leave_one_out(ds, 20)).save(s.dir)
     s.finish()
     s = StageRun(cfg, "01_tokenize")
-    items.save(s.path("item_scids.json"))
-    users.save(s.path("user_scids.json"))
+    emb = np.random.default_rng(0).normal(size=(items.n, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    TokenizeArtifacts(items, users, items.codes, users.codes, emb, np.zeros((users.n, 8)), [], {}).save(s.dir)
     s.finish()
     s = StageRun(cfg, "04_sft")
     save_model(model, tok, s.path("model"), items, users)
     s.finish()
     return cfg
+
+
+def _dpo(cfg, kind: str, **kw) -> dict:
+    """The DPO stage the way ``run_stage`` runs it: a StageRun, run_dpo, finish."""
+    st = StageRun(cfg, {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}[kind])
+    out = run_dpo(cfg, kind, st, **kw)
+    st.finish(out["metrics"])
+    return out
 
 
 def _count_valid_metric(model) -> dict:
@@ -75,7 +85,7 @@ def _count_valid_metric(model) -> dict:
 
 def test_sp_then_rf_end_to_end(tmp_path):
     cfg = _fake_run(tmp_path)
-    sp = run_dpo(cfg, "sp", evaluate_fn=_count_valid_metric)
+    sp = _dpo(cfg, "sp", evaluate_fn=_count_valid_metric)
     assert sp["stages"] == ["easy", "medium", "hard"] and [h["stage"] for h in sp["history"]] == sp["stages"]
     sp_dir = cfg.run_dir / "05_sp_dpo"
     items = ScidTable.load(cfg.run_dir / "01_tokenize" / "item_scids.json")
@@ -101,7 +111,7 @@ def test_sp_then_rf_end_to_end(tmp_path):
 
     _check_figures(cfg, sp)
 
-    rf = run_dpo(cfg, "rf")  # the default evaluator: Recall/NDCG on valid and test (align3gr_kit.evaluate)
+    rf = _dpo(cfg, "rf")  # the default evaluator: Recall/NDCG on valid and test (align3gr_kit.evaluate)
     assert rf["stages"] == ["easy", "hard"] and rf["start_model"].endswith("05_sp_dpo/hard/model")
     for label in ("start", "easy", "hard", "final"):
         for split_name in ("valid", "test"):
@@ -118,20 +128,24 @@ def _check_figures(cfg, sp):
     from align3gr_kit.dpo import figures
 
     out = cfg.run_dir / "05_sp_dpo"
+    from align3gr_kit.dpo.artifacts import DPOArtifacts
+
+    art = DPOArtifacts.load(out)
     ds = RecDataset.load(cfg.run_dir / "00_data" / "dataset")
     items = ScidTable.load(cfg.run_dir / "01_tokenize" / "item_scids.json")
-    pairs = figures.example_pairs(out, sp["stages"], ds, items, per_stage=1, rejected=2)
+    assert art.stages == sp["stages"]
+    pairs = figures.example_pairs(art, ds, items, per_stage=1, rejected=2)
     assert pairs.role.tolist() == ["chosen", "rejected", "rejected"] * 3
     assert pairs.detail[pairs.stage == "medium"].tolist()[1:] == ["1 shared level(s)"] * 2
-    first = figures.read_preferences(out / "easy")[0]
+    first = art.preferences("easy")[0]
     assert pairs.item.iloc[0] == f"{ds.items.title.iloc[first['chosen_item']]} {first['chosen']}"
-    neg = figures.negatives_table(out, sp["stages"])
+    neg = figures.negatives_table(art)
     assert neg["mean shared levels"].tolist() == [0.0, 1.0, 2.0] and (neg.prompts == 8).all()
-    curves = figures.training_curves(out, sp["stages"])
+    curves = figures.training_curves(art)
     # 2 steps per stage, logged every step: run_step runs 1..6 across the three stages
     assert sorted(curves[curves.metric == "loss"].run_step) == [1, 2, 3, 4, 5, 6]
     assert len(figures.curves_figure(curves, "t").data) == 9
-    table = figures.metrics_table({"start": None, "history": [
+    table = figures.metrics_table({"start": None, "stages": [
         {"stage": "easy", "metrics": {"valid": {"recall@5": 0.5, "ndcg@10": 0.25}}}]})
     assert table.to_dict("records") == [{"model": "easy", "valid recall@5": 0.5, "valid ndcg@10": 0.25}]
     assert len(figures.metrics_figure(table, "t").data) == 1
@@ -140,20 +154,20 @@ def _check_figures(cfg, sp):
 def test_rf_without_ratings_names_loaders(tmp_path):
     cfg = _fake_run(tmp_path, ratings=False, sp_stages=[])
     with pytest.raises(DataError, match="ml-100k"):
-        run_dpo(cfg, "rf", evaluate_fn=None)
+        _dpo(cfg, "rf", evaluate_fn=None)
 
 
 def test_ablation_stage_names():
     assert sp_stage_names(DPOConfig()) == ["easy", "medium", "hard"]
-    assert sp_stage_names(DPOConfig(progressive=False)) == ["all"]
-    assert sp_stage_names(DPOConfig(negatives="random")) == ["random"]
+    assert sp_stage_names(DPOConfig(sp_progressive=False)) == ["all"]
+    assert sp_stage_names(DPOConfig(sp_negatives="random")) == ["random"]
     assert sp_stage_names(DPOConfig(sp_stages=[])) == []
     assert rf_stage_names(DPOConfig()) == ["easy", "hard"]
     assert rf_stage_names(DPOConfig(rf_progressive=False)) == ["all"]
     with pytest.raises(ValueError, match="dpo.sp_stages"):
         sp_stage_names(DPOConfig(sp_stages=["easy", "extreme"]))
-    with pytest.raises(ValueError, match="dpo.negatives"):
-        sp_stage_names(DPOConfig(negatives="beams"))
+    with pytest.raises(ValueError, match="dpo.sp_negatives"):
+        sp_stage_names(DPOConfig(sp_negatives="beams"))
 
 
 def test_lora_stages_merge_and_chain(tmp_path):
@@ -161,7 +175,7 @@ def test_lora_stages_merge_and_chain(tmp_path):
     cfg.model.lora = True
     cfg.model.lora_r = 4
     sft = load_model(cfg.run_dir / "04_sft" / "model", "float32")[0]
-    run_dpo(cfg, "sp", evaluate_fn=None)
+    _dpo(cfg, "sp", evaluate_fn=None)
     hist = read_json(cfg.run_dir / "05_sp_dpo" / "history.json")
     assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]
     easy = load_model(cfg.run_dir / "05_sp_dpo" / "easy" / "model", "float32")[0]
@@ -174,13 +188,9 @@ def test_lora_stages_merge_and_chain(tmp_path):
 def test_similarity_difficulty_reads_sc_embeddings(tmp_path):
     from align3gr_kit.dpo.negatives import similarity_grades
 
-    cfg = _fake_run(tmp_path, sp_stages=["hard"], difficulty="similarity", max_prompts=4)
-    with pytest.raises(FileNotFoundError, match="item_sc.npy"):
-        run_dpo(cfg, "sp", evaluate_fn=None)
-    emb = np.random.default_rng(0).normal(size=(40, 8))
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    np.save(cfg.run_dir / "01_tokenize" / "item_sc.npy", emb)
-    run_dpo(cfg, "sp", evaluate_fn=None)
+    cfg = _fake_run(tmp_path, sp_stages=["hard"], sp_difficulty="similarity", max_prompts=4)
+    emb = TokenizeArtifacts.load(cfg.run_dir / "01_tokenize").item_sc
+    _dpo(cfg, "sp", evaluate_fn=None)
     rows = [json.loads(x) for x in (cfg.run_dir / "05_sp_dpo" / "hard" / "preferences.jsonl").read_text().splitlines()]
     assert len(rows) == 4
     for r in rows:  # every negative lies in the most similar third of the catalogue

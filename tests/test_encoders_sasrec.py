@@ -11,7 +11,8 @@ from align3gr_kit.baselines.sasrec import run_sasrec_baseline
 from align3gr_kit.config import RunConfig
 from align3gr_kit.data.schema import RecDataset, make_interactions, make_items, make_users
 from align3gr_kit.data.split import Split, leave_one_out
-from align3gr_kit.encoders.sasrec import (SASRec, SASRecParams, load_item_cf, mean_item_embedding,
+from align3gr_kit.config import SASRecParams
+from align3gr_kit.encoders.sasrec import (SASRec, load_item_cf, mean_item_embedding,
                                           train_sasrec, training_windows)
 from align3gr_kit.metrics import metrics_from_ranks, rank_metrics, target_ranks
 
@@ -41,7 +42,7 @@ def cyclic_dataset(n_users: int = 80, length: int = 8, seed: int = 0, sentinels:
     return RecDataset("cyclic", items, users, make_interactions(uu, ii, tt), "test").validate()
 
 
-FAST = SASRecParams(dim=16, layers=1, heads=2, dropout=0.0, max_len=5, epochs=3, patience=0, lr=5e-3,
+FAST = SASRecParams(dim=16, layers=1, heads=2, dropout=0.0, epochs=3, patience=0, lr=5e-3,
                     batch_size=32)
 
 
@@ -59,7 +60,7 @@ def test_cf_encoder_never_sees_validation_or_test_items():
     split = leave_one_out(ds, 5)
     sentinel_rows = torch.arange(N_ITEMS, N_ITEMS + 8) + 1  # +1: row 0 is padding
     torch.manual_seed(0)
-    model = SASRec(ds.n_items, FAST.dim, FAST.layers, FAST.heads, FAST.dropout, FAST.max_len)
+    model = SASRec(ds.n_items, FAST.dim, FAST.layers, FAST.heads, FAST.dropout, 5)
     init = copy.deepcopy(model.item_emb.weight.detach())
     result = train_sasrec(split, ds.n_items, FAST, seed=0, model=model, progress=False)
     after = result.model.item_emb.weight.detach()
@@ -69,7 +70,7 @@ def test_cf_encoder_never_sees_validation_or_test_items():
     # Control: the same check FAILS for a split whose training sequences include the held-out items.
     leaky = Split(split.train, split.valid, split.test, ds.sequences(), split.max_history)
     torch.manual_seed(0)
-    model2 = SASRec(ds.n_items, FAST.dim, FAST.layers, FAST.heads, FAST.dropout, FAST.max_len)
+    model2 = SASRec(ds.n_items, FAST.dim, FAST.layers, FAST.heads, FAST.dropout, 5)
     init2 = copy.deepcopy(model2.item_emb.weight.detach())
     train_sasrec(leaky, ds.n_items, FAST, seed=0, model=model2, progress=False)
     assert not torch.equal(model2.item_emb.weight.detach()[sentinel_rows], init2[sentinel_rows])
@@ -78,7 +79,7 @@ def test_cf_encoder_never_sees_validation_or_test_items():
 def test_sasrec_learns_the_cycle_and_beats_popularity():
     ds = cyclic_dataset()
     split = leave_one_out(ds, 5)
-    params = SASRecParams(dim=32, layers=1, heads=2, dropout=0.0, max_len=5, epochs=15, patience=0, lr=1e-2,
+    params = SASRecParams(dim=32, layers=1, heads=2, dropout=0.0, epochs=15, patience=0, lr=1e-2,
                           batch_size=32)
     result = train_sasrec(split, ds.n_items, params, seed=0, progress=False)
     losses = [h["loss"] for h in result.history]
@@ -111,8 +112,8 @@ def test_same_seed_same_model():
 def test_baselines_report_the_fixed_keys():
     ds = cyclic_dataset(n_users=40)
     split = leave_one_out(ds, 5)
-    cfg = RunConfig().override({"tokenizer.sasrec_dim": 16, "tokenizer.sasrec_layers": 1, "tokenizer.sasrec_epochs": 2,
-                                "tokenizer.sasrec_heads": 2})
+    cfg = RunConfig().override({"tokenizer.sasrec.dim": 16, "tokenizer.sasrec.layers": 1, "tokenizer.sasrec.epochs": 2,
+                                "tokenizer.sasrec.heads": 2})
     for out in (run_sasrec_baseline(cfg, ds, split, progress=False), run_popularity_baseline(cfg, ds, split)):
         assert set(out) >= {"valid", "test", "seconds"}
         for part in ("valid", "test"):

@@ -93,10 +93,16 @@ def test_run_evaluate_reads_the_run(model_and_tok, tmp_path):
 
     model, tok = model_and_tok
     cfg = RunConfig.from_dict({"run_name": "ev", "runs_dir": str(tmp_path), "decode": {"beam_width": 10}})
-    save_model(model, tok, cfg.run_dir / "04_sft" / "model", ITEMS, USERS)
+    from align3gr_kit.stages.contract import StageRun
+
+    st = StageRun(cfg, "04_sft")
+    save_model(model, tok, st.dir / "model", ITEMS, USERS)
+    st.finish()
     data = samples()
     empty = pd.DataFrame({"user_id": pd.Series([], dtype="int64"), "history": [], "target": pd.Series([], dtype="int64")})
-    Split(empty, data, data, {}, 20).save(cfg.run_dir / "00_data" / "split")
+    st = StageRun(cfg, "00_data")
+    Split(empty, data, data, {}, 20).save(st.dir / "split")  # the split alone: evaluation reads nothing else
+    st.finish()
     out = run_evaluate(cfg, "test")
     direct = evaluate(model, tok, ITEMS, USERS, data, cfg.decode, True, max_length=cfg.sft.max_length, progress=False)
     assert out["split"] == "test" and out["users"] == 7

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from align3gr_kit.runs import STAGES
+from align3gr_kit.stages.contract import STAGES
 from align3gr_kit.utils import project_root
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("*.ipynb"))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from align3gr_kit import runner
+from align3gr_kit.stages import runner
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.ablation import (
     GENERATIVE_BASELINES,
@@ -21,7 +21,7 @@ from align3gr_kit.report.ablation import (
     summarise,
 )
 from align3gr_kit.report.benchmark import ratio_vs
-from align3gr_kit.runs import StageRun
+from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import project_root
 
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
@@ -37,9 +37,9 @@ FIGURE4 = [
     ("+C1-C3", {"prompts.tasks"}, ()),
     ("+User SCID", {"prompts.user_scid_in_prompt"}, ()),
     ("+B2", {"prompts.tasks"}, ()),
-    ("+Softmax-DPO", {"dpo.negatives", "dpo.progressive"}, ("05_sp_dpo",)),
-    ("+SP-DPO", {"dpo.negatives"}, ()),
-    ("+Progressive", {"dpo.progressive"}, ()),
+    ("+Softmax-DPO", {"dpo.sp_negatives", "dpo.sp_progressive"}, ("05_sp_dpo",)),
+    ("+SP-DPO", {"dpo.sp_negatives"}, ()),
+    ("+Progressive", {"dpo.sp_progressive"}, ()),
     ("+RF-DPO", set(), ("06_rf_dpo",)),  # rf_progressive is already the default: only the stage is new
 ]
 
@@ -195,4 +195,4 @@ def test_run_rungs_names_seeds_overrides_and_failures(cfg, monkeypatch):
     assert summary.set_index("method").loc["Single+SEQ", "recall@10"] == pytest.approx(0.0105)
     runs_dir = base.run_dir.parent
     manifest = json.loads((runs_dir / "r-ladder-03-s1" / "05_sp_dpo" / "manifest.json").read_text())
-    assert manifest["parameters"]["dpo"]["negatives"] == "random" and manifest["seed"] == 1
+    assert manifest["parameters"]["dpo"]["sp_negatives"] == "random" and manifest["seed"] == 1

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from align3gr_kit import runner
+from align3gr_kit.stages import runner
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.benchmark import SMOKE_REPORT_OVERRIDES, report_metrics, report_overrides, run_benchmark
 from align3gr_kit.report.figures import comparison_figure, ladder_figure
 from align3gr_kit.report.paper import INSTRUMENTS_TABLE1, context_note, side_by_side
 from align3gr_kit.report.reading import baseline_reading, caveats, compare, honest_reading, ladder_reading, stage_reading
 from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
-from align3gr_kit.runs import StageRun
+from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import project_root, write_json
 
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
@@ -86,7 +86,7 @@ def test_pipeline_stage_metrics_reads_sft_and_dpo_histories(tmp_path):
     cfg = RunConfig.from_yaml(SMOKE, run_name="full", runs_dir=str(tmp_path))
     keys = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
     with pytest.raises(FileNotFoundError, match="no finished SFT stage"):
-        pipeline_stage_metrics(cfg.run_dir)
+        pipeline_stage_metrics(cfg)
     StageRun(cfg, "04_sft").finish({"test_users": 150, **{f"{s}_{k}": 0.1 * (i + 1) for i, s in enumerate(("valid", "test"))
                                                           for k in keys}})
     for stage, names, base in (("05_sp_dpo", ["easy", "medium", "hard"], 0.3), ("06_rf_dpo", ["easy", "hard"], 0.6)):
@@ -95,7 +95,7 @@ def test_pipeline_stage_metrics_reads_sft_and_dpo_histories(tmp_path):
                    for j, n in enumerate(names)]
         write_json(run.path("history.json"), {"start": None, "stages": entries})
         run.finish({})
-    t = pipeline_stage_metrics(cfg.run_dir)
+    t = pipeline_stage_metrics(cfg)
     assert t["model"].tolist() == ["SFT", "SP-DPO easy", "SP-DPO medium", "SP-DPO hard", "RF-DPO easy", "RF-DPO hard"]
     assert t["stage"].tolist() == ["04_sft"] + ["05_sp_dpo"] * 3 + ["06_rf_dpo"] * 2
     np.testing.assert_allclose(t["test recall@10"], [0.2, 0.3, 0.31, 0.32, 0.6, 0.61])

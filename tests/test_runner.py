@@ -1,12 +1,24 @@
-"""The papermill runner: stage 00 end to end, manifests, reports, --resume, a failing stage."""
+"""The stage contract and the papermill runner: manifests, reports, --resume, reuse, integrity."""
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 
-from align3gr_kit.config import RunConfig
-from align3gr_kit.runner import run_pipeline
-from align3gr_kit.runs import StageRun, fingerprint, get_stage
+from align3gr_kit.config import ConfigError, RunConfig
+from align3gr_kit.stages.contract import (
+    STAGES,
+    StageRun,
+    clean_leftovers,
+    fingerprint,
+    get_stage,
+    is_current,
+    reuse_stage,
+    run_stage,
+)
+from align3gr_kit.stages.runner import run_pipeline
 from align3gr_kit.utils import project_root
 
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
@@ -15,6 +27,11 @@ SMOKE = str(project_root() / "configs" / "smoke.yaml")
 @pytest.fixture()
 def cfg(tmp_path):
     return RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+
+
+def _sha(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_stage_00_runs_writes_manifest_report_and_resumes(cfg, tmp_path):
@@ -29,11 +46,11 @@ def test_stage_00_runs_writes_manifest_report_and_resumes(cfg, tmp_path):
     assert {"torch", "transformers", "python"} <= set(manifest["versions"])
     assert "dataset/items.parquet" in manifest["artifacts"] and manifest["wall_seconds"] > 0
     assert (stage_dir / "00_data.ipynb").exists() and (stage_dir / "figures" / "popularity.html").exists()
+    assert [p.name for p in cfg.run_dir.iterdir()] == ["00_data"]  # no temporary folder or notebook left
     html = (reports / "t" / "00_data.html").read_text()
     assert "plotly" in html.lower() and "Split leave-one-out" in html
     assert json.loads((reports / "t" / "metrics.json").read_text())["00_data"]["items"] == 120
     assert "00_data" in (reports / "t" / "summary.md").read_text()
-    # papermill recorded the injected parameters in the executed notebook
     nb = json.loads((stage_dir / "00_data.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["run_name"] == "t"
 
@@ -45,16 +62,20 @@ def test_stage_00_runs_writes_manifest_report_and_resumes(cfg, tmp_path):
     assert rerun["stages"][0]["status"] == "ok"
 
 
-def test_failing_stage_stops_and_keeps_the_error_notebook(cfg, tmp_path):
-    bad = cfg.override({"data.dataset": "no-such-dataset"})
+def test_failing_stage_stops_keeps_the_error_notebook_and_reports_it(cfg, tmp_path, capsys):
+    bad = cfg.override({"data.dataset": "ml-100k", "data.data_path": str(tmp_path / "nowhere")})
     res = run_pipeline(bad, SMOKE, stages=["00"], reports_dir=tmp_path / "r",
-                       overrides={"data.dataset": "no-such-dataset"})
+                       overrides={"data.dataset": "ml-100k", "data.data_path": str(tmp_path / "nowhere")})
     assert not res["ok"]
     failure = res["stages"][0]
-    assert failure["status"] == "failed" and "unknown dataset 'no-such-dataset'" in failure["error"]
-    assert (bad.run_dir / "00_data" / "00_data.failed.ipynb").exists()
-    assert not (bad.run_dir / "00_data" / "manifest.json").exists()
-    assert not (bad.run_dir / "00_data" / "00_data.ipynb").exists()
+    assert failure["status"] == "failed" and "nowhere" in failure["error"]
+    assert (bad.run_dir / "00_data.failed.ipynb").exists()
+    assert not (bad.run_dir / "00_data").exists()  # nothing half-written
+    assert [p.name for p in bad.run_dir.iterdir()] == ["00_data.failed.ipynb"]
+    summary = (tmp_path / "r" / "t" / "summary.md").read_text()
+    assert "FAILED: stage 00_data" in summary and "00_data.failed.ipynb" in summary
+    assert json.loads((tmp_path / "r" / "t" / "metrics.json").read_text())["failed"]["stage"] == "00_data"
+    assert "\x1b[" not in capsys.readouterr().err  # plain text, no ANSI colour codes
 
 
 def test_stage_input_error_says_how_to_run_it(cfg):
@@ -63,14 +84,80 @@ def test_stage_input_error_says_how_to_run_it(cfg):
         st.input("00_data")
 
 
-def test_resume_reuses_an_identical_stage_of_another_run(cfg, tmp_path):
+def test_killed_rerun_leaves_the_finished_stage_whole(cfg):
+    run_stage(cfg, "00_data")
+    folder = cfg.run_dir / "00_data"
+    before = _sha(folder)
+    changed = cfg.override({"data.max_history": 5})
+    killed = StageRun(changed, "00_data")  # a re-run with other settings, killed half-way
+    killed.path("dataset/items.parquet").write_bytes(b"half-written")
+    assert _sha(folder) == before  # the finished stage was never written into
+    assert is_current(cfg, get_stage("00")) and not is_current(changed, get_stage("00"))
+    assert clean_leftovers(cfg.run_dir) == [killed.dir] and not killed.dir.exists()
+    run_stage(changed, "00_data")  # --resume with the new settings re-runs it
+    assert is_current(changed, get_stage("00")) and _sha(folder) != before
+
+
+def test_reuse_copies_so_other_runs_never_change(cfg):
+    run_stage(cfg, "00_data")
+    other = cfg.override({"run_name": "t2"})
+    reuse_stage(cfg.run_dir / "00_data", other.run_dir / "00_data")
+    before = _sha(cfg.run_dir / "00_data")
+    for p in (other.run_dir / "00_data").rglob("*.parquet"):
+        assert p.stat().st_ino != (cfg.run_dir / "00_data" / p.relative_to(other.run_dir / "00_data")).stat().st_ino
+    run_stage(other.override({"data.max_history": 4}), "00_data")  # changes the reused stage of t2
+    assert _sha(cfg.run_dir / "00_data") == before
+
+
+def test_resume_reuses_an_identical_stage_of_another_run(cfg):
     first = run_pipeline(cfg, SMOKE, stages=["00"], render=False)
     assert first["ok"]
     other = cfg.override({"run_name": "t2", "dpo.beta": 0.3})  # differs only downstream of stage 00
     res = run_pipeline(other, SMOKE, stages=["00"], resume=True, render=False, overrides={"dpo.beta": 0.3})
     assert res["stages"][0]["status"] == "reused from t"
-    src, dst = cfg.run_dir / "00_data" / "dataset" / "items.parquet", other.run_dir / "00_data" / "dataset" / "items.parquet"
-    assert dst.read_bytes() == src.read_bytes()
-    changed = cfg.override({"run_name": "t3", "data.max_history": 4})
-    res = run_pipeline(changed, SMOKE, stages=["00"], resume=True, render=False, overrides={"data.max_history": 4})
-    assert res["stages"][0]["status"] == "ok"
+    assert _sha(other.run_dir / "00_data") == _sha(cfg.run_dir / "00_data")
+
+
+@pytest.mark.parametrize("name", ["", "..", "../../evil", "/abs/path", "a/b", ".hidden", "sp ace"])
+def test_bad_run_names_are_refused(name):
+    with pytest.raises(ConfigError, match="run_name"):
+        RunConfig.from_yaml(SMOKE, run_name=name)
+
+
+def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_all(cfg):
+    """Walk STAGES on the smoke config through the path the CLI uses; manifests record what ran."""
+    for s in STAGES:
+        metrics = run_stage(cfg, s.name, progress=False)
+        assert isinstance(metrics, dict) and (cfg.run_dir / s.name / "manifest.json").exists()
+    m = json.loads((cfg.run_dir / "04_sft" / "manifest.json").read_text())
+    assert m["parameters"]["sft"]["max_steps"] == 40 == m["metrics"]["train_steps"]  # the smoke cap, recorded
+    m = json.loads((cfg.run_dir / "01_tokenize" / "manifest.json").read_text())
+    assert m["parameters"]["tokenizer"]["sasrec"]["epochs"] == 3
+    assert all(is_current(cfg, s) for s in STAGES)
+    res = run_pipeline(cfg, SMOKE, resume=True, render=False)
+    assert [r["status"] for r in res["stages"]] == ["skipped (unchanged)"] * len(STAGES)
+
+
+ARTIFACT_NAMES = ["item_scids.json", "user_scids.json", "item_sc.npy", "summary.json", "tokenizer.pt",
+                  "sft_dataset", "log_history.json", "results.json", "history.json", "preferences.jsonl",
+                  "manifest.json", "comparison.json"]
+
+
+@pytest.mark.parametrize("name", ARTIFACT_NAMES)
+def test_each_artifact_file_name_lives_in_one_module(name):
+    root = project_root()
+    quoted = [f'"{name}"'] + ([f'"{name[:-4]}"'] if name.endswith(".npy") else [])
+    holders = [p for p in (root / "align3gr_kit").rglob("*.py") if any(q in p.read_text() for q in quoted)]
+    assert len(holders) == 1, f"{name}: {holders}"
+
+
+def _code(nb: Path) -> str:
+    cells = json.loads(nb.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def test_no_notebook_builds_a_path_to_another_stage():
+    for nb in sorted((project_root() / "notebooks").glob("*.ipynb")):
+        code = _code(nb)
+        assert not re.search(r"\.input\([^)]*\)\s*/", code), nb.name
+        assert not re.search(r"run_dir\s*/", code) and "runs/" not in code, nb.name

@@ -20,7 +20,9 @@ def make_run(root: Path, n_users: int = 40, n_items: int = 30) -> Path:
     """A run folder with stages 00_data and 01_tokenize done (SCIDs from the ground-truth category)."""
     from align3gr_kit.data.split import leave_one_out
     from align3gr_kit.data.synthetic import generate_synthetic
-    from align3gr_kit.runs import StageRun
+    from align3gr_kit.data.artifacts import DataArtifacts
+    from align3gr_kit.stages.contract import StageRun
+    from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
 
     cfg = RunConfig.from_dict({
         "run_name": "mp", "runs_dir": str(root), "seed": 0,
@@ -32,14 +34,15 @@ def make_run(root: Path, n_users: int = 40, n_items: int = 30) -> Path:
     ds = generate_synthetic(n_users, n_items, seed=0)
     split = leave_one_out(ds, 20)
     st = StageRun(cfg, "00_data")
-    ds.save(st.path("dataset"))
-    split.save(st.path("split"))
+    DataArtifacts(ds, split).save(st.dir)
     st.finish({})
     st = StageRun(cfg, "01_tokenize")
     cat = ds.items.category.astype("category").cat.codes.to_numpy()
     within = ds.items.groupby("category").cumcount().to_numpy()
-    ScidTable(np.stack([cat, within], 1), "item").save(st.path("item_scids.json"))
-    ScidTable(np.stack([np.arange(ds.n_users) % 4, np.arange(ds.n_users)], 1), "user").save(st.path("user_scids.json"))
+    items = ScidTable(np.stack([cat, within], 1), "item")
+    users = ScidTable(np.stack([np.arange(ds.n_users) % 4, np.arange(ds.n_users)], 1), "user")
+    TokenizeArtifacts(items, users, items.codes, users.codes, np.zeros((items.n, 4)), np.zeros((users.n, 4)), [],
+                      {}).save(st.dir)
     st.finish({})
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -54,8 +57,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert out["train"]["world_size"] == 2 and out["train"]["steps"] == 4
-    model_dir = Path(out["model_dir"])
+    assert out["train_world_size"] == 2 and out["train_steps"] == 4
+    model_dir = tmp_path / "mp" / "04_sft" / "model"
     assert (model_dir / "config.json").exists() and (model_dir / "item_scids.json").exists()
     assert (tmp_path / "mp" / "03_sft_prompts" / "manifest.json").exists()
     assert (tmp_path / "mp" / "04_sft" / "manifest.json").exists()
@@ -73,4 +76,4 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert out["train"]["world_size"] == 2
+    assert out["train_world_size"] == 2

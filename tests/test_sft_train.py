@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ from datasets import Dataset
 from align3gr_kit.config import RunConfig
 from align3gr_kit.model import build_backbone, encode_prompts
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.train.sft import read_log_history, train_sft
+from align3gr_kit.train.artifacts import LOG_HISTORY
+from align3gr_kit.train.sft import train_sft
 
 ITEMS = ScidTable(np.array([[i % 3, i // 3, 0] for i in range(9)]), "item")
 USERS = ScidTable(np.array([[0, 0], [1, 0]]), "user")
@@ -53,7 +56,7 @@ def test_loss_on_completion_only_and_it_learns(tmp_path):
     assert tok.convert_ids_to_tokens(ids[n_prompt:-1]) == ITEMS.tokens(FAVOURITE[0])
     assert res["steps"] == 40 and res["world_size"] == 1
     assert res["last_loss"] < 0.5 * res["first_loss"]
-    hist = read_log_history(tmp_path / "out")
+    hist = json.loads((tmp_path / "out" / LOG_HISTORY).read_text())
     assert [h["step"] for h in hist if "loss" in h][:3] == [1, 2, 3]
     # The trained model tells the two users apart at the first SCID level.
     model = res["model"].eval()

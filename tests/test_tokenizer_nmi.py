@@ -14,7 +14,7 @@ from align3gr_kit.tokenizer.pipeline import run_tokenize
 def test_first_level_codes_recover_categories(tmp_path, request):
     ds = generate_synthetic()  # the default: 1000 users x 500 items, 8 categories
     split = leave_one_out(ds, 20)
-    cfg = RunConfig(seed=0).override({"tokenizer.sasrec_epochs": 4, "tokenizer.phase1_max_epochs": 6,
+    cfg = RunConfig(seed=0).override({"tokenizer.sasrec.epochs": 4, "tokenizer.phase1_max_epochs": 6,
                                       "tokenizer.phase2_epochs": 8})
     cache = request.config.cache.mkdir("align3gr-minilm")
     summary = run_tokenize(cfg, ds, split, tmp_path, cache_dir=cache, progress=False)

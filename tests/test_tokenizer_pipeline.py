@@ -11,8 +11,8 @@ from align3gr_kit.data.synthetic import generate_synthetic
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.pipeline import run_tokenize, training_pairs
 
-SMALL = {"sasrec_dim": 16, "sasrec_layers": 1, "sasrec_heads": 2, "sasrec_epochs": 2, "sc_dim": 16,
-         "hidden_dim": 32, "code_dim": 8, "batch_size": 128, "phase1_max_epochs": 4, "patience": 2,
+SMALL = {"sasrec": {"dim": 16, "layers": 1, "heads": 2, "epochs": 2}, "sc_dim": 16,
+         "hidden_dim": 32, "code_dim": 8, "batch_size": 128, "phase1_max_epochs": 4, "phase1_patience": 2,
          "phase2_epochs": 3, "use_semantic": False}
 
 

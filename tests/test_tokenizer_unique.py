@@ -37,7 +37,7 @@ def test_identical_embeddings_still_get_distinct_scids():
     pairs = np.stack([np.repeat(np.arange(n_users), 3), rng.integers(0, n_items, n_users * 3)], 1)
     heldout = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
     tcfg = TokenizerConfig(sc_dim=8, hidden_dim=16, code_dim=4, batch_size=16, phase1_max_epochs=2,
-                           phase2_epochs=2, patience=1)
+                           phase2_epochs=2, phase1_patience=1)
     model = train_dual_tokenizer(items, users, pairs, heldout, tcfg, seed=0, progress=False).model
     import torch
 

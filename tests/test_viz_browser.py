@@ -6,7 +6,8 @@ import numpy as np
 
 from align3gr_kit.data.synthetic import generate_synthetic
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.viz import TokenizeArtifacts, prefix_browser, prefix_listing
+from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
+from align3gr_kit.viz import prefix_browser, prefix_listing
 
 
 def test_prefix_browser_switches_side_and_levels(capsys):

@@ -13,21 +13,18 @@ import time
 from align3gr_kit.config import RunConfig
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
-from align3gr_kit.encoders.sasrec import params_from_config, split_metrics, train_sasrec
-from align3gr_kit.tokenizer.pipeline import effective_config
+from align3gr_kit.encoders.sasrec import split_metrics, train_sasrec
 
 
 def run_sasrec_baseline(cfg: RunConfig, dataset: RecDataset, split: Split, progress: bool = True) -> dict:
-    """Train SASRec (``cfg.tokenizer.sasrec_*``, seed ``cfg.seed``) and evaluate it.
+    """Train SASRec (``cfg.tokenizer.sasrec``, seed ``cfg.seed``) and evaluate it.
 
     Returns:
         ``{"valid": metrics, "test": metrics, "seconds": float, "best_epoch": int, "epochs": int}``,
         metrics with keys ``recall@5``, ``recall@10``, ``ndcg@5``, ``ndcg@10``.
     """
     t0 = time.time()
-    tcfg = effective_config(cfg)
-    result = train_sasrec(split, dataset.n_items, params_from_config(tcfg, split.max_history), cfg.seed,
-                          progress=progress)
+    result = train_sasrec(split, dataset.n_items, cfg.tokenizer.sasrec, cfg.seed, progress=progress)
     return {
         "valid": split_metrics(result.model, split, "valid"),
         "test": split_metrics(result.model, split, "test"),

@@ -3,8 +3,6 @@ training curves, the negatives' make-up, and metrics after every stage next to t
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,19 +11,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from align3gr_kit.data.schema import RecDataset
+from align3gr_kit.dpo.artifacts import DPOArtifacts
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.utils import read_json
 
 CURVE_METRICS = ("loss", "rewards/margins", "rewards/accuracies")
 RANK_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-
-
-def read_preferences(stage_dir: str | Path) -> list[dict]:
-    """The preference examples a stage trained on (``<stage>/preferences.jsonl``)."""
-    path = Path(stage_dir) / "preferences.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no preference data; run the DPO stage first (run_dpo)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def _label(ds: RecDataset, scids: ScidTable, item: int, width: int = 40) -> str:
@@ -34,15 +24,15 @@ def _label(ds: RecDataset, scids: ScidTable, item: int, width: int = 40) -> str:
     return f"{title} {scids.string(int(item))}"
 
 
-def example_pairs(out_dir: str | Path, stages: list[str], ds: RecDataset, item_scids: ScidTable,
+def example_pairs(art: DPOArtifacts, ds: RecDataset, item_scids: ScidTable,
                   per_stage: int = 1, rejected: int = 3) -> pd.DataFrame:
     """The first ``per_stage`` examples of each stage: chosen and first rejected items with titles.
 
     Returns a long table ``stage, user, role, item, overlap/level`` (one row per response).
     """
     rows = []
-    for stage in stages:
-        for ex in read_preferences(Path(out_dir) / stage)[:per_stage]:
+    for stage in art.stages:
+        for ex in art.preferences(stage)[:per_stage]:
             rows.append({"stage": stage, "user": ex["user_id"], "role": "chosen",
                          "item": _label(ds, item_scids, ex["chosen_item"]), "detail": "liked" if "rejected_levels" in ex else "target"})
             details = ex.get("rejected_levels") or [f"{o} shared level(s)" for o in ex.get("overlaps", [])]
@@ -52,12 +42,12 @@ def example_pairs(out_dir: str | Path, stages: list[str], ds: RecDataset, item_s
     return pd.DataFrame(rows, columns=["stage", "user", "role", "item", "detail"])
 
 
-def negatives_table(out_dir: str | Path, stages: list[str]) -> pd.DataFrame:
+def negatives_table(art: DPOArtifacts) -> pd.DataFrame:
     """Per stage: prompts, mean rejected per prompt, share of rejected taken from the policy's beams,
     and (SP) the mean shared SCID levels or (RF) the share of target-chosen prompts."""
     rows = []
-    for stage in stages:
-        ex = read_preferences(Path(out_dir) / stage)
+    for stage in art.stages:
+        ex = art.preferences(stage)
         n_rej = sum(len(e["rejected"]) for e in ex)
         row: dict[str, Any] = {"stage": stage, "prompts": len(ex), "rejected/prompt": n_rej / max(1, len(ex)),
                                "from beams": sum(e.get("from_beams", 0) for e in ex) / max(1, n_rej)}
@@ -69,15 +59,15 @@ def negatives_table(out_dir: str | Path, stages: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_curves(out_dir: str | Path, stages: list[str]) -> pd.DataFrame:
+def training_curves(art: DPOArtifacts) -> pd.DataFrame:
     """Logged training statistics of every stage, long form: ``stage, step, run_step, metric, value``.
 
     ``run_step`` counts optimiser steps across the stages, so the curves of consecutive stages sit
     side by side on one axis.
     """
     rows, offset = [], 0
-    for stage in stages:
-        log = read_json(Path(out_dir) / stage / "log_history.json")
+    for stage in art.stages:
+        log = art.log_history(stage)
         last = 0
         for entry in log:
             for metric in CURVE_METRICS:
@@ -103,9 +93,12 @@ def curves_figure(curves: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
-def metrics_table(result: dict[str, Any], start_label: str = "SFT") -> pd.DataFrame:
-    """Recall/NDCG on valid and test for the start model and after every stage (rows in order)."""
-    rows = [(start_label, result.get("start"))] + [(h["stage"], h.get("metrics")) for h in result["history"]]
+def metrics_table(history: dict[str, Any], start_label: str = "SFT") -> pd.DataFrame:
+    """Recall/NDCG on valid and test for the start model and after every stage (rows in order).
+
+    ``history``: :attr:`DPOArtifacts.history` (``{"start": metrics, "stages": [{"stage", "metrics"}]}``).
+    """
+    rows = [(start_label, history.get("start"))] + [(h["stage"], h.get("metrics")) for h in history["stages"]]
     out = []
     for label, metrics in rows:
         if not metrics:

@@ -78,16 +78,16 @@ class NegativeSampler:
     def __init__(self, item_codes: np.ndarray, mode: str = "prefix", item_embeddings: np.ndarray | None = None):
         self.codes = np.asarray(item_codes, dtype=np.int64)
         if mode not in ("prefix", "similarity"):
-            raise ValueError(f"dpo.difficulty must be 'prefix' or 'similarity', got {mode!r}")
+            raise ValueError(f"dpo.sp_difficulty must be 'prefix' or 'similarity', got {mode!r}")
         self.mode = mode
         if mode == "prefix" and self.codes.shape[1] < 3:
             raise ValueError(
                 f"item SCIDs have {self.codes.shape[1]} level(s); the hard SP-DPO stage needs two shared levels and a "
-                "differing one: use tokenizer.levels >= 3 or dpo.difficulty: similarity"
+                "differing one: use tokenizer.levels >= 3 or dpo.sp_difficulty: similarity"
             )
         if mode == "similarity":
             if item_embeddings is None:
-                raise ValueError("dpo.difficulty=similarity needs the SC item embeddings (item_embeddings=[n_items, d])")
+                raise ValueError("dpo.sp_difficulty=similarity needs the SC item embeddings (item_embeddings=[n_items, d])")
             emb = np.asarray(item_embeddings, dtype=np.float64)
             if len(emb) != len(self.codes):
                 raise ValueError(f"item_embeddings has {len(emb)} rows for {len(self.codes)} items")

@@ -1,16 +1,10 @@
 """``run_dpo``: the SP-DPO (05_sp_dpo) and RF-DPO (06_rf_dpo) stages of a run, end to end.
 
-Reads from the run directory (nobody pastes paths):
-
-* ``00_data/dataset`` (``RecDataset.load``) and ``00_data/split`` (``Split.load``);
-* ``01_tokenize/item_scids.json`` and, if present, ``01_tokenize/user_scids.json`` (user SCIDs go
-  into the prompts when ``prompts.user_scid_in_prompt``); ``01_tokenize/item_sc.npy``
-  only for ``dpo.difficulty: similarity``;
-* the starting model: SP from ``04_sft/model``; RF from the last SP stage's model
-  (``05_sp_dpo/<last stage>/model``), or from ``04_sft/model`` when ``dpo.sp_stages`` is empty.
-
-Writes ``<stage folder>/<stage>/{model,preferences.jsonl,log_history.json,metrics.json}`` and
-``<stage folder>/history.json`` (see :mod:`align3gr_kit.dpo.progressive`).
+Inputs come from the stage's :class:`align3gr_kit.stages.contract.StageRun` (nobody pastes paths):
+the dataset and split (00), the SCID tables and, for ``dpo.sp_difficulty: similarity``, the SC item
+embeddings (01), and the starting model: SP from the SFT model (04); RF from the last SP stage's
+model (05), or from the SFT model when ``dpo.sp_stages`` is empty. What it writes is
+:class:`align3gr_kit.dpo.artifacts.DPOArtifacts` (see :mod:`align3gr_kit.dpo.progressive`).
 
 Under ``accelerate launch`` every process builds the same preference data (the beam search and the
 catalogue fill are deterministic), the Trainer shards the batches, and evaluation and saving run on
@@ -34,24 +28,22 @@ from align3gr_kit.dpo.preferences import (
     sequential_prompts,
 )
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
-from align3gr_kit.runs import StageRun
 from align3gr_kit.scid import ScidTable
-from align3gr_kit.utils import process_state, read_json, seed_everything
+from align3gr_kit.train.artifacts import MODEL
+from align3gr_kit.utils import process_state, seed_everything
 
 STAGE_FOLDERS = {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}
-SC_EMBEDDINGS_FILE = "item_sc.npy"
-SMOKE_MAX_PROMPTS = 32
 
 
 def sp_stage_names(dpo: DPOConfig) -> list[str]:
     """SP-DPO stages: ``dpo.sp_stages`` (progressive), ``["all"]`` (progressive off) or ``["random"]``."""
     if not dpo.sp_stages:
         return []
-    if dpo.negatives not in ("selfplay", "random"):
-        raise ValueError(f"dpo.negatives must be 'selfplay' or 'random', got {dpo.negatives!r}")
-    if dpo.negatives == "random":
+    if dpo.sp_negatives not in ("selfplay", "random"):
+        raise ValueError(f"dpo.sp_negatives must be 'selfplay' or 'random', got {dpo.sp_negatives!r}")
+    if dpo.sp_negatives == "random":
         return ["random"]
-    if not dpo.progressive:
+    if not dpo.sp_progressive:
         return ["all"]
     bad = [s for s in dpo.sp_stages if s not in DIFFICULTIES]
     if bad:
@@ -87,37 +79,27 @@ def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids:
 
 def run_dpo(
     cfg: RunConfig,
-    stage: str = "sp",
-    stage_run: StageRun | None = None,
+    stage: str,
+    stage_run,
     evaluate_fn: Callable[[torch.nn.Module], dict] | None | str = "default",
 ) -> dict[str, Any]:
-    """Run the SP-DPO (``stage="sp"``) or RF-DPO (``"rf"``) stages of ``cfg``'s run.
+    """Run the SP-DPO (``stage="sp"``) or RF-DPO (``"rf"``) stages of ``cfg``'s run into ``stage_run.dir``.
 
     Args:
         cfg: the run config (``dpo``, ``decode``, ``prompts``, ``model`` sections are used).
         stage: ``sp`` (05_sp_dpo) or ``rf`` (06_rf_dpo).
-        stage_run: the notebook's :class:`StageRun`; None = make one and write its manifest at the
-            end (the CLI path).
+        stage_run: the stage's :class:`~align3gr_kit.stages.contract.StageRun` (inputs, folder).
         evaluate_fn: ``model -> metrics``; ``"default"`` = Recall/NDCG on valid and test through
             :mod:`align3gr_kit.evaluate`; None = no evaluation.
     Returns:
-        ``{"stage", "stages", "out_dir", "start", "history" (per-stage entries), "metrics" (flat, for the
-        manifest), "final_model"}``.
+        ``{"stage", "stages", "start_model", "start", "history" (per-stage entries), "metrics" (flat, for
+        the manifest), "final_model"}``.
     """
     if stage not in STAGE_FOLDERS:
         raise ValueError(f"stage must be 'sp' or 'rf', got {stage!r}")
     seed_everything(cfg.seed)
-    own = stage_run or StageRun(cfg, STAGE_FOLDERS[stage])
-    from align3gr_kit.data.schema import RecDataset
-    from align3gr_kit.data.split import Split
-
-    data_dir = own.input("00_data")
-    dataset = RecDataset.load(data_dir / "dataset")
-    split = Split.load(data_dir / "split")
-    tok_dir = own.input("01_tokenize")
-    item_scids = ScidTable.load(tok_dir / "item_scids.json")
-    user_file = tok_dir / "user_scids.json"
-    user_scids = ScidTable.load(user_file) if user_file.exists() else None
+    data, tok = stage_run.input("00_data"), stage_run.input("01_tokenize")
+    dataset, split, item_scids, user_scids = data.dataset, data.split, tok.items, tok.users
     prompt_users = user_scids if cfg.prompts.user_scid_in_prompt else None
 
     names = sp_stage_names(cfg.dpo) if stage == "sp" else rf_stage_names(cfg.dpo)
@@ -127,26 +109,24 @@ def run_dpo(
         from align3gr_kit.feedback import RatingsOracle
 
         oracle = RatingsOracle(dataset)
-    start_dir = _start_model_dir(cfg, own, stage)
+    start_dir = _start_model_dir(cfg, stage_run, stage)
     from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
 
     policy, tokenizer, model_items, _ = load_model(start_dir, cfg.model.dtype, cfg.model.trust_remote_code)
     if not np.array_equal(model_items.codes, item_scids.codes):
-        raise ValueError(f"{start_dir}: the model was trained with other item SCIDs than {tok_dir / 'item_scids.json'}; "
+        raise ValueError(f"{start_dir}: the model was trained with other item SCIDs than stage 01_tokenize's; "
                          "re-run the stages after 01_tokenize")
     # One prompt encoding for SFT, evaluation and DPO: BOS + text, room left for the SCID and EOS.
     encode = prompt_encoder(tokenizer, cfg.sft.max_length - item_scids.levels - 1)
     n_prompts = cfg.dpo.max_prompts
-    if cfg.smoke:
-        n_prompts = min(n_prompts, SMOKE_MAX_PROMPTS) if n_prompts else SMOKE_MAX_PROMPTS
 
     def proposals(model: torch.nn.Module, prompts: list[str]) -> np.ndarray:
         return beam_candidates(model, tokenizer, prompts, item_scids, beam_width=cfg.decode.beam_width,
                                batch_size=cfg.decode.batch_size, encode_prompt=encode)
 
     if stage == "sp":
-        embeddings = _sc_embeddings(tok_dir) if cfg.dpo.difficulty == "similarity" else None
-        sampler = NegativeSampler(item_scids.codes, cfg.dpo.difficulty, embeddings)
+        embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
+        sampler = NegativeSampler(item_scids.codes, cfg.dpo.sp_difficulty, embeddings)
 
         def sp_spec(name: str) -> StageSpec:
             def build(ref: torch.nn.Module) -> list[dict]:
@@ -170,27 +150,24 @@ def run_dpo(
 
     if evaluate_fn == "default":
         evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split)
+    out_dir = stage_run.dir
     history = run_progressive(
-        policy, tokenizer, specs, cfg.dpo, own.dir, evaluate_fn=evaluate_fn, seed=cfg.seed, smoke=cfg.smoke,
+        policy, tokenizer, specs, cfg.dpo, out_dir, evaluate_fn=evaluate_fn, seed=cfg.seed,
         encode_prompt=encode, max_length=cfg.sft.max_length,
         wrap_fn=(lambda m: apply_lora(m, cfg.model)) if cfg.model.lora else None,
-        save_fn=lambda m, tok, folder: save_model(m, tok, folder, item_scids, user_scids),
+        save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, item_scids, user_scids),
     )
     history.pop("policy")
-    _link_final_model(own.dir, names[-1])
-    result = {
+    _link_final_model(out_dir, names[-1])
+    return {
         "stage": stage,
         "stages": names,
-        "out_dir": str(own.dir),
         "start_model": str(start_dir),
         "start": history["start"],
         "history": history["stages"],
         "final_model": history["final_model"],
         "metrics": summary_metrics(history),
     }
-    if stage_run is None:
-        own.finish(result["metrics"])
-    return result
 
 
 def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
@@ -210,14 +187,10 @@ def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _start_model_dir(cfg: RunConfig, own: StageRun, stage: str) -> Path:
+def _start_model_dir(cfg: RunConfig, stage_run, stage: str) -> Path:
     if stage == "sp" or not sp_stage_names(cfg.dpo):
-        return own.input("04_sft") / "model"
-    sp_dir = own.input("05_sp_dpo")
-    hist = read_json(sp_dir / "history.json")
-    if not hist.get("stages"):
-        raise FileNotFoundError(f"{sp_dir / 'history.json'}: no finished SP-DPO stage; re-run 05_sp_dpo")
-    return sp_dir / hist["stages"][-1]["stage"] / "model"
+        return stage_run.input("04_sft").model_dir
+    return stage_run.input("05_sp_dpo").final_model_dir
 
 
 def _link_final_model(stage_dir: Path, last: str) -> None:
@@ -226,18 +199,8 @@ def _link_final_model(stage_dir: Path, last: str) -> None:
 
     if not process_state().is_main_process:
         return
-    link = stage_dir / "model"
+    link = stage_dir / MODEL
     if link.is_symlink():
         link.unlink()
     if not link.exists():
-        link.symlink_to(Path(last) / "model", target_is_directory=True)
-
-
-def _sc_embeddings(tok_dir: Path) -> np.ndarray:
-    path = tok_dir / SC_EMBEDDINGS_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: dpo.difficulty=similarity needs the SC item embeddings written by the tokenize stage; "
-            "re-run 01_tokenize or use dpo.difficulty: prefix"
-        )
-    return np.load(path)
+        link.symlink_to(Path(last) / MODEL, target_is_directory=True)

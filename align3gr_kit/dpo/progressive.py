@@ -7,7 +7,7 @@ For every stage ``s`` in order::
     data     = s.build(ref)                                (self-play beams come from this policy)
     ref_logp = ref's log-probs of every response            (once; or on the fly if not precomputed)
     policy   = Softmax-DPO training of the policy on data against ref
-    save     out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json, metrics.json
+    save     out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json, results.json
     metrics  = evaluate_fn(policy)                          (validation/test after every stage)
 
 ``out_dir/history.json`` (rewritten after each stage) lists every stage's sizes, final training
@@ -39,6 +39,8 @@ from align3gr_kit.dpo.trainer import (
     parameter_fingerprint,
     precompute_reference_logps,
 )
+from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
+from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
 from align3gr_kit.utils import atomic_path, process_state, write_json
 
 TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -67,7 +69,6 @@ def run_progressive(
     out_dir: str | Path,
     evaluate_fn: Callable[[torch.nn.Module], dict] | None = None,
     seed: int = 0,
-    smoke: bool = False,
     encode_prompt: Callable[[str], list[int]] | None = None,
     max_length: int = 256,
     wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
@@ -84,7 +85,6 @@ def run_progressive(
         evaluate_fn: ``evaluate_fn(model) -> dict`` of metrics, run before the first stage
             (``start``) and after every stage, on the main process; None skips evaluation.
         seed: Trainer seed.
-        smoke: shorten training for CI (at most 2 optimiser steps per stage).
         encode_prompt: ``prompt -> token ids`` shared with the self-play beam search and evaluation
             (default: :func:`align3gr_kit.model.encoding.prompt_encoder`).
         max_length: prompt + response tokens per sequence (the collator cuts longer prompts).
@@ -99,7 +99,7 @@ def run_progressive(
     out_dir = Path(out_dir)
     # TrainingArguments sets up the distributed state the Trainer will use (e.g. gloo for CPU
     # processes under torchrun); read it from there so "main process" means the same thing here.
-    device = _training_args(cfg, out_dir, seed, smoke).device
+    device = _training_args(cfg, out_dir, seed).device
     state = process_state()
     policy.to(device)
     disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
@@ -114,7 +114,7 @@ def run_progressive(
                 "raise dpo.max_prompts or check the stage's data source"
             )
         if state.is_main_process:
-            _write_jsonl(stage_dir / "preferences.jsonl", examples)
+            _write_jsonl(stage_dir / PREFERENCES, examples)
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
         ref_fp = parameter_fingerprint(ref)
         if cfg.precompute_ref:
@@ -125,7 +125,7 @@ def run_progressive(
             model=trainable,
             ref_model=ref,
             beta=cfg.beta,
-            args=_training_args(cfg, stage_dir, seed, smoke),
+            args=_training_args(cfg, stage_dir, seed),
             train_dataset=_dataset(examples),
             data_collator=collator,
             processing_class=tokenizer,
@@ -133,10 +133,10 @@ def run_progressive(
         result = trainer.train()
         policy = trainable.merge_and_unload() if wrap_fn else trainable
         policy.eval()
-        model_dir = stage_dir / "model"
+        model_dir = stage_dir / MODEL
         if state.is_main_process:
             (save_fn or _save_pretrained)(policy, tokenizer, model_dir)
-            write_json(stage_dir / "log_history.json", trainer.state.log_history)
+            write_log_history(stage_dir, trainer.state.log_history)
         entry = {
             "stage": spec.name,
             "n_examples": len(examples),
@@ -149,16 +149,16 @@ def run_progressive(
             "train": last_logged(trainer.state.log_history),
             "reference_fingerprint": ref_fp,
             "policy_fingerprint": parameter_fingerprint(policy),
-            "model_dir": str(model_dir),
+            "model_dir": f"{spec.name}/{MODEL}",  # relative: the stage folder is renamed into place
             "metrics": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None,
         }
         history["stages"].append(entry)
         if state.is_main_process:
-            write_json(stage_dir / "metrics.json", entry)
-            write_json(out_dir / "history.json", {**history, "final_model": str(model_dir)})
+            write_metrics(stage_dir, entry)
+            write_json(out_dir / HISTORY, {**history, "final_model": entry["model_dir"]})
         del trainer, ref
         state.wait_for_everyone()
-    history["final_model"] = str(out_dir / stages[-1].name / "model")
+    history["final_model"] = str(out_dir / stages[-1].name / MODEL)
     history["policy"] = policy
     return history
 
@@ -173,10 +173,8 @@ def last_logged(log_history: list[dict]) -> dict[str, float]:
     return out
 
 
-def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, smoke: bool) -> TrainingArguments:
+def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int) -> TrainingArguments:
     max_steps = cfg.max_steps or -1
-    if smoke:
-        max_steps = min(max_steps, 2) if max_steps > 0 else 2
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return TrainingArguments(
         output_dir=str(stage_dir / "trainer"),

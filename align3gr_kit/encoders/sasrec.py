@@ -28,37 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from align3gr_kit.config import SASRecParams
 from align3gr_kit.data.split import Split
 from align3gr_kit.metrics import metrics_from_ranks, topk_from_scores
-
-
-@dataclass
-class SASRecParams:
-    """Hyper-parameters of one SASRec training (the ``sasrec_*`` fields of ``TokenizerConfig``).
-
-    Attributes:
-        dim: hidden size (item/position embeddings, attention).
-        layers: Transformer blocks.
-        heads: attention heads (must divide ``dim``).
-        dropout: dropout on embeddings, attention and feed-forward.
-        max_len: history window (the split's ``max_history``).
-        epochs: maximum training epochs.
-        patience: stop after this many epochs without a better validation NDCG@10 (0 = never).
-        lr: Adam learning rate.
-        batch_size: training windows per step.
-        eval_batch_size: users per scoring batch.
-    """
-
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 20
-    epochs: int = 30
-    patience: int = 5
-    lr: float = 1e-3
-    batch_size: int = 256
-    eval_batch_size: int = 1024
 
 
 class SASRec(nn.Module):
@@ -72,7 +44,7 @@ class SASRec(nn.Module):
                  dropout: float = 0.2, max_len: int = 20):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"tokenizer.sasrec_dim ({dim}) must be divisible by tokenizer.sasrec_heads ({heads})")
+            raise ValueError(f"tokenizer.sasrec.dim ({dim}) must be divisible by tokenizer.sasrec.heads ({heads})")
         self.n_items, self.max_len = n_items, max_len
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
@@ -270,9 +242,9 @@ def train_sasrec(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if model is None:
-        model = SASRec(n_items, p.dim, p.layers, p.heads, p.dropout, p.max_len)
+        model = SASRec(n_items, p.dim, p.layers, p.heads, p.dropout, split.max_history)
     model.to(device)
-    inputs, targets = training_windows(split.train_sequences, p.max_len)
+    inputs, targets = training_windows(split.train_sequences, split.max_history)
     trained = np.zeros(n_items + 1, dtype=bool)
     trained[np.unique(np.concatenate([inputs.ravel(), targets.ravel()]))] = True
     trained[0] = False
@@ -315,15 +287,6 @@ def train_sasrec(
     model.load_state_dict(best_state)
     model.eval()
     return SASRecResult(model, log, best_epoch, trained[1:].copy())
-
-
-def params_from_config(tcfg, max_len: int, epochs: int | None = None) -> SASRecParams:
-    """:class:`SASRecParams` from a ``TokenizerConfig`` (and the split's history cap)."""
-    return SASRecParams(
-        dim=tcfg.sasrec_dim, layers=tcfg.sasrec_layers, heads=tcfg.sasrec_heads, dropout=tcfg.sasrec_dropout,
-        max_len=max_len, epochs=epochs if epochs is not None else tcfg.sasrec_epochs,
-        patience=tcfg.sasrec_patience, lr=tcfg.sasrec_lr, batch_size=tcfg.sasrec_batch_size,
-    )
 
 
 def load_item_cf(path: str, n_items: int) -> np.ndarray:

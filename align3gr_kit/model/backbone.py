@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from align3gr_kit.config import ModelConfig
-from align3gr_kit.scid import ScidTable
+from align3gr_kit.scid import ScidTable, load_scid_tables, save_scid_tables
 
 MINILM = "minilm"
 TINY_LLAMA = "tiny-llama"
@@ -205,9 +205,7 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
         to_save = copy.deepcopy(model).merge_and_unload()
     to_save.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    item_scids.save(folder / "item_scids.json")
-    if user_scids is not None:
-        user_scids.save(folder / "user_scids.json")
+    save_scid_tables(folder, item_scids, user_scids)
     return folder
 
 
@@ -226,7 +224,5 @@ def load_model(folder: str | Path, dtype: str = "auto", trust_remote_code: bool 
     if getattr(model.config, "align3gr_identity_head", False):
         _identity_head(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    item_scids = ScidTable.load(folder / "item_scids.json")
-    user_path = folder / "user_scids.json"
-    user_scids = ScidTable.load(user_path) if user_path.exists() else None
+    item_scids, user_scids = load_scid_tables(folder)
     return model, tokenizer, item_scids, user_scids

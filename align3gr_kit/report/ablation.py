@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.runs import read_manifest
+from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 # The columns a report prints of a summary (:func:`summarise`).
@@ -57,10 +57,10 @@ def _ladder() -> list[Rung]:
         ("+C1-C3", {"prompts.tasks": LC_REC_TASKS}, SFT_STAGES, "asymmetric, intention, preference tasks"),
         ("+User SCID", {"prompts.user_scid_in_prompt": True}, SFT_STAGES, "user SCID in every prompt"),
         ("+B2", {"prompts.tasks": ALL_TASKS}, SFT_STAGES, "user alignment task"),
-        ("+Softmax-DPO", {"dpo.negatives": "random", "dpo.progressive": False}, SFT_STAGES + ("05_sp_dpo",),
+        ("+Softmax-DPO", {"dpo.sp_negatives": "random", "dpo.sp_progressive": False}, SFT_STAGES + ("05_sp_dpo",),
          "random negatives, one stage"),
-        ("+SP-DPO", {"dpo.negatives": "selfplay"}, SFT_STAGES + ("05_sp_dpo",), "self-play negatives, one stage"),
-        ("+Progressive", {"dpo.progressive": True}, SFT_STAGES + ("05_sp_dpo",), "Easy -> Medium -> Hard"),
+        ("+SP-DPO", {"dpo.sp_negatives": "selfplay"}, SFT_STAGES + ("05_sp_dpo",), "self-play negatives, one stage"),
+        ("+Progressive", {"dpo.sp_progressive": True}, SFT_STAGES + ("05_sp_dpo",), "Easy -> Medium -> Hard"),
         ("+RF-DPO", {"dpo.rf_progressive": True}, SFT_STAGES + ("05_sp_dpo", "06_rf_dpo"), "real feedback, Easy -> Hard"),
     ]
     rungs, acc = [], {}
@@ -83,7 +83,7 @@ GENERATIVE_BASELINES: list[Rung] = [
 ]
 
 
-def manifest_final_metrics(metrics: dict[str, Any], source: str = "manifest.json") -> dict[str, dict[str, float]]:
+def manifest_final_metrics(metrics: dict[str, Any], source: str = "a stage manifest") -> dict[str, dict[str, float]]:
     """``{"valid": {...}, "test": {...}}`` from a stage manifest's ``metrics``, in any of the layouts the
     stages write: nested ``{"test": {"recall@10": ..}}``, flat ``"test_recall@10"`` (SFT) or
     ``"final/test/recall@10"`` (the DPO stages' model after their last stage). ``source`` names the file
@@ -110,7 +110,7 @@ def final_metrics(cfg: RunConfig, stage: str) -> dict[str, dict[str, float]]:
     m = read_manifest(cfg, stage)
     if m is None:
         raise FileNotFoundError(f"{cfg.run_dir / stage}: no manifest; the stage did not finish")
-    return manifest_final_metrics(m.get("metrics", {}), str(cfg.run_dir / stage / "manifest.json"))
+    return manifest_final_metrics(m.get("metrics", {}), str(stage_dir(cfg, stage) / MANIFEST))
 
 
 def config_diff(cfg: RunConfig, config_path: str) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
     Returns:
         One :class:`RungResult` per (seed, rung), seeds outermost; a failed run carries ``error``.
     """
-    from align3gr_kit.runner import run_pipeline
+    from align3gr_kit.stages.runner import run_pipeline
 
     inherited = {**config_diff(base, config_path), **(base_overrides or {})}
     results = []

@@ -68,12 +68,13 @@ def classic_baselines(base: RunConfig, seeds: list[int]) -> pd.DataFrame:
     models (all, or the first ``decode.max_eval_users``).
     """
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
-    from align3gr_kit.data.stage import prepare_data
+    from align3gr_kit.stages.contract import stage_artifacts
 
     rows = []
     for seed in seeds:
         cfg = base.override({"seed": seed, "run_name": f"{base.run_name}-baselines-s{seed}"})
-        ds, split = prepare_data(cfg)
+        data = stage_artifacts(cfg, "00_data")
+        ds, split = data.dataset, data.split
         split = evaluation_split(split, cfg.decode.max_eval_users)
         for name, fn in (("Popularity", run_popularity_baseline), ("SASRec", run_sasrec_baseline)):
             t0 = time.time()
@@ -165,12 +166,12 @@ def report_metrics(bench: dict[str, Any], keys: tuple[str, ...] = ("recall@10", 
     return out
 
 
-def full_run_dir(bench: dict[str, Any]) -> Path:
-    """The run directory of the full pipeline (first seed) that :func:`run_benchmark` ran; a clear error
+def full_run_config(base: RunConfig, bench: dict[str, Any]) -> RunConfig:
+    """The config of the full-pipeline run (first seed) that :func:`run_benchmark` ran; a clear error
     when it failed or the baselines were not run."""
     runs = bench.get("full_runs")
     if not runs:
         failed = [f for f in bench.get("failed", []) if f["method"] == "Align3GR (full)"]
         why = f"it failed: {failed[0]['error']}" if failed else "the baselines were not run (baselines=False)"
         raise FileNotFoundError(f"no full Align3GR run to read stage metrics from: {why}")
-    return Path(runs[0])
+    return base.override({"run_name": Path(runs[0]).name})

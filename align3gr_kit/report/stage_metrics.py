@@ -1,20 +1,19 @@
 """Recall/NDCG of the full pipeline model after model stage: SFT, each SP-DPO stage, each RF-DPO stage.
 
-Read from one run directory (nothing recomputed): ``04_sft/manifest.json`` for the SFT model, and
-``05_sp_dpo/history.json`` / ``06_rf_dpo/history.json`` (written by
-:func:`align3gr_kit.dpo.progressive.run_progressive`: ``{"stages": [{"stage", "metrics": {split: {...}}}]}``)
-for the DPO stages, in the order they trained.
+Read from one run (nothing recomputed): the SFT stage's manifest, and each DPO stage's history
+(:class:`align3gr_kit.dpo.artifacts.DPOArtifacts`), in the order the models trained.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from align3gr_kit.report.ablation import METRIC_KEYS, manifest_final_metrics
-from align3gr_kit.utils import read_json
+from align3gr_kit.config import RunConfig
+from align3gr_kit.dpo.artifacts import DPOArtifacts
+from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
 
 DPO_STAGES = (("05_sp_dpo", "SP-DPO"), ("06_rf_dpo", "RF-DPO"))
 # The columns a report prints of :func:`pipeline_stage_metrics`.
@@ -30,34 +29,28 @@ def _row(stage: str, model: str, metrics: dict[str, dict[str, Any]], users: Any 
     return row
 
 
-def pipeline_stage_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """One row per trained model of a run, in training order.
+def pipeline_stage_metrics(cfg: RunConfig) -> pd.DataFrame:
+    """One row per trained model of ``cfg``'s run, in training order.
 
-    Args:
-        run_dir: ``<runs_dir>/<run_name>`` of a run that went at least through ``04_sft``.
     Returns:
         Columns ``stage`` (``04_sft``, ``05_sp_dpo``...), ``model`` (``SFT``, ``SP-DPO easy``...),
         ``users`` (test users evaluated, None when the stage did not record it), then
         ``"valid <metric>"`` and ``"test <metric>"`` for each metric; DPO stages that did not run are
         absent.
     Raises:
-        FileNotFoundError: when ``04_sft`` has no manifest (the run did not get that far).
+        FileNotFoundError: when ``04_sft`` has not finished (the run did not get that far).
     """
-    run_dir = Path(run_dir)
-    sft = run_dir / "04_sft" / "manifest.json"
-    if not sft.exists():
-        raise FileNotFoundError(f"{sft}: the run has no finished SFT stage; run stages 00-04 for it first")
-    sft_metrics = read_json(sft).get("metrics", {})
+    sft = read_manifest(cfg, "04_sft")
+    where = str(stage_dir(cfg, "04_sft") / MANIFEST)
+    if sft is None:
+        raise FileNotFoundError(f"{where}: the run has no finished SFT stage; run stages 00-04 for it first")
+    sft_metrics = sft.get("metrics", {})
     users = sft_metrics.get("test_users", (sft_metrics.get("test") or {}).get("users"))
-    rows = [_row("04_sft", "SFT", manifest_final_metrics(sft_metrics, str(sft)), users)]
+    rows = [_row("04_sft", "SFT", manifest_final_metrics(sft_metrics, where), users)]
     for stage, label in DPO_STAGES:
-        folder = run_dir / stage
-        if not (folder / "manifest.json").exists():
+        if read_manifest(cfg, stage) is None:
             continue
-        history = folder / "history.json"
-        if not history.exists():
-            raise FileNotFoundError(f"{history}: {stage} finished without its history.json; re-run {stage}")
-        for entry in read_json(history).get("stages", []):
+        for entry in DPOArtifacts.load(stage_dir(cfg, stage)).history.get("stages", []):
             metrics = entry.get("metrics") or {}
             rows.append(_row(stage, f"{label} {entry['stage']}", metrics, metrics.get("test", {}).get("users")))
     return pd.DataFrame(rows)

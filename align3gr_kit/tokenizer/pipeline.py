@@ -1,21 +1,11 @@
 """The whole token level in one call: features -> SC encoders + RQ-VAEs -> unique user/item SCIDs.
 
-``run_tokenize`` is what ``python -m align3gr_kit tokenize`` and ``notebooks/01_tokenize.ipynb`` call.
-Files it writes into ``out_dir``:
-
-* ``item_scids.json`` / ``user_scids.json``: :class:`ScidTable` (collisions resolved, see
-  :mod:`align3gr_kit.tokenizer.unique`); ``user_scids.json`` only when ``tokenizer.dual``.
-* ``item_codes_raw.npy`` / ``user_codes_raw.npy``: RQ-VAE codes before resolution ``[n, levels]``.
-* ``item_sc.npy`` / ``user_sc.npy``: SC embeddings ``[n, sc_dim]`` (unit norm).
-* ``item_semantic.npy`` / ``user_semantic.npy`` / ``item_cf.npy`` / ``user_cf.npy``: frozen features used.
-* ``item_codebooks.npy`` / ``user_codebooks.npy``: ``[levels, K, code_dim]``; ``tokenizer.pt``: all weights.
-* ``tokenizer_history.json``: one dict per epoch of both phases; ``sasrec_history.json`` when SASRec
-  was trained; ``summary.json``: the returned summary.
+``run_tokenize`` is what stage ``01_tokenize`` (notebook and command line) calls; what it writes is
+:class:`align3gr_kit.tokenizer.artifacts.TokenizeArtifacts`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,21 +20,15 @@ from align3gr_kit.data.split import Split
 from align3gr_kit.encoders.sasrec import (
     load_item_cf,
     mean_item_embedding,
-    params_from_config,
     split_metrics,
     train_sasrec,
 )
 from align3gr_kit.encoders.semantic import semantic_features
 from align3gr_kit.scid import ScidTable
+from align3gr_kit.tokenizer.artifacts import FEATURES, TokenizeArtifacts
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
 from align3gr_kit.tokenizer.unique import append_unique_level, collisions, perplexity, utilisation
-from align3gr_kit.utils import atomic_path, write_json
-
-# Smoke runs (RunConfig.smoke) cap the epochs so a notebook runs in seconds; the config's own
-# values are used when they are smaller.
-SMOKE_CAPS = {"sasrec_epochs": 3, "phase1_max_epochs": 4, "phase2_epochs": 6}
-
 
 @dataclass
 class Features:
@@ -68,16 +52,6 @@ class Features:
     def fused(self) -> tuple[np.ndarray, np.ndarray]:
         """``(item [n_items, d], user [n_users, d'])``: each block L2-normalised, then concatenated."""
         return fuse_features(self.item_semantic, self.item_cf), fuse_features(self.user_semantic, self.user_cf)
-
-
-def effective_config(cfg: RunConfig) -> TokenizerConfig:
-    """The tokenizer settings a run uses: ``cfg.tokenizer`` with :data:`SMOKE_CAPS` when ``cfg.smoke``."""
-    tcfg = cfg.tokenizer
-    if cfg.smoke:
-        tcfg = dataclasses.replace(tcfg, **{k: min(getattr(tcfg, k), v) for k, v in SMOKE_CAPS.items()})
-    if not (tcfg.use_semantic or tcfg.use_cf):
-        raise ValueError("tokenizer: use_semantic and use_cf are both false; at least one feature source is needed")
-    return tcfg
 
 
 def default_cache_dir(cfg: RunConfig, ds: RecDataset) -> Path:
@@ -110,7 +84,7 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
     missing = [u for u in range(ds.n_users) if u not in seqs]
     if missing:
         raise ValueError(f"{ds.name}: user {missing[0]} has no training sequence; the split must cover every user")
-    result = train_sasrec(split, ds.n_items, params_from_config(tcfg, split.max_history), seed, progress=progress)
+    result = train_sasrec(split, ds.n_items, tcfg.sasrec, seed, progress=progress)
     model = result.model
     with torch.no_grad():
         item = model.item_embeddings().float().cpu().numpy()
@@ -150,17 +124,12 @@ def code_stats(raw: np.ndarray, resolved: np.ndarray | None, codebook_size: int)
     }
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr)
-
-
 def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str | Path,
                  cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run the token level end to end and write its artifacts (module docstring) into ``out_dir``.
+    """Run the token level end to end and write its artifacts (:class:`TokenizeArtifacts`) into ``out_dir``.
 
     Args:
-        cfg: run config (``cfg.tokenizer``, ``cfg.seed``, ``cfg.smoke``).
+        cfg: run config (``cfg.tokenizer``, ``cfg.seed``).
         dataset: the dataset in canonical form.
         split: its leave-one-out split; only ``train_sequences`` trains anything, ``valid`` steers
             early stopping and the phase switch.
@@ -177,46 +146,36 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
     """
     t0 = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tcfg = effective_config(cfg)
+    tcfg = cfg.tokenizer
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
     feats = build_features(tcfg, dataset, split, cfg.seed, cache_dir, progress)
-    for name in ("item_semantic", "user_semantic", "item_cf", "user_cf"):
-        if getattr(feats, name) is not None:
-            _save_npy(out / f"{name}.npy", getattr(feats, name))
-    if feats.sasrec_history is not None:
-        write_json(out / "sasrec_history.json", feats.sasrec_history)
-
     item_x, user_x = feats.fused()
     heldout = split.valid[["user_id", "target"]].to_numpy(dtype=np.int64)
     result: TokenizerResult = train_dual_tokenizer(item_x, user_x, training_pairs(split), heldout, tcfg,
                                                    cfg.seed, progress)
     model = result.model
-    write_json(out / "tokenizer_history.json", result.history)
-    torch.save(model.state_dict(), out / "tokenizer.pt")
-
     device = model.item_rq.quantizer.codebooks.device
     items_t = torch.as_tensor(item_x, device=device)
     users_t = torch.as_tensor(user_x, device=device)
-    _save_npy(out / "item_sc.npy", model.embed(items_t, "item").cpu().numpy())
-    _save_npy(out / "user_sc.npy", model.embed(users_t, "user").cpu().numpy())
-
     item_raw = model.codes(items_t, "item").cpu().numpy()
     item_codes = append_unique_level(item_raw)
-    _save_npy(out / "item_codes_raw.npy", item_raw)
-    _save_npy(out / "item_codebooks.npy", model.item_rq.quantizer.codebooks.detach().cpu().numpy())
-    ScidTable(item_codes, "item").save(out / "item_scids.json")
     item_stats = code_stats(item_raw, item_codes, model.item_codebook_size)
-
+    art = TokenizeArtifacts(
+        items=ScidTable(item_codes, "item"), users=None, item_raw=item_raw, user_raw=None,
+        item_sc=model.embed(items_t, "item").cpu().numpy(), user_sc=model.embed(users_t, "user").cpu().numpy(),
+        history=result.history, summary={},
+        item_codebooks=model.item_rq.quantizer.codebooks.detach().cpu().numpy(),
+        features={n: getattr(feats, n) for n in FEATURES if getattr(feats, n) is not None},
+        sasrec_history=feats.sasrec_history, state_dict=model.state_dict(),
+    )
     user_stats: dict = {k: None for k in ("collisions_before", "collisions", "utilisation", "perplexity", "codebook_size")}
     user_levels = None
     if model.user_rq is not None:
-        user_raw = model.codes(users_t, "user").cpu().numpy()
-        user_codes = append_unique_level(user_raw) if tcfg.unique_users else user_raw
-        _save_npy(out / "user_codes_raw.npy", user_raw)
-        _save_npy(out / "user_codebooks.npy", model.user_rq.quantizer.codebooks.detach().cpu().numpy())
-        ScidTable(user_codes, "user").save(out / "user_scids.json")
-        user_stats = code_stats(user_raw, user_codes, model.user_codebook_size)
+        art.user_raw = model.codes(users_t, "user").cpu().numpy()
+        user_codes = append_unique_level(art.user_raw) if tcfg.unique_users else art.user_raw
+        art.users = ScidTable(user_codes, "user")
+        art.user_codebooks = model.user_rq.quantizer.codebooks.detach().cpu().numpy()
+        user_stats = code_stats(art.user_raw, user_codes, model.user_codebook_size)
         user_levels = int(user_codes.shape[1])
 
     summary = {
@@ -240,5 +199,6 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         "sasrec": feats.sasrec_metrics,
         "seconds": round(time.time() - t0, 2),
     }
-    write_json(out / "summary.json", summary)
+    art.summary = summary
+    art.save(out)
     return summary

@@ -4,9 +4,9 @@
 
 1. ``alpha = 1, gamma = 0``: only the SC encoders learn, aligning users with the items they bought.
    After every epoch the U2I AUC on held-out pairs (each user's validation item against random
-   items) is measured; the phase ends when it has not improved for ``patience`` epochs (or after
+   items) is measured; the phase ends when it has not improved for ``phase1_patience`` epochs (or after
    ``phase1_max_epochs``), and the SC encoders go back to their best-AUC weights.
-2. ``alpha = alpha2, gamma = gamma2`` (0.1, 1): the RQ-VAEs start from k-means codebooks and train
+2. ``alpha = phase2_alpha, gamma = phase2_gamma`` (0.1, 1): the RQ-VAEs start from k-means codebooks and train
    with the SC encoders, which keep a little of the alignment loss so the codes stay aligned.
 
 With ``u2i_align`` off (Table 3 "w/o U-I") there is no phase 1 and ``alpha = 0``; the SC encoders
@@ -56,9 +56,9 @@ class DualTokenizer(nn.Module):
         self.item_codebook_size = codebook_size_for(n_items, tcfg)
         self.user_codebook_size = codebook_size_for(n_users, tcfg)
         self.item_rq = RQVAE(self.item_sc.out_dim, tcfg.hidden_dim, tcfg.code_dim, tcfg.levels,
-                             self.item_codebook_size, tcfg.commitment)
+                             self.item_codebook_size, tcfg.rq_commitment)
         self.user_rq = RQVAE(self.user_sc.out_dim, tcfg.hidden_dim, tcfg.code_dim, tcfg.levels,
-                             self.user_codebook_size, tcfg.commitment) if tcfg.dual else None
+                             self.user_codebook_size, tcfg.rq_commitment) if tcfg.dual else None
 
     @torch.no_grad()
     def embed(self, feats: torch.Tensor, side: str, batch_size: int = 8192) -> torch.Tensor:
@@ -160,7 +160,7 @@ def train_dual_tokenizer(
     while phase == 1 or phase2_done < tcfg.phase2_epochs:
         epoch += 1
         t0 = time.time()
-        alpha, gamma = (1.0, 0.0) if phase == 1 else (tcfg.alpha2 if tcfg.u2i_align else 0.0, tcfg.gamma2)
+        alpha, gamma = (1.0, 0.0) if phase == 1 else (tcfg.phase2_alpha if tcfg.u2i_align else 0.0, tcfg.phase2_gamma)
         sums = {"loss": 0.0, "u2i": 0.0, "item_rq": 0.0, "user_rq": 0.0}
         order = rng.permutation(len(pairs))
         n_batches = 0
@@ -208,7 +208,7 @@ def train_dual_tokenizer(
                 best_auc, best_state, bad = value, copy.deepcopy(model.state_dict()), 0
             else:
                 bad += 1
-            if bad >= tcfg.patience or epoch >= tcfg.phase1_max_epochs:
+            if bad >= tcfg.phase1_patience or epoch >= tcfg.phase1_max_epochs:
                 model.load_state_dict(best_state)
                 phase, switch_epoch = 2, epoch + 1
                 opt = start_phase2()

@@ -1,18 +1,14 @@
-"""Multi-task SFT with trl's ``SFTTrainer`` (behaviour level), and the two stage functions.
+"""Multi-task SFT (behaviour level): tokenise prompt/completion pairs, train, build the backbone.
 
-* :func:`prepare_sft_data` (stage ``03_sft_prompts``): the SFT dataset and the backbone's tokenizer
-  (``tiny-llama``: BPE trained on the run's text), saved into the stage folder.
 * :func:`train_sft`: tokenize (:mod:`align3gr_kit.model.encoding`, loss on the completion only),
   optionally wrap with LoRA, train, save the loss history.
-* :func:`run_train_sft` (stage ``04_sft``): load the upstream artifacts (stage 03 is rebuilt when it
-  is missing or its manifest fingerprint does not match the config), build the backbone, train,
-  save ``04_sft/model`` (LoRA merged), evaluate on valid and test.
+* :func:`build_sft_model`: the backbone with the stage-03 tokenizer and SA-Init keywords.
 
-Several processes: ``torchrun --nproc_per_node N -m align3gr_kit.train.sft_main --config C`` or
-``accelerate launch -m align3gr_kit.train.sft_main --config C``; the Trainer does data parallel
-(gloo on CPU, NCCL on GPUs; DeepSpeed/FSDP through an accelerate config). Rank 0 builds the stage
-03 artifacts if missing while the others wait, then every rank loads the same files, so all ranks
-share one tokenizer; rank 0 alone saves, evaluates and writes the manifest.
+The stages that use them are :mod:`align3gr_kit.stages.s03_sft_prompts` and
+:mod:`align3gr_kit.stages.s04_sft`. Several processes: ``torchrun --nproc_per_node N -m
+align3gr_kit.train.sft_main --config C`` or ``accelerate launch -m align3gr_kit.train.sft_main
+--config C``; the Trainer does data parallel (gloo on CPU, NCCL on GPUs; DeepSpeed/FSDP through an
+accelerate config).
 """
 
 from __future__ import annotations
@@ -24,56 +20,9 @@ from typing import Any
 import numpy as np
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.utils import read_json, write_json
+from align3gr_kit.train.artifacts import write_log_history
 
-SFT_DATASET = "sft_dataset"
-TOKENIZER = "tokenizer"
 BPE_PROMPT_SAMPLE = 20000  # prompts used to train the tiny-llama BPE (templates repeat; more adds little)
-# Smoke runs (RunConfig.smoke) cap the data and steps so the notebooks run in seconds; the config's
-# own values are used when they are smaller.
-SMOKE_CAPS = {"prompts.max_per_task": 300, "sft.max_steps": 40}
-
-
-def effective_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with :data:`SMOKE_CAPS` applied when ``cfg.smoke`` (unchanged otherwise)."""
-    if not cfg.smoke:
-        return cfg
-    d = cfg.to_dict()
-    out = {}
-    for key, cap in SMOKE_CAPS.items():
-        section, name = key.split(".")
-        value = d[section][name]
-        out[key] = cap if value <= 0 else min(value, cap)
-    return cfg.override(out)
-
-
-# ---------------------------------------------------------------------------- stage 03
-def load_stage_inputs(cfg: RunConfig):
-    """``(dataset, split, item_scids, user_scids | None)`` from ``00_data`` and ``01_tokenize`` of the run."""
-    from align3gr_kit.data.schema import RecDataset
-    from align3gr_kit.data.split import Split
-    from align3gr_kit.scid import ScidTable
-
-    data_dir = _stage_dir(cfg, "00_data")
-    tok_dir = _stage_dir(cfg, "01_tokenize")
-    ds = RecDataset.load(data_dir / "dataset")
-    split = Split.load(data_dir / "split")
-    item_scids = ScidTable.load(tok_dir / "item_scids.json")
-    user_path = tok_dir / "user_scids.json"
-    user_scids = ScidTable.load(user_path) if user_path.exists() else None
-    return ds, split, item_scids, user_scids
-
-
-def _stage_dir(cfg: RunConfig, name: str) -> Path:
-    from align3gr_kit.runs import get_stage
-
-    folder = cfg.run_dir / get_stage(name).name
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(
-            f"{folder}: stage {name} has not finished for run {cfg.run_name!r}; run it first: "
-            f"python -m align3gr_kit run --config <your config> --stages {name.split('_')[0]}"
-        )
-    return folder
 
 
 def scid_vocabulary(item_scids, user_scids) -> list[str]:
@@ -89,65 +38,6 @@ def tokenizer_corpus(ds, sft, seed: int, n_prompts: int = BPE_PROMPT_SAMPLE) -> 
     sub = sft.select(np.sort(pick))
     texts += [p + c for p, c in zip(sub["prompt"], sub["completion"])]
     return texts
-
-
-def prepare_sft_data(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Build and save stage 03: the SFT dataset (``sft_dataset/``) and the tokenizer (``tokenizer/``).
-
-    Returns:
-        ``{"sft": Dataset, "tokenizer": tokenizer, "dataset", "split", "item_scids", "user_scids",
-        "leaks": [...], "metrics": {...}}``.
-    """
-    from align3gr_kit.model.backbone import build_tokenizer
-    from align3gr_kit.prompts import build_sft_dataset, find_leaks, task_counts
-
-    out_dir = Path(out_dir)
-    cfg = effective_config(cfg)
-    ds, split, item_scids, user_scids = load_stage_inputs(cfg)
-    t0 = time.time()
-    sft = build_sft_dataset(ds, split, item_scids, user_scids, cfg.prompts, cfg.seed, progress=progress)
-    leaks = find_leaks(sft, split, item_scids)
-    if leaks:
-        raise RuntimeError("SFT data leaks validation/test events:\n" + "\n".join(leaks))
-    tokenizer = build_tokenizer(cfg.model, tokenizer_corpus(ds, sft, cfg.seed), scid_vocabulary(item_scids, user_scids))
-    _save_folder(lambda tmp: sft.save_to_disk(str(tmp)), out_dir / SFT_DATASET)
-    _save_folder(lambda tmp: tokenizer.save_pretrained(str(tmp)), out_dir / TOKENIZER)
-    counts = task_counts(sft)
-    metrics = {"examples": len(sft), "leaks": 0, "vocab": len(tokenizer), "seconds": round(time.time() - t0, 2),
-               **{f"examples_{t}": int(n) for t, n in zip(counts.task, counts.examples)}}
-    return {"sft": sft, "tokenizer": tokenizer, "dataset": ds, "split": split, "item_scids": item_scids,
-            "user_scids": user_scids, "leaks": leaks, "metrics": metrics}
-
-
-def _save_folder(write, target: Path) -> None:
-    """Write a folder beside ``target`` then swap it in, so a crash never leaves half a folder."""
-    import shutil
-
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-
-
-def stage03_current(cfg: RunConfig) -> bool:
-    """Whether ``03_sft_prompts`` finished for exactly this config and these upstream stages."""
-    from align3gr_kit.runs import fingerprint, get_stage, read_manifest
-
-    m = read_manifest(cfg, "03_sft_prompts")
-    return bool(m) and m.get("fingerprint") == fingerprint(cfg, get_stage("03_sft_prompts")) and \
-        (cfg.run_dir / "03_sft_prompts" / SFT_DATASET).exists()
-
-
-def load_sft_data(folder: str | Path):
-    """``(sft dataset, tokenizer)`` saved by :func:`prepare_sft_data` in ``folder``."""
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    folder = Path(folder)
-    return load_from_disk(str(folder / SFT_DATASET)), AutoTokenizer.from_pretrained(str(folder / TOKENIZER))
 
 
 # ---------------------------------------------------------------------------- training
@@ -217,7 +107,6 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     from align3gr_kit.model.lora import apply_lora, trainable_parameters
 
     out_dir = Path(out_dir)
-    cfg = effective_config(cfg)
     if cfg.model.lora and not hasattr(model, "peft_config"):
         model = apply_lora(model, cfg.model)
     trainable = trainable_parameters(model)
@@ -235,7 +124,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     losses = [h["loss"] for h in history if "loss" in h]
     _remove_fused_head(trainer.model)
     if trainer.is_world_process_zero():
-        write_json(out_dir / "log_history.json", history)
+        write_log_history(out_dir, history)
     return {
         "model": trainer.model,
         "trainable": trainable,
@@ -269,7 +158,6 @@ def embeddings_trainable(model) -> bool:
     return all(any(p.requires_grad for p in m.parameters()) for m in mods if m is not None)
 
 
-# ---------------------------------------------------------------------------- stage 04
 def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer):
     """The backbone for SFT with the stage-03 tokenizer and SA-Init keywords when enabled."""
     from align3gr_kit.model.backbone import build_backbone
@@ -278,71 +166,3 @@ def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer):
     keywords = scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords) if cfg.model.sa_init else None
     return build_backbone(cfg.model, [], scid_vocabulary(item_scids, user_scids), cfg.seed, tokenizer=tokenizer,
                           keywords=keywords)
-
-
-def run_train_sft(cfg: RunConfig, stage_run=None, evaluate_splits: tuple[str, ...] = ("valid", "test"),
-                  progress: bool = True) -> dict[str, Any]:
-    """Stage 04 end to end: inputs from ``00_data``/``01_tokenize``/``03_sft_prompts`` (stage 03 is built
-    here when missing), backbone, SFT, ``04_sft/model``, Recall/NDCG on ``evaluate_splits``.
-
-    Works in one process or under ``torchrun``/``accelerate launch`` (see the module docstring).
-
-    Args:
-        cfg: the run config.
-        stage_run: the notebook's ``StageRun("04_sft")``; the notebook then writes the manifest itself.
-            ``None`` (CLI, scripts): the manifest is written here, by rank 0.
-        evaluate_splits: splits decoded after training (``()`` = none).
-        progress: progress bars of the beam search.
-    Returns:
-        On rank 0: ``{"train": {...}, "valid": {...}, "test": {...}, "model_dir": str, "metrics": flat dict
-        (the manifest's metrics: ``train_*``, ``valid_recall@10``...)}``; other ranks: ``{"train": {...}}``.
-    """
-    from align3gr_kit.evaluate import evaluate
-    from align3gr_kit.model.backbone import save_model
-    from align3gr_kit.runs import StageRun
-    from align3gr_kit.utils import process_state, seed_everything
-
-    cfg = effective_config(cfg)
-    state = process_state()
-    seed_everything(cfg.seed)
-    prompts_dir = cfg.run_dir / "03_sft_prompts"
-    with state.main_process_first():
-        if state.is_main_process and not stage03_current(cfg):
-            prep = prepare_sft_data(cfg, prompts_dir, progress=progress)
-            StageRun(cfg, "03_sft_prompts").finish(prep["metrics"])
-    sft, tokenizer = load_sft_data(prompts_dir)
-    ds, split, item_scids, user_scids = load_stage_inputs(cfg)
-    own = stage_run if stage_run is not None else (StageRun(cfg, "04_sft") if state.is_main_process else None)
-    out_dir = cfg.run_dir / "04_sft"
-    model, tokenizer = build_sft_model(cfg, ds, item_scids, user_scids, tokenizer)
-    res = train_sft(cfg, model, tokenizer, sft, out_dir)
-    train_summary = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds")}
-    train_summary["trainable"] = res["trainable"]["trainable"]
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return {"train": train_summary}
-    model = _unwrap(res["model"])
-    model_dir = save_model(model, tokenizer, out_dir / "model", item_scids, user_scids)
-    use_user = cfg.prompts.user_scid_in_prompt and user_scids is not None
-    out: dict[str, Any] = {"train": train_summary, "model_dir": str(model_dir)}
-    for name in evaluate_splits:
-        out[name] = evaluate(model, tokenizer, item_scids, user_scids, split.samples(name), cfg.decode, use_user,
-                             max_length=cfg.sft.max_length, progress=progress)
-    flat = {f"train_{k}": v for k, v in train_summary.items()}
-    for name in evaluate_splits:
-        flat.update({f"{name}_{k}": v for k, v in out[name].items()})
-    out["metrics"] = flat
-    write_json(out_dir / "metrics.json", out)
-    if stage_run is None and own is not None:
-        own.finish(flat)
-    return out
-
-
-def _unwrap(model):
-    """The model without DDP/accelerate wrappers (PEFT kept: it still runs forward)."""
-    return getattr(model, "module", model)
-
-
-def read_log_history(out_dir: str | Path) -> list[dict]:
-    """The trainer's ``log_history`` saved by :func:`train_sft`."""
-    return read_json(Path(out_dir) / "log_history.json")

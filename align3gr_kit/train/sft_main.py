@@ -7,7 +7,8 @@
 (``--multi_gpu`` is accelerate's torch.distributed launcher; without GPUs it runs gloo on CPU, while
 accelerate's ``--cpu`` multi-process mode needs MPI. DeepSpeed/FSDP: pass an accelerate config.)
 
-Rank 0 prints one JSON object (the stage's metrics) on stdout.
+Stages 00, 01 and 03 are built first by rank 0 when they are not current. Rank 0 prints one JSON
+object (the stage's metrics) on stdout.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from align3gr_kit.stages.contract import ensure_upstream, run_stage
     from align3gr_kit.utils import process_state
-
-    from align3gr_kit.train.sft import run_train_sft
 
     args = parse_args(argv)
     overrides = {}
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
-    cfg = RunConfig.from_yaml(args.config, overrides=overrides, run_name=args.run_name, seed=args.seed)
-    out = run_train_sft(cfg, evaluate_splits=() if args.no_eval else ("valid", "test"))
+    cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=args.run_name, seed=args.seed)
+    ensure_upstream(cfg, "04_sft")
+    out = run_stage(cfg, "04_sft", evaluate_splits=() if args.no_eval else ("valid", "test"))
     if process_state().is_main_process:
         print(json.dumps(out, default=str))
     return 0

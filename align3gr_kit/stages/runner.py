@@ -1,16 +1,19 @@
 """Run the pipeline's notebooks headlessly through papermill and render ``reports/<run_name>/``.
 
-Each stage notebook executes into ``runs/<run_name>/<stage>/<stage>.ipynb`` (written to a temp name
-and renamed, so a crash never leaves a half-written notebook in place), with the run's parameters
-injected. The notebook itself writes the stage's artifacts and ``manifest.json``. A failing cell
-stops the run: its notebook is kept as ``<stage>.failed.ipynb`` (error cell marked) and the error is
-printed; earlier stages stay intact. ``resume`` skips a stage whose manifest fingerprint equals the
-current one (same config sections, same upstream stage) and whose notebook output exists.
+Each stage notebook runs with the run's parameters injected; the notebook's :class:`StageRun`
+writes the stage into a temporary folder and renames it into place when it finishes
+(:mod:`align3gr_kit.stages.contract`); the executed notebook is then saved beside the artifacts as
+``runs/<run_name>/<stage>/<stage>.ipynb``. A failing cell stops the run: its notebook is kept as
+``runs/<run_name>/<stage>.failed.ipynb`` (error cell marked), the stage's partial folder is removed,
+the error is printed (plain text), and the report says which stage failed; earlier stages stay
+intact. ``resume`` skips a stage that is current (:func:`is_current`), or copies an identical
+stage finished by another run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -18,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.runs import STAGES, Stage, fingerprint, get_stage
+from align3gr_kit.stages.contract import (
+    MANIFEST,
+    STAGES,
+    Stage,
+    clean_leftovers,
+    find_identical_stage,
+    get_stage,
+    is_current,
+    reuse_stage,
+)
 from align3gr_kit.utils import atomic_path, project_root, read_json, resolve_path, write_json
 
 
@@ -29,55 +41,6 @@ def notebooks_dir() -> Path:
 def available_stages() -> list[Stage]:
     """Stages whose notebook exists, in pipeline order."""
     return [s for s in STAGES if (notebooks_dir() / s.notebook).exists()]
-
-
-def is_current(cfg: RunConfig, stage: Stage) -> bool:
-    """True when the stage finished with the same fingerprint it would have now."""
-    folder = cfg.run_dir / stage.name
-    m = folder / "manifest.json"
-    if not m.exists() or not (folder / stage.notebook).exists():
-        return False
-    return read_json(m).get("fingerprint") == fingerprint(cfg, stage)
-
-
-def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
-    """Another run's folder for ``stage`` with the same fingerprint (same config sections, seed and
-    upstream chain), so ablations and baselines that share their early stages compute them once.
-
-    Folders holding the executed notebook come first; a stage finished by the command line
-    (``tokenize``, ``train sft``...: manifest and artifacts, no notebook) is reused too, and the
-    report of the run then has no HTML page for that stage.
-    """
-    want = fingerprint(cfg, stage)
-    root = cfg.run_dir.parent
-    if not root.is_dir():
-        return None
-    found: list[tuple[bool, Path]] = []
-    for other in sorted(root.iterdir()):
-        folder = other / stage.name
-        if other == cfg.run_dir or not (folder / "manifest.json").exists():
-            continue
-        if read_json(folder / "manifest.json").get("fingerprint") == want:
-            found.append((not (folder / stage.notebook).exists(), folder))
-    return min(found)[1] if found else None
-
-
-def reuse_stage(source: Path, dest: Path) -> None:
-    """Copy a finished stage folder (hard links where possible: checkpoints are not duplicated)."""
-    if dest.exists():
-        shutil.rmtree(dest)
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    tmp = dest.with_name(f".{dest.name}.reuse")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source, tmp, copy_function=link_or_copy)
-    os.replace(tmp, dest)
 
 
 def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = None, resume: bool = False,
@@ -103,7 +66,9 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
     # Figures embedded with plotly.js so that the HTML reports are interactive and offline.
     os.environ["PLOTLY_RENDERER"] = "notebook"
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "align3gr-numba"))
-    results, ok = [], True
+    results: list[dict[str, Any]] = []
+    ok = True
+    clean_leftovers(cfg.run_dir)
     try:
         for stage in chosen:
             folder = cfg.run_dir / stage.name
@@ -114,33 +79,37 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             if resume and (source := find_identical_stage(cfg, stage)) is not None:
                 reuse_stage(source, folder)
                 results.append({"stage": stage.name, "status": f"reused from {source.parent.name}"})
-                print(f"[{stage.name}] identical to {source}, reused (--resume)", file=sys.stderr)
+                print(f"[{stage.name}] identical to {source}, copied (--resume)", file=sys.stderr)
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            out_nb = folder / stage.notebook
-            failed_nb = folder / stage.notebook.replace(".ipynb", ".failed.ipynb")
-            print(f"[{stage.name}] running notebooks/{stage.notebook} -> {out_nb}", file=sys.stderr)
+            failed_nb = cfg.run_dir / stage.notebook.replace(".ipynb", ".failed.ipynb")
+            print(f"[{stage.name}] running notebooks/{stage.notebook}", file=sys.stderr)
             t0 = time.time()
-            with atomic_path(out_nb) as tmp:
-                try:
-                    pm.execute_notebook(
-                        str(notebooks_dir() / stage.notebook), str(tmp), parameters=params,
-                        kernel_name=kernel_name, cwd=str(notebooks_dir()), progress_bar=False,
-                        log_output=False, request_save_on_cell_execute=False,
-                    )
-                except pm.PapermillExecutionError as e:
-                    shutil.copyfile(tmp, failed_nb)
-                    ok = False
-                    results.append({"stage": stage.name, "status": "failed", "cell": e.exec_count,
-                                    "error": f"{e.ename}: {e.evalue}", "notebook": str(failed_nb)})
-                    print(f"[{stage.name}] FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                          f"  see {failed_nb}\n" + "".join(e.traceback[-3:]), file=sys.stderr)
-                    raise _StageFailed from e
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cfg.run_dir / f".{stage.name}.tmp.ipynb"
+            try:
+                pm.execute_notebook(
+                    str(notebooks_dir() / stage.notebook), str(tmp), parameters=params,
+                    kernel_name=kernel_name, cwd=str(notebooks_dir()), progress_bar=False,
+                    log_output=False, request_save_on_cell_execute=False,
+                )
+            except pm.PapermillExecutionError as e:
+                shutil.copyfile(tmp, failed_nb)
+                clean_leftovers(cfg.run_dir)
+                ok = False
+                error = _plain(f"{e.ename}: {e.evalue}")
+                results.append({"stage": stage.name, "status": "failed", "cell": e.exec_count,
+                                "error": error, "notebook": str(failed_nb)})
+                print(f"[{stage.name}] FAILED in cell {e.exec_count}: {error}\n  see {failed_nb}\n"
+                      + _plain("".join(e.traceback[-3:])), file=sys.stderr)
+                raise _StageFailed from e
+            if not (folder / MANIFEST).exists():
+                raise RuntimeError(f"notebooks/{stage.notebook} ran but did not finish its stage "
+                                   "(its closing cell must call stage.finish)")
+            os.replace(tmp, folder / stage.notebook)
             if failed_nb.exists():
                 failed_nb.unlink()
-            manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
             results.append({"stage": stage.name, "status": "ok", "seconds": round(time.time() - t0, 1),
-                            "metrics": manifest.get("metrics", {})})
+                            "metrics": read_json(folder / MANIFEST).get("metrics", {})})
     except _StageFailed:
         pass
     finally:
@@ -148,16 +117,28 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             os.environ.pop("PLOTLY_RENDERER", None)
         else:
             os.environ["PLOTLY_RENDERER"] = env_before
-    report = render_report(cfg, reports_dir) if render else None
+    report = render_report(cfg, reports_dir, results) if render else None
     return {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain(text: str) -> str:
+    """``text`` without ANSI colour codes (IPython colours its tracebacks)."""
+    return _ANSI.sub("", text)
 
 
 class _StageFailed(Exception):
     pass
 
 
-def render_report(cfg: RunConfig, reports_dir: Path | None = None) -> Path:
-    """Write ``reports/<run_name>/``: HTML per executed notebook, ``metrics.json``, ``summary.md``."""
+def render_report(cfg: RunConfig, reports_dir: Path | None = None, results: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``reports/<run_name>/``: HTML per executed notebook, ``metrics.json``, ``summary.md``.
+
+    ``results`` (the runner's per-stage statuses) puts a failed stage, its error and its notebook
+    at the top of the summary and under ``"failed"`` in ``metrics.json``.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -169,7 +150,7 @@ def render_report(cfg: RunConfig, reports_dir: Path | None = None) -> Path:
              "| stage | wall time (s) | metrics |", "|---|---|---|"]
     for stage in STAGES:
         folder = cfg.run_dir / stage.name
-        nb_path, m_path = folder / stage.notebook, folder / "manifest.json"
+        nb_path, m_path = folder / stage.notebook, folder / MANIFEST
         if not (nb_path.exists() and m_path.exists()):
             continue
         manifest = read_json(m_path)
@@ -179,6 +160,12 @@ def render_report(cfg: RunConfig, reports_dir: Path | None = None) -> Path:
             tmp.write_text(body, encoding="utf-8")
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(manifest.get("metrics", {})).items())
         lines.append(f"| [{stage.name}]({stage.name}.html) | {manifest.get('wall_seconds', '')} | {shown} |")
+    failed = [r for r in results or [] if r.get("status") == "failed"]
+    if failed:
+        f = failed[0]
+        metrics["failed"] = {k: f[k] for k in ("stage", "cell", "error", "notebook")}
+        lines[2:2] = [f"**FAILED: stage {f['stage']}** (cell {f['cell']}): {f['error']}. "
+                      f"The failed notebook is `{f['notebook']}`.", ""]
     write_json(out / "metrics.json", metrics)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

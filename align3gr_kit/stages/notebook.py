@@ -1,5 +1,5 @@
-"""What every notebook's setup and closing cells call: config from the flat parameters, seeding,
-plotly set-up, figures saved into the run directory, deterministic tables."""
+"""What every notebook's setup cell calls (config from the flat parameters, seeding, plotly set-up,
+the stage's :class:`StageRun`), figures saved into the stage folder, deterministic tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.runs import StageRun
+from align3gr_kit.stages.contract import StageRun, clean_leftovers
 from align3gr_kit.utils import seed_everything
 
 
@@ -29,11 +29,12 @@ def start_stage(
     ``None`` parameters keep the YAML's values. Returns ``(cfg, stage_run)``.
     """
     cfg = RunConfig.from_yaml(
-        config, overrides=overrides, run_name=run_name, seed=seed, smoke=smoke,
+        config, overrides=overrides, source="notebook parameters", run_name=run_name, seed=seed, smoke=smoke,
         dataset=dataset, data_path=data_path, runs_dir=runs_dir,
     )
     seed_everything(cfg.seed)
     setup_plotly()
+    clean_leftovers(cfg.run_dir)
     return cfg, StageRun(cfg, stage)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 
-from align3gr_kit.runs import STAGES, get_stage
+from align3gr_kit.stages.contract import STAGES, get_stage
 from align3gr_kit.utils import atomic_path, project_root
 
 VOLATILE_CELL_KEYS = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")

@@ -1,0 +1,81 @@
+"""What stage 07 shows for one run: the run's own models beside the classic baselines, and the
+ablation tables when the ``ablate`` command has made them.
+
+The demo's report does not retrain anything: popularity is counted, SASRec is the collaborative
+encoder stage 01 trained on the same split (the same model ``baseline sasrec`` trains; trained here
+only when stage 01 used given CF embeddings or none), and every Align3GR row is read from the
+run's own stage metrics. The ablation ladder and the baseline table of ``ablate`` are read from
+``reports/<run_name>/benchmark.json`` when that file exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.report.ablation import METRIC_KEYS
+from align3gr_kit.report.reading import FULL
+from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
+from align3gr_kit.utils import project_root, read_json, write_json
+
+BENCHMARK = "benchmark.json"
+COMPARISON = "comparison.json"
+
+
+def ablate_command(cfg: RunConfig) -> str:
+    """The command that makes the ladder and the baselines table this report reads."""
+    return (f"python -m align3gr_kit ablate --config <this run's config> --run-name {cfg.run_name} "
+            "--baselines --ladder [--seeds 3]")
+
+
+def benchmark_results(cfg: RunConfig, reports_dir: Path | None = None) -> dict[str, Any] | None:
+    """The ``ablate`` results of this run name (``reports/<run_name>/benchmark.json``), or None."""
+    path = Path(reports_dir or project_root() / "reports") / cfg.run_name / BENCHMARK
+    return read_json(path) if path.exists() else None
+
+
+def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:
+    """Popularity and SASRec, test metrics on every test user (full ranking), one row each."""
+    from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
+
+    pop = run_popularity_baseline(cfg, data.dataset, data.split)["test"]
+    sasrec = (tokenize_summary or {}).get("sasrec")
+    source = "stage 01's collaborative encoder"
+    if not sasrec:
+        sasrec, source = run_sasrec_baseline(cfg, data.dataset, data.split, progress=False), "trained here"
+    return pd.DataFrame([{"method": "Popularity", "source": "training counts", **{k: pop[k] for k in METRIC_KEYS}},
+                         {"method": "SASRec", "source": source, **{k: sasrec["test"][k] for k in METRIC_KEYS}}])
+
+
+def full_model_row(cfg: RunConfig) -> pd.DataFrame:
+    """``Align3GR (full)``: the last model the run trained (SFT, or the last DPO sub-stage), test
+    metrics, its stage in ``source``; empty before stage 04."""
+    try:
+        stages = pipeline_stage_metrics(cfg)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=["method", "source", *METRIC_KEYS])
+    last = stages.iloc[-1]
+    return pd.DataFrame([{"method": FULL, "source": f"{last.stage} ({last.model})",
+                          **{k: last[f"test {k}"] for k in METRIC_KEYS}}])
+
+
+def comparison(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:
+    """Popularity, SASRec and the run's final model, with each row's ratio to SASRec on Recall@10 and
+    NDCG@10 (above 1: better than SASRec)."""
+    table = pd.concat([baseline_rows(cfg, data, tokenize_summary), full_model_row(cfg)], ignore_index=True)
+    ref = table.set_index("method").loc["SASRec"]
+    for k in ("recall@10", "ndcg@10"):
+        table[f"{k} / SASRec"] = table[k] / ref[k] if ref[k] else float("nan")
+    return table
+
+
+def save_comparison(folder: str | Path, table: pd.DataFrame) -> Path:
+    return write_json(Path(folder) / COMPARISON, table.to_dict("records"))
+
+
+def read_comparison(folder: str | Path) -> pd.DataFrame:
+    """The table :func:`save_comparison` wrote."""
+    return pd.DataFrame(read_json(Path(folder) / COMPARISON))

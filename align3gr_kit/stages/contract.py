@@ -1,0 +1,302 @@
+"""The stage contract: what a stage is, where it writes, when it is current, how it is reused.
+
+A run lives in ``<runs_dir>/<run_name>/``, one folder per stage (``00_data``, ``01_tokenize``…).
+Every stage module (``align3gr_kit.stages.sNN_<name>``) has one function, ``run(cfg, stage) ->
+metrics``, called alike by its notebook and the command line. ``stage`` is a :class:`StageRun`:
+
+* ``stage.input("01_tokenize")`` returns the typed artifacts of a finished earlier stage (their
+  class, with ``save``/``load``, lives in its domain package; nobody outside it knows file names);
+* ``stage.dir`` is where this stage writes: a fresh temporary folder beside the final one
+  (``.<stage>.partial``), so a finished stage is never written into;
+* ``stage.finish(metrics)`` writes ``manifest.json`` (parameters, seed, fingerprint, versions,
+  commit, wall time, metrics) into it and then renames it into place, so a stage exists whole or
+  not at all. A kill at any point leaves the previous finished stage (or nothing) in place.
+
+The ``fingerprint`` chains the stage's config sections and its upstream stages' fingerprints, and
+:func:`is_current` is the one place that decides whether a finished stage may be skipped
+(``--resume``). :func:`reuse_stage` copies an identical stage of another run (never hard links:
+a later in-place write in one run must not change another run's files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.utils import git_commit, package_versions, read_json, write_json
+
+MANIFEST = "manifest.json"
+PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
+RETIRED = ".retired"  # suffix of a finished folder being replaced: ``.<stage>.retired``
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage.
+
+    Attributes:
+        name: folder and notebook name (``01_tokenize``).
+        sections: the config sections it depends on.
+        upstream: earlier stages whose artifacts it reads (02 only draws, so nothing depends on it).
+        artifacts: ``module:Class`` of its typed outputs (``load(folder)``), or ``""`` for none.
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...] = ()
+    artifacts: str = ""
+
+    @property
+    def notebook(self) -> str:
+        return f"{self.name}.ipynb"
+
+    @property
+    def module(self) -> str:
+        return f"align3gr_kit.stages.s{self.name}"
+
+    def load_artifacts(self, folder: Path) -> Any:
+        if not self.artifacts:
+            raise ValueError(f"stage {self.name} has no artifacts for other stages to read")
+        module, cls = self.artifacts.split(":")
+        return getattr(importlib.import_module(module), cls).load(folder)
+
+
+_ALL = ("data", "tokenizer", "prompts", "model", "sft", "decode", "dpo")
+STAGES: tuple[Stage, ...] = (
+    Stage("00_data", ("data",), (), "align3gr_kit.data.artifacts:DataArtifacts"),
+    Stage("01_tokenize", ("tokenizer",), ("00_data",), "align3gr_kit.tokenizer.artifacts:TokenizeArtifacts"),
+    Stage("02_codebooks", ("tokenizer",), ("01_tokenize",)),
+    Stage("03_sft_prompts", ("prompts", "model"), ("01_tokenize",), "align3gr_kit.prompts.artifacts:SFTData"),
+    Stage("04_sft", ("model", "sft", "decode"), ("03_sft_prompts",), "align3gr_kit.train.artifacts:SFTArtifacts"),
+    Stage("05_sp_dpo", ("decode", "dpo"), ("04_sft",), "align3gr_kit.dpo.artifacts:DPOArtifacts"),
+    Stage("06_rf_dpo", ("decode", "dpo"), ("05_sp_dpo",), "align3gr_kit.dpo.artifacts:DPOArtifacts"),
+    Stage("07_report", _ALL, ("00_data", "01_tokenize", "04_sft", "05_sp_dpo", "06_rf_dpo")),
+)
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+
+def get_stage(name: str) -> Stage:
+    """Look a stage up by full name (``01_tokenize``) or number (``01``/``1``)."""
+    if name in STAGE_BY_NAME:
+        return STAGE_BY_NAME[name]
+    for s in STAGES:
+        if s.name.split("_")[0] == str(name).zfill(2):
+            return s
+    raise ValueError(f"unknown stage {name!r}; stages are {[s.name for s in STAGES]}")
+
+
+def stage_dir(cfg: RunConfig, stage: str) -> Path:
+    """The final folder of ``stage`` in ``cfg``'s run (it may not exist)."""
+    return cfg.run_dir / get_stage(stage).name
+
+
+def read_manifest(cfg: RunConfig, stage: str) -> dict[str, Any] | None:
+    """The manifest of a finished stage of ``cfg``'s run, or None."""
+    m = stage_dir(cfg, stage) / MANIFEST
+    return read_json(m) if m.exists() else None
+
+
+def fingerprint(cfg: RunConfig, stage: Stage) -> str:
+    """Hash of the stage's name, its config sections and its upstream stages' manifest fingerprints.
+
+    Upstream fingerprints chain in everything earlier stages depended on, so a stage is "unchanged"
+    exactly when nothing that fed it changed.
+    """
+    upstream = []
+    for name in stage.upstream:
+        m = read_manifest(cfg, name)
+        upstream.append(m.get("fingerprint", "") if m else "missing")
+    payload = f"{stage.name}|{cfg.section_hash(*stage.sections)}|{','.join(upstream)}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def is_current(cfg: RunConfig, stage: Stage) -> bool:
+    """True when ``stage`` finished in this run with the fingerprint it would have now (the one place
+    that decides whether ``--resume`` may skip it)."""
+    m = read_manifest(cfg, stage.name)
+    return bool(m) and m.get("fingerprint") == fingerprint(cfg, stage)
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what killed runs left in a run folder (temporary stage folders and notebooks)."""
+    removed = []
+    if not run_dir.is_dir():
+        return removed
+    for p in run_dir.glob(".*"):
+        if p.name.endswith((PARTIAL, RETIRED, ".reuse")) or ".tmp" in p.name:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+    return removed
+
+
+def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
+    """Another run's folder for ``stage`` with the same fingerprint (same config sections, seed and
+    upstream chain), so ablations and baselines that share their early stages compute them once.
+    Folders holding the executed notebook come first."""
+    want = fingerprint(cfg, stage)
+    root = cfg.run_dir.parent
+    if not root.is_dir():
+        return None
+    found: list[tuple[bool, str, Path]] = []
+    for other in root.iterdir():
+        folder = other / stage.name
+        if other == cfg.run_dir or other.name.startswith((".", "_")) or not (folder / MANIFEST).exists():
+            continue
+        if read_json(folder / MANIFEST).get("fingerprint") == want:
+            found.append((not (folder / stage.notebook).exists(), other.name, folder))
+    return min(found)[2] if found else None
+
+
+def reuse_stage(source: Path, dest: Path) -> None:
+    """Copy a finished stage folder of another run into ``dest``, whole or not at all.
+
+    A copy, never a hard link: the stages write files in place (``torch.save``, plotly's
+    ``write_html``), and a shared inode would let one run change another run's artifacts.
+    Symbolic links inside the folder (a DPO stage's ``model`` link) stay links.
+    """
+    tmp = dest.with_name(f".{dest.name}.reuse")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, symlinks=True)
+    _swap_into_place(tmp, dest)
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` onto ``dest``; an existing ``dest`` is moved aside first and removed after."""
+    old = dest.with_name(f".{dest.name}{RETIRED}")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class StageRun:
+    """One stage of one run while it runs: typed inputs, a private folder, the manifest at the end.
+
+    Create it at the start of a notebook or command (the wall clock starts then). Under several
+    processes (``torchrun``) only the main process prepares and finishes the folder; every process
+    sees the same ``dir``.
+    """
+
+    def __init__(self, cfg: RunConfig, stage: str):
+        from align3gr_kit.utils import process_state
+
+        self.cfg = cfg
+        self.stage = get_stage(stage)
+        self.final_dir = cfg.run_dir / self.stage.name
+        self.dir = cfg.run_dir / f".{self.stage.name}{PARTIAL}"
+        self.t0 = time.time()
+        self._inputs: dict[str, Any] = {}
+        state = process_state()
+        if state.is_main_process:
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
+        state.wait_for_everyone()
+
+    def path(self, name: str) -> Path:
+        """A path inside this stage's (temporary) folder, parents created."""
+        p = self.dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def input(self, stage: str) -> Any:
+        """The typed artifacts of a finished earlier stage of the same run (loaded once)."""
+        s = get_stage(stage)
+        if s.name not in self._inputs:
+            folder = self.cfg.run_dir / s.name
+            if not (folder / MANIFEST).exists():
+                raise FileNotFoundError(
+                    f"{folder}: stage {s.name} has not finished for run {self.cfg.run_name!r}; run it first: "
+                    f"python -m align3gr_kit run --config <your config> --stages {s.name.split('_')[0]} "
+                    f"(or execute notebooks/{s.notebook})"
+                )
+            self._inputs[s.name] = s.load_artifacts(folder)
+        return self._inputs[s.name]
+
+    @property
+    def output(self) -> Any:
+        """This stage's typed artifacts as written so far into :attr:`dir`."""
+        return self.stage.load_artifacts(self.dir)
+
+    def finish(self, metrics: dict[str, Any] | None = None) -> Path:
+        """Write ``manifest.json`` and move the folder into place; returns the final folder.
+
+        Only the main process writes; the others wait for it.
+        """
+        from align3gr_kit.utils import process_state
+
+        state = process_state()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            manifest = {
+                "stage": self.stage.name,
+                "run_name": self.cfg.run_name,
+                "seed": self.cfg.seed,
+                "fingerprint": fingerprint(self.cfg, self.stage),
+                "parameters": self.cfg.to_dict(),
+                "metrics": metrics or {},
+                "artifacts": sorted(str(p.relative_to(self.dir)) for p in self.dir.rglob("*")
+                                    if p.is_file() and p.name != MANIFEST and not p.name.endswith(".ipynb")),
+                "wall_seconds": round(time.time() - self.t0, 2),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "git_commit": git_commit(),
+                "versions": package_versions(),
+            }
+            write_json(self.dir / MANIFEST, manifest)
+            _swap_into_place(self.dir, self.final_dir)
+        state.wait_for_everyone()
+        self.dir = self.final_dir
+        return self.final_dir
+
+
+def run_stage(cfg: RunConfig, stage: str, **kwargs: Any) -> dict[str, Any]:
+    """Run one stage the way the command line does: a :class:`StageRun`, the stage module's
+    ``run(cfg, stage)``, then ``finish``. Returns the metrics."""
+    from align3gr_kit.utils import process_state
+
+    s = get_stage(stage)
+    if process_state().is_main_process:
+        clean_leftovers(cfg.run_dir)
+    run = StageRun(cfg, s.name)
+    metrics = importlib.import_module(s.module).run(cfg, run, **kwargs)
+    run.finish(metrics)
+    return metrics
+
+
+def ensure_stage(cfg: RunConfig, stage: str) -> None:
+    """Run ``stage`` (and, first, whatever upstream stage is not current) unless it is current."""
+    s = get_stage(stage)
+    for up in s.upstream:
+        ensure_stage(cfg, up)
+    if not is_current(cfg, s):
+        run_stage(cfg, s.name)
+
+
+def ensure_upstream(cfg: RunConfig, stage: str) -> None:
+    """Make every upstream stage of ``stage`` current (the main process builds, the others wait)."""
+    from align3gr_kit.utils import process_state
+
+    state = process_state()
+    with state.main_process_first():
+        if state.is_main_process:
+            for up in get_stage(stage).upstream:
+                ensure_stage(cfg, up)
+
+
+def stage_artifacts(cfg: RunConfig, stage: str) -> Any:
+    """The typed artifacts of a finished stage of ``cfg``'s run, built first when not current."""
+    ensure_stage(cfg, stage)
+    s = get_stage(stage)
+    return s.load_artifacts(cfg.run_dir / s.name)

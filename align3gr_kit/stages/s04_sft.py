@@ -1,0 +1,50 @@
+"""Stage 04: the backbone with SCID tokens, multi-task SFT, then Recall/NDCG on valid and test.
+
+Works in one process or under ``torchrun`` / ``accelerate launch``
+(:mod:`align3gr_kit.train.sft_main`): every rank trains on its shard; rank 0 alone saves the model,
+evaluates it and writes the files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.evaluate import evaluate
+from align3gr_kit.model.backbone import save_model
+from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.train.artifacts import MODEL, write_metrics
+from align3gr_kit.train.sft import build_sft_model, train_sft
+from align3gr_kit.utils import process_state, seed_everything
+
+SPLITS = ("valid", "test")
+
+
+def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
+    """Train the SFT model of the run and evaluate it.
+
+    Returns the flat metrics (``train_*``, ``valid_recall@10``...); also writes them, with the
+    nested results, into the stage's ``metrics.json`` (:class:`align3gr_kit.train.artifacts.SFTArtifacts`).
+    """
+    state = process_state()
+    seed_everything(cfg.seed)
+    data, tok, prompts = stage.input("00_data"), stage.input("01_tokenize"), stage.input("03_sft_prompts")
+    model, tokenizer = build_sft_model(cfg, data.dataset, tok.items, tok.users, prompts.tokenizer)
+    res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir)
+    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds")}
+    train["trainable"] = res["trainable"]["trainable"]
+    flat = {f"train_{k}": v for k, v in train.items()}
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return flat
+    model = getattr(res["model"], "module", res["model"])  # without DDP/accelerate wrappers
+    save_model(model, tokenizer, stage.dir / MODEL, tok.items, tok.users)
+    use_user = cfg.prompts.user_scid_in_prompt and tok.users is not None
+    out: dict[str, Any] = {"train": train}
+    for name in evaluate_splits:
+        out[name] = evaluate(model, tokenizer, tok.items, tok.users, data.split.samples(name), cfg.decode, use_user,
+                             max_length=cfg.sft.max_length, progress=progress)
+        flat.update({f"{name}_{k}": v for k, v in out[name].items()})
+    out["metrics"] = flat
+    write_metrics(stage.dir, out)
+    return flat

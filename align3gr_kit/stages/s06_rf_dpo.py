@@ -1,0 +1,16 @@
+"""Stage 06: real-feedback Softmax-DPO, Easy -> Hard (disliked / neutral levels)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.dpo.pipeline import run_dpo
+from align3gr_kit.stages.contract import StageRun
+
+
+def run(cfg: RunConfig, stage: StageRun, progress: bool = True) -> dict[str, Any]:
+    """Train the stages of ``dpo.rf_stages``, each stage's policy the next one's reference, with
+    Recall/NDCG after each; writes :class:`align3gr_kit.dpo.artifacts.DPOArtifacts`. Returns the flat
+    metrics (``<label>/<split>/<metric>``)."""
+    return run_dpo(cfg, "rf", stage)["metrics"]

@@ -1,0 +1,99 @@
+"""What stage 01 leaves for the later stages, and the one module that knows its file names.
+
+Files in the stage folder:
+
+* ``item_scids.json`` / ``user_scids.json``: :class:`ScidTable` (collisions resolved, see
+  :mod:`align3gr_kit.tokenizer.unique`); the user table only when ``tokenizer.dual``.
+* ``item_codes_raw.npy`` / ``user_codes_raw.npy``: RQ-VAE codes before resolution ``[n, levels]``.
+* ``item_sc.npy`` / ``user_sc.npy``: SC embeddings ``[n, sc_dim]``.
+* ``item_semantic.npy`` / ``user_semantic.npy`` / ``item_cf.npy`` / ``user_cf.npy``: frozen features used.
+* ``item_codebooks.npy`` / ``user_codebooks.npy``: ``[levels, K, code_dim]``; ``tokenizer.pt``: all weights.
+* ``tokenizer_history.json``: one dict per epoch of both phases; ``sasrec_history.json`` when SASRec
+  was trained; ``summary.json``: the summary (the stage's metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from align3gr_kit.scid import ScidTable, load_scid_tables, save_scid_tables
+from align3gr_kit.utils import atomic_path, read_json, write_json
+
+FEATURES = ("item_semantic", "user_semantic", "item_cf", "user_cf")
+
+
+@dataclass
+class TokenizeArtifacts:
+    """The outputs of ``01_tokenize`` (``None`` where a run made none).
+
+    Attributes:
+        items / users: SCID tables (collisions resolved).
+        item_raw / user_raw: ``[n, levels]`` RQ codes before resolution.
+        item_sc / user_sc: ``[n, sc_dim]`` SC embeddings.
+        history: the tokenizer's epoch log; summary: the stage's summary.
+        item_codebooks / user_codebooks: ``[levels, K, code_dim]``.
+        features: the frozen input features by name (:data:`FEATURES`).
+        sasrec_history: SASRec's epoch log when it was trained.
+        state_dict: the tokenizer's weights (written by :meth:`save`, not read back by :meth:`load`;
+            :meth:`load_state_dict` reads them).
+    """
+
+    items: ScidTable
+    users: ScidTable | None
+    item_raw: np.ndarray
+    user_raw: np.ndarray | None
+    item_sc: np.ndarray
+    user_sc: np.ndarray
+    history: list[dict]
+    summary: dict
+    item_codebooks: np.ndarray | None = None
+    user_codebooks: np.ndarray | None = None
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    sasrec_history: list | None = None
+    state_dict: dict | None = None
+
+    def save(self, folder: str | Path) -> None:
+        import torch
+
+        f = Path(folder)
+        f.mkdir(parents=True, exist_ok=True)
+        save_scid_tables(f, self.items, self.users)
+        arrays = {"item_codes_raw": self.item_raw, "user_codes_raw": self.user_raw, "item_sc": self.item_sc,
+                  "user_sc": self.user_sc, "item_codebooks": self.item_codebooks,
+                  "user_codebooks": self.user_codebooks, **self.features}
+        for name, arr in arrays.items():
+            if arr is not None:
+                with atomic_path(f / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, arr)
+        write_json(f / "tokenizer_history.json", self.history)
+        if self.sasrec_history is not None:
+            write_json(f / "sasrec_history.json", self.sasrec_history)
+        if self.state_dict is not None:
+            with atomic_path(f / "tokenizer.pt") as tmp:
+                torch.save(self.state_dict, tmp)
+        write_json(f / "summary.json", self.summary)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TokenizeArtifacts":
+        f = Path(folder)
+
+        def opt(name: str):
+            return np.load(f / f"{name}.npy") if (f / f"{name}.npy").exists() else None
+
+        items, users = load_scid_tables(f)
+        sasrec = f / "sasrec_history.json"
+        return cls(items, users, np.load(f / "item_codes_raw.npy"), opt("user_codes_raw"), np.load(f / "item_sc.npy"),
+                   np.load(f / "user_sc.npy"), read_json(f / "tokenizer_history.json"), read_json(f / "summary.json"),
+                   opt("item_codebooks"), opt("user_codebooks"),
+                   {n: a for n in FEATURES if (a := opt(n)) is not None},
+                   read_json(sasrec) if sasrec.exists() else None)
+
+    @staticmethod
+    def load_state_dict(folder: str | Path) -> dict:
+        """The tokenizer's weights saved in ``folder``."""
+        import torch
+
+        return torch.load(Path(folder) / "tokenizer.pt", weights_only=True)
