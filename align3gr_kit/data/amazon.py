@@ -47,7 +47,10 @@ def _rating(value, path: Path, n: int) -> float:
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise bad_input(path, f"line {n}", "overall", f"{value!r} is not a number",
                         "a rating is a number from 1 to 5: fix or delete the record")
-    if not (math.isfinite(number) and 1 <= number <= 5):
+    if not math.isfinite(number):
+        raise bad_input(path, f"line {n}", "overall", f"{value!r} is not a finite number",
+                        "a rating is a number from 1 to 5: fix or delete the record")
+    if not 1 <= number <= 5:
         raise bad_input(path, f"line {n}", "overall", f"{value!r} is outside 1..5",
                         "a rating is a number from 1 to 5: fix or delete the record")
     return float(number)

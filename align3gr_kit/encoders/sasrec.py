@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import pickletools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +335,28 @@ _CONVERT = ("save the tensor alone: where you trust the file's origin (e.g. in t
             "safetensors.torch.save_file({'embeddings': tensor.detach().float().contiguous()}, 'cf.safetensors')")
 
 
+def _pickled_globals(p: Path) -> list[str] | None:
+    """The Python objects a torch file (zip or bare pickle) refers to, read without running it;
+    ``None`` when it is neither."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
+    except (ValueError, RuntimeError):  # not a zip checkpoint: maybe a bare pickle (torch's legacy format)
+        pass
+    names, strings = [], []
+    try:
+        with p.open("rb") as fh:  # pickletools only decodes the opcodes: nothing is imported or called
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":  # module and name are the two strings pushed before it
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a failure to decode ends the scan: "not a pickle" if nothing was named
+        return names or None
+    return names
+
+
 def _read_cf_file(p: Path) -> object:
     """The object stored in a ``.npy``, ``.safetensors`` or torch file, loaded without running code."""
     if p.suffix == ".npy":
@@ -357,8 +380,12 @@ def _read_cf_file(p: Path) -> object:
     except pickle.UnpicklingError:
         # torch's own message here suggests weights_only=False, i.e. running the file's code: never
         # the advice to give for a file whose origin the kit does not know.
-        raise DataError(f"{p}: tokenizer.cf_embeddings: not a plain tensor file (it pickles Python objects "
-                        f"that safe loading refuses to run); {_CONVERT}") from None
+        objects = _pickled_globals(p)
+        if objects:
+            raise DataError(f"{p}: tokenizer.cf_embeddings: not a plain tensor file (it pickles Python objects: "
+                            f"{', '.join(objects[:3])}, which safe loading refuses to run); {_CONVERT}") from None
+        raise DataError(f"{p}: tokenizer.cf_embeddings: not a torch tensor file (safe loading cannot read it); "
+                        "give a .pt written by torch.save, a .safetensors or a .npy file") from None
     except Exception as e:  # noqa: BLE001 - a foreign file fails torch.load as KeyError, EOFError, RuntimeError...
         first = (str(e).splitlines() or [""])[0][:120]
         raise DataError(f"{p}: tokenizer.cf_embeddings: not a torch tensor file ({type(e).__name__}: {first}); "
