@@ -181,6 +181,14 @@ def test_repeated_pair_keeps_the_first_event_and_says_so(tmp_path, capsys):
         assert not any(t in h for t, h in zip(part.target, part.history))
 
 
+def test_ml100k_user_without_ratings_is_named(tmp_path):
+    _ml100k(tmp_path, [line for line in GOOD_500 if not line.startswith("42\t")])
+    with pytest.warns(DataWarning, match=r"u\.user: 1 user\(s\) have no rating in u\.data and are left out "
+                                         r"\(e\.g\. user '42'\)"):
+        ds = load_ml100k(tmp_path)
+    assert ds.n_users == 99 and "42" not in set(ds.users.raw_id)
+
+
 def test_lcrec_repeated_item_keeps_its_first_position(tmp_path):
     _lcrec(tmp_path, json.dumps({"0": [0, 1, 2, 3, 1], "1": [3, 2, 1, 0]}))
     with pytest.warns(DataWarning, match=r"Toy\.inter\.json: dropped 1 repeated"):
@@ -279,3 +287,11 @@ def test_cf_embeddings_unsafe_pickle_is_refused_without_running_it(tmp_path):
 def test_cf_embeddings_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.pt: tokenizer\.cf_embeddings: no such file.*leave tokenizer"):
         load_item_cf(tmp_path / "nope.pt", 4)
+
+
+@pytest.mark.shared_data
+def test_cf_embeddings_shipped_instruments_file(shared_data):
+    path = shared_data / "amazon-instruments" / "Instruments-32d-sasrec.pt"
+    assert torch.load(path, weights_only=True).requires_grad  # the row: the shipped tensor requires grad
+    emb = load_item_cf(path, 9922)
+    assert emb.shape == (9922, 32) and emb.dtype == np.float32 and np.isfinite(emb).all()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import re
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, make_items,
                                      make_users, reindex)
 from align3gr_kit.data.textio import read_text
-from align3gr_kit.errors import bad_input
+from align3gr_kit.errors import DataWarning, bad_input
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 # sha256 of the files this loader reads, as published in the official archive.
@@ -75,7 +76,8 @@ def load_ml100k(path: str | Path) -> RecDataset:
     """Read ``u.data``, ``u.item`` (latin-1) and ``u.user`` from ``path`` into canonical form.
 
     A (user, item) pair rated more than once keeps its first rating (earliest time, then file order;
-    :func:`~align3gr_kit.data.schema.drop_repeat_events` warns with the count).
+    :func:`~align3gr_kit.data.schema.drop_repeat_events` warns with the count); users of ``u.user``
+    without ratings are left out with a :class:`~align3gr_kit.errors.DataWarning`.
     """
     path = Path(path)
     data_path = path / "u.data"
@@ -126,6 +128,11 @@ def load_ml100k(path: str | Path) -> RecDataset:
                                          "zip": zipcode, "region": region}})
     inter = pd.DataFrame(inter_rows, columns=["user", "item", "timestamp", "rating"])
     inter, repeats = drop_repeat_events(inter, str(data_path))
+    rated = set(inter["user"])
+    unrated = [row["raw_id"] for row in user_rows if row["raw_id"] not in rated]
+    if unrated:  # an item without ratings is an ordinary catalogue entry; a user without any is worth a word
+        warnings.warn(DataWarning(f"{user_path}: {len(unrated)} user(s) have no rating in u.data and are left "
+                                  f"out (e.g. user {unrated[0]!r})"), stacklevel=2)
     items, users, interactions = reindex(make_items(item_rows, str(item_path)),
                                          make_users(user_rows, str(user_path)), inter, str(data_path))
     extra = {"repeat_events_dropped": repeats} if repeats else {}
