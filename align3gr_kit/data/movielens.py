@@ -68,7 +68,7 @@ def _int(text: str, path: Path, n: int, field: str, what: str) -> int:
     """``text`` as an integer, or a :class:`DataError` naming the line and the field."""
     if not _INT.fullmatch(text):
         raise bad_input(path, f"line {n}", field, f"{text[:40]!r} is not an integer",
-                        f"ml-100k {what} is a whole number: fix or delete the line")
+                        f"in ml-100k, {what} is a whole number: fix or delete the line")
     return int(text)
 
 

@@ -4,12 +4,13 @@ Encoding rules (the loaders document which one each file uses):
 
 * A UTF-16/UTF-32 byte-order mark, or NUL bytes (UTF-16 without a mark, or a binary file), is refused
   with the encoding named and the command that converts the file; a UTF-8 byte-order mark is skipped.
-* The declared encoding is tried first. ``u.item``'s declared encoding is latin-1, which decodes *any*
-  bytes, so a UTF-8 re-export would turn into mojibake (``AmÃ©lie``). Rule: a file whose bytes are
-  valid UTF-8 *and* not pure ASCII is read as UTF-8. Latin-1 text with accented letters is almost never
-  valid UTF-8 (an accented latin-1 letter is one byte 0xC0-0xFF followed by an ASCII byte, an invalid
-  UTF-8 sequence; this is the detection rule of the W3C encoding sniffing notes and of ``chardet``'s
-  UTF-8 prober), and the original GroupLens ``u.item`` is not valid UTF-8 (byte 76,620 is a lone 0xE9).
+* The declared encoding is used, with one exception for latin-1 formats (``u.item``, ``u.user``):
+  latin-1 decodes *any* bytes, so a UTF-8 re-export would turn into mojibake (``AmÃ©lie``). Rule: a
+  file whose bytes are valid UTF-8 *and* not pure ASCII is read as UTF-8. Latin-1 text with accented letters is almost never
+  valid UTF-8: an accented latin-1 letter is one byte 0xC0-0xFF followed by an ASCII byte, an invalid
+  UTF-8 sequence (the property M. Dürst, "The Properties and Promises of UTF-8", 1997, describes, and
+  the check chardet's UTF-8 prober makes). The original GroupLens ``u.item`` is not valid UTF-8 (byte
+  76,620 is the lone 0xE9 of "Mis<E9>rables"), so it keeps its latin-1 reading.
 * JSON: UTF-8, a key repeated inside one object is refused (Python's ``json`` would keep the last value
   and silently lose the others), nesting deeper than Python's parser allows is refused without a
   ``RecursionError`` traceback.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ast
 import codecs
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,8 +131,8 @@ def parse_json(text: str, path: Path, where: str = "") -> Any:
         raise DataError(f"{path}: {at}key {e.key!r} appears twice in one JSON object; Python's json keeps only "
                         "the last value and the others would be lost: merge the two entries into one") from None
     except RecursionError:
-        raise DataError(f"{path}: {at}JSON nested deeper than Python's parser allows (about 1,000 levels); "
-                        "this is not a dataset file: re-export it") from None
+        raise DataError(f"{path}: {at}JSON nested deeper than Python's parser allows (about "
+                        f"{sys.getrecursionlimit():,} levels); this is not a dataset file: re-export it") from None
 
 
 def read_json(path: Path) -> Any:
