@@ -6,11 +6,12 @@ Encoding rules (the loaders document which one each file uses):
   with the encoding named and the command that converts the file; a UTF-8 byte-order mark is skipped.
 * The declared encoding is used, with one exception for latin-1 formats (``u.item``, ``u.user``):
   latin-1 decodes *any* bytes, so a UTF-8 re-export would turn into mojibake (``AmÃ©lie``). Rule: a
-  file whose bytes are valid UTF-8 *and* not pure ASCII is read as UTF-8. Latin-1 text with accented letters is almost never
-  valid UTF-8: an accented latin-1 letter is one byte 0xC0-0xFF followed by an ASCII byte, an invalid
-  UTF-8 sequence (the property M. Dürst, "The Properties and Promises of UTF-8", 1997, describes, and
-  the check chardet's UTF-8 prober makes). The original GroupLens ``u.item`` is not valid UTF-8 (byte
-  76,620 is the lone 0xE9 of "Mis<E9>rables"), so it keeps its latin-1 reading.
+  file whose bytes are valid UTF-8 *and* not pure ASCII is read as UTF-8. Latin-1 text with accented
+  letters is almost never valid UTF-8: an accented latin-1 letter is one byte 0xC0-0xFF followed by
+  an ASCII byte, an invalid UTF-8 sequence (the property M. Dürst, "The Properties and Promises of
+  UTF-8", 1997, describes, and the check chardet's UTF-8 prober makes). The original GroupLens
+  ``u.item`` is not valid UTF-8 (byte 76,620 is the lone 0xE9 of "Mis<E9>rables"), so it keeps its
+  latin-1 reading.
 * JSON: UTF-8, a key repeated inside one object is refused (Python's ``json`` would keep the last value
   and silently lose the others), nesting deeper than Python's parser allows is refused without a
   ``RecursionError`` traceback.

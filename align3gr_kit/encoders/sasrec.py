@@ -409,9 +409,8 @@ def load_item_cf(path: str | Path, n_items: int) -> np.ndarray:
                         "or leave tokenizer.cf_embeddings empty to train SASRec on the training split")
     t = _read_cf_file(p)
     if isinstance(t, dict):
-        tensors = {k: tuple(v.shape) for k, v in t.items() if hasattr(v, "shape")}
-        raise DataError(f"{p}: tokenizer.cf_embeddings: found a dict of {len(t)} entries "
-                        f"({', '.join(f'{k} {list(s)}' for k, s in list(tensors.items())[:4]) or sorted(map(str, t))[:4]}), "
+        entries = [f"{k} {list(v.shape)}" if hasattr(v, "shape") else str(k) for k, v in list(t.items())[:4]]
+        raise DataError(f"{p}: tokenizer.cf_embeddings: found a dict of {len(t)} entries ({', '.join(entries)}), "
                         f"expected one tensor [{n_items}, d]; {_CONVERT}")
     if isinstance(t, np.ndarray):
         t = torch.from_numpy(t) if t.dtype.kind in "fiub" else t
