@@ -105,8 +105,9 @@ class RecDataset:
                 raise DataError(f"{src}: {table}.{key} must be 0..{n - 1} in order (re-index after filtering)")
         inter = self.interactions
         if inter.empty or self.n_items == 0:
-            raise DataError(f"{src}: the dataset has no interactions ({self.n_users} users, {self.n_items} items); "
-                            "an interaction file must hold at least one user with items: check the file and the filters")
+            raise DataError(f"{src}: the dataset has no interactions ({self.n_users} users, {self.n_items} "
+                            "items); an interaction file must hold at least one user with items: check the file "
+                            "and the filters")
         bad_items = inter.loc[(inter.item_id < 0) | (inter.item_id >= self.n_items)]
         if len(bad_items):
             r = bad_items.iloc[0]
