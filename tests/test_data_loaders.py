@@ -14,6 +14,7 @@ from align3gr_kit.data.amazon import load_amazon2018
 from align3gr_kit.data.lcrec import load_lcrec
 from align3gr_kit.data.movielens import load_ml100k, region_of_zip
 from align3gr_kit.data.synthetic import generate_synthetic
+from align3gr_kit.errors import DataWarning
 
 
 # ------------------------------------------------------------------ synthetic
@@ -115,8 +116,8 @@ def test_ml100k_duplicate_item_ids(tmp_path):
 
 def test_ml100k_wrong_encoding(tmp_path):
     _write_ml100k(tmp_path, GOOD_DATA)
-    (tmp_path / "u.data").write_bytes("1\t1\t5\t100\n".encode("utf-16"))
-    with pytest.raises(DataError, match=r"u\.data: not readable as ascii"):
+    (tmp_path / "u.data").write_bytes("1\t1\t5\t100\n1\t2\t5\t1é1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"u\.data: not ASCII at line 2 \(byte offset 17\): byte 0xe9"):
         load_ml100k(tmp_path)
 
 
@@ -219,7 +220,9 @@ def test_amazon2018_small_files(tmp_path, gz, literal):
     reviews.append(_review("U0", "A0", 1, 9999))  # duplicate (user, item): the earliest review is kept
     meta.append(dict(meta[0]))  # repeated metadata record
     _write_amazon(tmp_path, reviews, meta, gz=gz, literal_meta=literal)
-    ds = load_amazon2018(tmp_path, "Toys")
+    with pytest.warns(DataWarning, match=r"dropped 1 repeated \(user, item\) event"):
+        ds = load_amazon2018(tmp_path, "Toys")
+    assert ds.extra["repeat_events_dropped"] == 1
     assert (ds.n_users, ds.n_items) == (6, 6)
     assert "Uthin" not in set(ds.users.raw_id) and "Arare" not in set(ds.items.raw_id)
     assert ds.items.description.iloc[0] == "Fun & safe" and ds.items.category.iloc[0] == "Sub0"

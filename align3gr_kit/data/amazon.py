@@ -3,56 +3,69 @@
 Reviews: one JSON object per line with ``reviewerID``, ``asin``, ``overall`` (1-5), ``unixReviewTime``.
 Metadata: one object per line with ``asin``, ``title``, ``description`` (str or list), ``brand``,
 ``category`` (list). Older dumps write Python dict literals instead of JSON; those lines are read
-with :func:`ast.literal_eval`, which parses literals only and never runs code (no ``eval``).
-Duplicate (user, item) reviews keep the earliest; then an iterative k-core filter (default 5)
-on users and items, as LC-Rec/LETTER preprocess.
+with :func:`ast.literal_eval`, which parses literals only and never runs code (no ``eval``); a key
+repeated within one record is refused (:mod:`align3gr_kit.data.textio`).
+Duplicate (user, item) reviews keep the earliest (:func:`~align3gr_kit.data.schema.drop_repeat_events`,
+which warns with the count); then an iterative k-core filter (default 5) on users and items, as
+LC-Rec/LETTER preprocess. ``overall`` must be a finite number in 1..5 (``"nan"`` is refused).
 """
 
 from __future__ import annotations
 
-import ast
-import gzip
 import html
-import json
+import math
 import re
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
-from align3gr_kit.data.schema import DataError, RecDataset, kcore_filter, make_items, make_users, reindex
+from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, kcore_filter,
+                                     make_items, make_users, reindex)
+from align3gr_kit.data.textio import json_lines
+from align3gr_kit.errors import bad_input
 
 _TAG = re.compile(r"<[^>]+>")
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def _records(path: Path):
+    for n, rec in json_lines(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: line {n} is not an object (found {type(rec).__name__}); each line must "
+                            "hold one record")
+        yield n, rec
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        with _open(path) as fh:
-            for n, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    try:
-                        rec = ast.literal_eval(line)
-                    except (ValueError, SyntaxError) as e:
-                        raise DataError(f"{path}: line {n} is neither JSON nor a Python literal ({e}); "
-                                        "each line must hold one record") from e
-                if not isinstance(rec, dict):
-                    raise DataError(f"{path}: line {n} is not an object")
-                yield n, rec
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 at byte {e.start}; use the original (gzipped) dump") from e
-    except (OSError, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: cannot read ({e}); is the download complete?") from e
+def _rating(value, path: Path, n: int) -> float:
+    """``overall`` as a float in 1..5 (a numeric string such as ``"5.0"`` too); ``"nan"``, infinities and
+    booleans are refused: a NaN rating would pass every later comparison silently."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise bad_input(path, f"line {n}", "overall", f"{value!r} is not a number",
+                        "a rating is a number from 1 to 5: fix or delete the record")
+    if not math.isfinite(number):
+        raise bad_input(path, f"line {n}", "overall", f"{value!r} is not a finite number",
+                        "a rating is a number from 1 to 5: fix or delete the record")
+    if not 1 <= number <= 5:
+        raise bad_input(path, f"line {n}", "overall", f"{value!r} is outside 1..5",
+                        "a rating is a number from 1 to 5: fix or delete the record")
+    return float(number)
+
+
+def _review_time(value, path: Path, n: int) -> int:
+    """``unixReviewTime`` as an int (an integral float or a digit string too) in the int64 range."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_input(path, f"line {n}", "unixReviewTime", f"{value!r} is not an integer",
+                        "write the review time as unix seconds: fix or delete the record")
+    return check_timestamp(value, path, f"line {n}", "unixReviewTime")
 
 
 def _find(path: Path, stem: str) -> Path:
@@ -82,14 +95,13 @@ def load_amazon2018(path: str | Path, category: str, min_interactions: int = 5) 
         if missing:
             raise DataError(f"{reviews_path}: line {n} lacks field(s) {missing}; every review needs "
                             "reviewerID, asin, overall and unixReviewTime")
-        try:
-            rating, ts = float(r["overall"]), int(r["unixReviewTime"])
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{reviews_path}: line {n}: 'overall' must be a number and 'unixReviewTime' "
-                            f"an integer ({e})") from e
-        rows.append((str(r["reviewerID"]), str(r["asin"]), ts, rating))
+        rows.append((str(r["reviewerID"]), str(r["asin"]), _review_time(r["unixReviewTime"], reviews_path, n),
+                     _rating(r["overall"], reviews_path, n)))
+    if not rows:
+        raise DataError(f"{reviews_path}: the file holds no reviews; download the category's 5-core reviews "
+                        "again (one JSON object per line)")
     inter = pd.DataFrame(rows, columns=["user", "item", "timestamp", "rating"])
-    inter = inter.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="first")
+    inter, repeats = drop_repeat_events(inter, str(reviews_path))
 
     meta, seen = [], set()
     for n, m in _records(meta_path):
@@ -111,4 +123,5 @@ def load_amazon2018(path: str | Path, category: str, min_interactions: int = 5) 
         raise DataError(f"{reviews_path}: nothing is left after the {min_interactions or 5}-core filter")
     users = make_users([{"raw_id": u} for u in sorted(inter["user"].unique())], str(reviews_path))
     items, users, interactions = reindex(items, users, inter, str(reviews_path))
-    return RecDataset(category, items, users, interactions, source=str(path)).validate()
+    extra = {"repeat_events_dropped": repeats} if repeats else {}
+    return RecDataset(category, items, users, interactions, source=str(path), extra=extra).validate()

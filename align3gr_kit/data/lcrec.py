@@ -4,28 +4,24 @@
 It carries no timestamps and no ratings: the position in the list is the time. ``<name>.item.json``
 (optional) maps an item index to ``title``/``description``/``categories``/``brand``;
 ``<name>.index.json`` (optional) holds a published reference tokenization, kept in ``extra``.
+An item repeated in a user's list keeps its first position (:func:`~align3gr_kit.data.schema.drop_repeat_events`,
+which warns with the count); a repeated JSON key, an empty file or an empty user list is an error.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from align3gr_kit.data.schema import DataError, RecDataset, make_items, make_users, reindex
+from align3gr_kit.data.schema import DataError, RecDataset, drop_repeat_events, make_items, make_users, reindex
+from align3gr_kit.data.textio import read_json
+from align3gr_kit.errors import bad_input
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
-                        "the file must be one JSON object") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 at byte {e.start}; save the file as UTF-8") from e
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
     return data
@@ -48,15 +44,24 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
         raise DataError(f"{inter_path}: file missing; pass the folder that holds {name}.inter.json "
                         "(e.g. --data-path ../shared/data/amazon-instruments --name Instruments)")
     seqs = _read_json(inter_path)
+    if not seqs:
+        raise DataError(f"{inter_path}: the file holds no users ({{}}); it must map each user index to the "
+                        "user's item indices in order, e.g. {\"0\": [3, 17, 5]}")
     users, items_, times = [], [], []
     for u in sorted(seqs, key=_sort_key):
         seq = seqs[u]
-        if not isinstance(seq, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
-            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices")
+        if not isinstance(seq, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                for x in seq):
+            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices "
+                            f"(>= 0), found {str(seq)[:60]}")
+        if not seq:
+            raise bad_input(inter_path, f"user {u!r}", "", "the item list is empty",
+                            "every user needs at least 3 items (train, valid, test): remove the user")
         users.extend([u] * len(seq))
         items_.extend(str(x) for x in seq)
         times.extend(range(len(seq)))
     inter = pd.DataFrame({"user": users, "item": items_, "timestamp": times, "rating": np.nan})
+    inter, repeats = drop_repeat_events(inter, str(inter_path))
 
     item_path = path / f"{name}.item.json"
     if item_path.exists():
@@ -81,7 +86,7 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
         rows = [{"raw_id": k} for k in sorted(set(items_), key=_sort_key)]
     user_table = make_users([{"raw_id": u} for u in sorted(seqs, key=_sort_key)], str(inter_path))
     items, users_df, interactions = reindex(make_items(rows, str(item_path)), user_table, inter, str(inter_path))
-    extra = {}
+    extra = {"repeat_events_dropped": repeats} if repeats else {}
     index_path = path / f"{name}.index.json"
     if index_path.exists():
         extra["reference_index"] = str(index_path)

@@ -2,6 +2,8 @@
 
 Item text = title (with year), release date and genres; user profile = age, gender, occupation
 and the US region of the zip code; ratings 1-5 kept (RF-DPO's disliked/neutral/liked levels).
+Encodings: ``u.data`` is ASCII; ``u.item`` and ``u.user`` are latin-1, read as UTF-8 when a re-export
+made them valid UTF-8 (the rule in :mod:`align3gr_kit.data.textio`).
 The licence asks that the data not be redistributed: :func:`download` fetches the official archive.
 """
 
@@ -9,13 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
-from align3gr_kit.data.schema import DataError, RecDataset, make_items, make_users, reindex
+from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, make_items,
+                                     make_users, reindex)
+from align3gr_kit.data.textio import read_text
+from align3gr_kit.errors import DataWarning, bad_input
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 # sha256 of the files this loader reads, as published in the official archive.
@@ -33,6 +40,8 @@ ZIP_REGIONS = {
     "4": "the Great Lakes", "5": "the Upper Midwest", "6": "the Central Plains", "7": "the South Central states",
     "8": "the Mountain West", "9": "the Pacific West",
 }
+# An integer field (ids, rating, time); not int() alone, which also takes '1_000' and non-ASCII digits.
+_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def region_of_zip(zipcode: str) -> str:
@@ -45,47 +54,72 @@ def _lines(path: Path, encoding: str) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: file missing; ml-100k needs u.data, u.item and u.user "
                         f"(download: python -m align3gr_kit data download ml-100k)")
-    try:
-        return path.read_text(encoding=encoding).splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not readable as {encoding} at byte {e.start}; "
-                        f"use the original GroupLens file (u.item is latin-1)") from e
+    # latin-1 files (u.item, u.user) are read as UTF-8 when they are valid UTF-8 with non-ASCII bytes:
+    # a UTF-8 re-export read as latin-1 would give mojibake titles (rule in data/textio.py).
+    text, _ = read_text(path, encoding, utf8_if_valid=encoding == "latin-1")
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: the file is empty; it must hold one record per line "
+                        "(use the original GroupLens file: python -m align3gr_kit data download ml-100k)")
+    return lines
+
+
+def _int(text: str, path: Path, n: int, field: str, what: str) -> int:
+    """``text`` as an integer, or a :class:`DataError` naming the line and the field."""
+    if not _INT.fullmatch(text):
+        raise bad_input(path, f"line {n}", field, f"{text[:40]!r} is not an integer",
+                        f"in ml-100k, {what} is a whole number: fix or delete the line")
+    return int(text)
 
 
 def load_ml100k(path: str | Path) -> RecDataset:
-    """Read ``u.data``, ``u.item`` (latin-1) and ``u.user`` from ``path`` into canonical form."""
+    """Read ``u.data``, ``u.item`` (latin-1) and ``u.user`` from ``path`` into canonical form.
+
+    A (user, item) pair rated more than once keeps its first rating (earliest time, then file order;
+    :func:`~align3gr_kit.data.schema.drop_repeat_events` warns with the count); users of ``u.user``
+    without ratings are left out with a :class:`~align3gr_kit.errors.DataWarning`.
+    """
     path = Path(path)
+    data_path = path / "u.data"
     inter_rows = []
-    for n, line in enumerate(_lines(path / "u.data", "ascii"), 1):
+    for n, line in enumerate(_lines(data_path, "ascii"), 1):
         parts = line.split("\t")
         if len(parts) != 4:
-            raise DataError(f"{path / 'u.data'}: line {n} has {len(parts)} tab-separated fields, expected 4 "
+            raise DataError(f"{data_path}: line {n} has {len(parts)} tab-separated fields, expected 4 "
                             f"(user, item, rating, unix time): {line[:60]!r}")
-        try:
-            u, i, r, t = parts[0], parts[1], int(parts[2]), int(parts[3])
-        except ValueError as e:
-            raise DataError(f"{path / 'u.data'}: line {n}: rating and time must be integers ({e})") from e
-        inter_rows.append((u, i, t, float(r)))
+        _int(parts[0], data_path, n, "user", "a user id")
+        _int(parts[1], data_path, n, "item", "an item id")
+        r = _int(parts[2], data_path, n, "rating", "a rating")
+        if not 1 <= r <= 5:
+            raise bad_input(data_path, f"line {n}", "rating", f"{r} is outside 1..5",
+                            "ml-100k ratings are 1-5 stars: fix or delete the line")
+        t = check_timestamp(_int(parts[3], data_path, n, "timestamp", "a unix time"), data_path, f"line {n}")
+        inter_rows.append((parts[0], parts[1], t, float(r)))
     item_rows = []
-    for n, line in enumerate(_lines(path / "u.item", "latin-1"), 1):
+    item_path = path / "u.item"
+    for n, line in enumerate(_lines(item_path, "latin-1"), 1):
         f = line.split("|")
         if len(f) != 24:
-            raise DataError(f"{path / 'u.item'}: line {n} has {len(f)} '|'-separated fields, expected 24")
+            raise DataError(f"{item_path}: line {n} has {len(f)} '|'-separated fields, expected 24 "
+                            "(id|title|release date|video date|url|19 genre flags)")
+        _int(f[0], item_path, n, "id", "an item id")
         genres = [g for g, flag in zip(GENRES, f[5:]) if flag.strip() == "1" and g != "unknown"]
         if not f[1].strip():
-            raise DataError(f"{path / 'u.item'}: line {n} (item {f[0]}) has no title; every item needs a title")
+            raise DataError(f"{item_path}: line {n} (item {f[0]}) has no title; every item needs a title")
         date = f[2].strip()
         desc = f"Released {date}. " if date else ""
         desc += f"Genres: {', '.join(genres)}." if genres else "Genre unknown."
         item_rows.append({"raw_id": f[0], "title": f[1].strip(), "description": desc, "categories": genres,
                           "brand": "", "category": genres[0] if genres else "unknown"})
     user_rows = []
-    for n, line in enumerate(_lines(path / "u.user", "latin-1"), 1):
+    user_path = path / "u.user"
+    for n, line in enumerate(_lines(user_path, "latin-1"), 1):
         f = line.split("|")
         if len(f) != 5:
-            raise DataError(f"{path / 'u.user'}: line {n} has {len(f)} '|'-separated fields, expected 5 "
+            raise DataError(f"{user_path}: line {n} has {len(f)} '|'-separated fields, expected 5 "
                             "(id, age, gender, occupation, zip)")
         uid, age, gender, occupation, zipcode = f
+        _int(uid, user_path, n, "id", "a user id")
         sex = {"M": "male", "F": "female"}.get(gender, "person")
         region = region_of_zip(zipcode)
         profile = f"A {age}-year-old {sex} {occupation} living in {region}."
@@ -93,9 +127,16 @@ def load_ml100k(path: str | Path) -> RecDataset:
                           "attributes": {"age": age, "gender": gender, "occupation": occupation,
                                          "zip": zipcode, "region": region}})
     inter = pd.DataFrame(inter_rows, columns=["user", "item", "timestamp", "rating"])
-    items, users, interactions = reindex(make_items(item_rows, str(path / "u.item")),
-                                         make_users(user_rows, str(path / "u.user")), inter, str(path / "u.data"))
-    return RecDataset("ml-100k", items, users, interactions, source=str(path)).validate()
+    inter, repeats = drop_repeat_events(inter, str(data_path))
+    rated = set(inter["user"])
+    unrated = [row["raw_id"] for row in user_rows if row["raw_id"] not in rated]
+    if unrated:  # an item without ratings is an ordinary catalogue entry; a user without any is worth a word
+        warnings.warn(DataWarning(f"{user_path}: {len(unrated)} user(s) have no rating in u.data and are left "
+                                  f"out (e.g. user {unrated[0]!r})"), stacklevel=2)
+    items, users, interactions = reindex(make_items(item_rows, str(item_path)),
+                                         make_users(user_rows, str(user_path)), inter, str(data_path))
+    extra = {"repeat_events_dropped": repeats} if repeats else {}
+    return RecDataset("ml-100k", items, users, interactions, source=str(path), extra=extra).validate()
 
 
 def download(dest: str | Path) -> Path:

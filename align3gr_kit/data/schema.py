@@ -7,26 +7,29 @@ source's own id. Later stages only ever see this form.
 items:         item_id, raw_id, title, description, categories (list[str]), brand, category
 users:         user_id, raw_id, profile (text), attributes (dict[str, str])
 interactions:  user_id, item_id, timestamp (int), rating (float, NaN when the source has none)
+
+Bad input raises :class:`DataError` (from :mod:`align3gr_kit.errors`, re-exported here).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from align3gr_kit.errors import DataError, DataWarning, bad_input
 from align3gr_kit.utils import atomic_path, write_json
 
 ITEM_COLUMNS = ["item_id", "raw_id", "title", "description", "categories", "brand", "category"]
 USER_COLUMNS = ["user_id", "raw_id", "profile", "attributes"]
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the record/line, the field and the fix."""
+# Timestamps are stored as int64 (unix time in the source's unit; only their order is used): a value
+# outside this range cannot be stored and is refused where it is read, with its line.
+TIMESTAMP_MIN, TIMESTAMP_MAX = 0, np.iinfo(np.int64).max
 
 
 @dataclass
@@ -101,6 +104,10 @@ class RecDataset:
             if not np.array_equal(ids, np.arange(n)):
                 raise DataError(f"{src}: {table}.{key} must be 0..{n - 1} in order (re-index after filtering)")
         inter = self.interactions
+        if inter.empty or self.n_items == 0:
+            raise DataError(f"{src}: the dataset has no interactions ({self.n_users} users, {self.n_items} "
+                            "items); an interaction file must hold at least one user with items: check the file "
+                            "and the filters")
         bad_items = inter.loc[(inter.item_id < 0) | (inter.item_id >= self.n_items)]
         if len(bad_items):
             r = bad_items.iloc[0]
@@ -117,6 +124,13 @@ class RecDataset:
                 f"more users have fewer than {min_user_interactions}); leave-one-out needs at least "
                 f"{min_user_interactions} per user: apply a k-core filter (data.min_interactions: 5) or drop them"
             )
+        repeated = inter.duplicated(["user_id", "item_id"])
+        if repeated.any():
+            r = inter[repeated].iloc[0]
+            raise DataError(f"{src}: user {self.users.raw_id.iloc[r.user_id]!r} has item "
+                            f"{self.items.raw_id.iloc[r.item_id]!r} more than once ({int(repeated.sum())} repeated "
+                            "events); a target would also sit in the history: loaders keep the first event "
+                            "(schema.drop_repeat_events)")
         ratings = inter.rating.dropna()
         if len(ratings) and ((ratings < 1) | (ratings > 5)).any():
             raise DataError(f"{src}: ratings must lie in 1..5; found {ratings[(ratings < 1) | (ratings > 5)].iloc[0]}")
@@ -149,6 +163,9 @@ class RecDataset:
 
 def make_items(rows: list[dict], source: str) -> pd.DataFrame:
     """Build the items table from dicts with at least ``raw_id`` and a title or a description."""
+    if not rows:
+        raise DataError(f"{source}: no items (the file is empty or holds no item records); "
+                        "the item table needs one record per item")
     df = pd.DataFrame(rows)
     for col, default in (("title", ""), ("description", ""), ("brand", ""), ("category", "")):
         if col not in df:
@@ -167,6 +184,9 @@ def make_items(rows: list[dict], source: str) -> pd.DataFrame:
 
 def make_users(rows: list[dict], source: str) -> pd.DataFrame:
     """Build the users table from dicts with ``raw_id``, optional ``profile`` and ``attributes``."""
+    if not rows:
+        raise DataError(f"{source}: no users (the file is empty or holds no user records); "
+                        "the user table needs one record per user")
     df = pd.DataFrame(rows)
     if "profile" not in df:
         df["profile"] = ""
@@ -181,17 +201,53 @@ def make_users(rows: list[dict], source: str) -> pd.DataFrame:
     return df[USER_COLUMNS].reset_index(drop=True)
 
 
-def make_interactions(user_id, item_id, timestamp, rating=None) -> pd.DataFrame:
+def make_interactions(user_id, item_id, timestamp, rating=None, source: str = "interactions") -> pd.DataFrame:
     """Build the interactions table from aligned arrays (``rating`` None = no ratings)."""
     n = len(user_id)
+    try:
+        ts = np.asarray(timestamp, dtype=np.int64)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise DataError(f"{source}: a timestamp does not fit a 64-bit integer ({e}); loaders check "
+                        f"timestamps with schema.check_timestamp, which names the line") from None
     return pd.DataFrame(
         {
             "user_id": np.asarray(user_id, dtype=np.int64),
             "item_id": np.asarray(item_id, dtype=np.int64),
-            "timestamp": np.asarray(timestamp, dtype=np.int64),
+            "timestamp": ts,
             "rating": np.full(n, np.nan) if rating is None else np.asarray(rating, dtype=np.float64),
         }
     )
+
+
+def check_timestamp(value: int, path: str | Path, where: str, field: str = "timestamp") -> int:
+    """``value`` if it lies in ``TIMESTAMP_MIN..TIMESTAMP_MAX``, else a located :class:`DataError`."""
+    if not TIMESTAMP_MIN <= value <= TIMESTAMP_MAX:
+        raise bad_input(path, where, field, f"{value} is outside {TIMESTAMP_MIN}..{TIMESTAMP_MAX} (a unix time "
+                        "that fits 64 bits)", "write the time as unix seconds (a 10-digit number today)")
+    return value
+
+
+def drop_repeat_events(inter: pd.DataFrame, source: str, user_col: str = "user",
+                       item_col: str = "item") -> tuple[pd.DataFrame, int]:
+    """Keep each (user, item) pair's first event and drop its repeats, warning with the count.
+
+    The rule of every loader: the first event is the earliest ``timestamp``, ties broken by file
+    order (Amazon 2018 preprocessing in LC-Rec/LETTER keeps the earliest review the same way). A
+    repeat kept in the data would put a leave-one-out target into the user's own history.
+
+    Returns:
+        ``(rows in their original order without the repeats, number dropped)``.
+    """
+    chrono = inter.sort_values("timestamp", kind="stable")
+    repeat = chrono.duplicated([user_col, item_col], keep="first")
+    n = int(repeat.sum())
+    if n:
+        r = chrono[repeat].iloc[0]
+        warnings.warn(DataWarning(
+            f"{source}: dropped {n} repeated (user, item) event(s), keeping each pair's first (e.g. user "
+            f"{r[user_col]!r}, item {r[item_col]!r}); a target must never also sit in the history"), stacklevel=2)
+        inter = inter.drop(index=chrono.index[repeat])
+    return inter, n
 
 
 def kcore_filter(inter: pd.DataFrame, k: int, user_col: str = "user", item_col: str = "item") -> pd.DataFrame:
@@ -234,5 +290,5 @@ def reindex(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame, sourc
     if missing_users.any():
         raise DataError(f"{source}: user {inter[missing_users].iloc[0]['user']!r} is not in the user table")
     out = make_interactions(inter["user"].map(umap), inter["item"].map(imap), inter["timestamp"],
-                            inter["rating"] if "rating" in inter else None)
+                            inter["rating"] if "rating" in inter else None, source)
     return used_items, used_users, out

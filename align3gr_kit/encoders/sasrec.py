@@ -19,8 +19,11 @@ Ranking for evaluation is always over all items (the protocol: full ranking).
 from __future__ import annotations
 
 import copy
+import pickle
+import pickletools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 
 from align3gr_kit.config import SASRecParams
 from align3gr_kit.data.split import Split
+from align3gr_kit.errors import DataError
 from align3gr_kit.metrics import metrics_from_ranks, topk_from_scores
 
 
@@ -289,21 +293,108 @@ def train_sasrec(
     return SASRecResult(model, log, best_epoch, trained[1:].copy())
 
 
-def load_item_cf(path: str, n_items: int) -> np.ndarray:
-    """Given item CF embeddings (``torch.load(path, weights_only=True)``, ``[n_items, d]``) as float32.
+_CONVERT = ("save the tensor alone: where you trust the file's origin (e.g. in the program that made it), "
+            "torch.save(tensor.detach().float().contiguous(), 'cf.pt'), or "
+            "safetensors.torch.save_file({'embeddings': tensor.detach().float().contiguous()}, 'cf.safetensors')")
+
+
+def _pickled_globals(p: Path) -> list[str] | None:
+    """The Python objects a torch file (zip or bare pickle) refers to, read without running it;
+    ``None`` when it is neither."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
+    except (ValueError, RuntimeError):  # not a zip checkpoint: maybe a bare pickle (torch's legacy format)
+        pass
+    names, strings = [], []
+    try:
+        with p.open("rb") as fh:  # pickletools only decodes the opcodes: nothing is imported or called
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":  # module and name are the two strings pushed before it
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a failure to decode ends the scan: "not a pickle" if nothing was named
+        return names or None
+    return names
+
+
+def _read_cf_file(p: Path) -> object:
+    """The object stored in a ``.npy``, ``.safetensors`` or torch file, loaded without running code."""
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except ValueError as e:  # object arrays need pickle: not a plain numeric array
+            raise DataError(f"{p}: tokenizer.cf_embeddings: not a plain numeric .npy array ({e}); "
+                            f"np.save the float array [n_items, d] instead") from None
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(p))
+        except SafetensorError as e:
+            raise DataError(f"{p}: tokenizer.cf_embeddings: not a readable safetensors file ({e}); "
+                            f"{_CONVERT}") from None
+        return next(iter(tensors.values())) if len(tensors) == 1 else tensors
+    try:
+        return torch.load(p, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        # torch's own message here suggests weights_only=False, i.e. running the file's code: never
+        # the advice to give for a file whose origin the kit does not know.
+        objects = _pickled_globals(p)
+        if objects:
+            raise DataError(f"{p}: tokenizer.cf_embeddings: not a plain tensor file (it pickles Python objects: "
+                            f"{', '.join(objects[:3])}, which safe loading refuses to run); {_CONVERT}") from None
+        raise DataError(f"{p}: tokenizer.cf_embeddings: not a torch tensor file (safe loading cannot read it); "
+                        "give a .pt written by torch.save, a .safetensors or a .npy file") from None
+    except Exception as e:  # noqa: BLE001 - a foreign file fails torch.load as KeyError, EOFError, RuntimeError...
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise DataError(f"{p}: tokenizer.cf_embeddings: not a torch tensor file ({type(e).__name__}: {first}); "
+                        "give a .pt written by torch.save, a .safetensors or a .npy file") from None
+
+
+def load_item_cf(path: str | Path, n_items: int) -> np.ndarray:
+    """Given item CF embeddings ``[n_items, d]`` as float32 numpy, from any floating-point tensor.
+
+    Reads ``.npy`` (``np.load``, no pickle), ``.safetensors`` (one tensor) or a torch file
+    (``torch.load(path, weights_only=True)``: a file that pickles code is refused, never run). A tensor
+    that requires grad, or of any float dtype (bf16, fp16, fp64), is detached and cast to float32.
 
     Raises:
-        ValueError: the tensor's row count differs from the catalogue size.
+        DataError: missing or unreadable file, not one float tensor, a shape other than
+            ``[n_items, d]`` (row ``i`` = item ``i``), or non-finite values.
     """
-    t = torch.load(path, weights_only=True, map_location="cpu")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: tokenizer.cf_embeddings: no such file; give the path of a tensor [n_items, d] "
+                        "or leave tokenizer.cf_embeddings empty to train SASRec on the training split")
+    t = _read_cf_file(p)
     if isinstance(t, dict):
-        raise ValueError(f"{path}: expected a tensor [n_items, d], got a dict with keys {sorted(t)[:5]}")
-    emb = torch.as_tensor(t).float().numpy()
-    if emb.ndim != 2 or emb.shape[0] != n_items:
-        raise ValueError(
-            f"{path}: CF embeddings have shape {tuple(emb.shape)}, the dataset has {n_items} items; "
-            "tokenizer.cf_embeddings must hold one row per item in item-id order"
+        entries = [f"{k} {list(v.shape)}" if hasattr(v, "shape") else str(k) for k, v in list(t.items())[:4]]
+        raise DataError(f"{p}: tokenizer.cf_embeddings: found a dict of {len(t)} entries ({', '.join(entries)}), "
+                        f"expected one tensor [{n_items}, d]; {_CONVERT}")
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(t) if t.dtype.kind in "fiub" else t
+    if not isinstance(t, torch.Tensor):
+        raise DataError(f"{p}: tokenizer.cf_embeddings: found a {type(t).__name__}, expected one float tensor "
+                        f"[{n_items}, d]; {_CONVERT}")
+    if not t.is_floating_point():
+        raise DataError(f"{p}: tokenizer.cf_embeddings: the tensor holds {t.dtype}, expected floating-point "
+                        f"embeddings [{n_items}, d] (not item ids); {_CONVERT}")
+    if t.ndim != 2 or t.shape[0] != n_items:
+        hint = (" (one row too many: a padding row 0? drop it with tensor[1:])"
+                if t.ndim == 2 and t.shape[0] == n_items + 1 else "")
+        raise DataError(
+            f"{p}: tokenizer.cf_embeddings: shape {list(t.shape)}, expected [n_items, d] = [{n_items}, d]{hint}; "
+            "the file must hold one row per item of this dataset, in item-id order"
         )
+    emb = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    bad = ~np.isfinite(emb).all(1)
+    if bad.any():
+        raise DataError(f"{p}: tokenizer.cf_embeddings: row {int(np.flatnonzero(bad)[0])} (and "
+                        f"{int(bad.sum()) - 1} more) holds NaN or infinity; re-export finite embeddings")
     return emb
 
 

@@ -29,6 +29,7 @@ from align3gr_kit.tokenizer.artifacts import FEATURES, TokenizeArtifacts
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
 from align3gr_kit.tokenizer.unique import append_unique_level, collisions, perplexity, utilisation
+from align3gr_kit.utils import resolve_path
 
 @dataclass
 class Features:
@@ -79,7 +80,7 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
             "Leave tokenizer.cf_embeddings empty to train SASRec on the training split instead.",
             stacklevel=2,
         )
-        item = load_item_cf(tcfg.cf_embeddings, ds.n_items)
+        item = load_item_cf(str(resolve_path(tcfg.cf_embeddings, must_exist=True)), ds.n_items)
         return item, mean_item_embedding(item, seqs, ds.n_users), None, None
     missing = [u for u in range(ds.n_users) if u not in seqs]
     if missing:
