@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     stage = "04_sft" if args.what == "sft" else {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}[args.stage]
     ensure_upstream(cfg, stage)
-    out = run_stage(cfg, stage)
+    out = run_stage(cfg, stage, all_processes=True)
     if process_state().is_main_process:
         _print({"stage": stage, "run_dir": str(cfg.run_dir), "metrics": out})
     return 0

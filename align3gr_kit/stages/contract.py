@@ -184,26 +184,36 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 class StageRun:
     """One stage of one run while it runs: typed inputs, a private folder, the manifest at the end.
 
-    Create it at the start of a notebook or command (the wall clock starts then). Under several
-    processes (``torchrun``) only the main process prepares and finishes the folder; every process
-    sees the same ``dir``.
+    Create it at the start of a notebook or command (the wall clock starts then). With
+    ``all_processes`` (a stage every process of ``torchrun`` / ``accelerate launch`` runs together),
+    only the main process prepares and finishes the folder, the others wait for it, and every
+    process sees the same ``dir``; otherwise the calling process alone does everything.
     """
 
-    def __init__(self, cfg: RunConfig, stage: str):
-        from align3gr_kit.utils import process_state
-
+    def __init__(self, cfg: RunConfig, stage: str, all_processes: bool = False):
         self.cfg = cfg
         self.stage = get_stage(stage)
         self.final_dir = cfg.run_dir / self.stage.name
         self.dir = cfg.run_dir / f".{self.stage.name}{PARTIAL}"
         self.t0 = time.time()
+        self.all_processes = all_processes
         self._inputs: dict[str, Any] = {}
-        state = process_state()
-        if state.is_main_process:
+        if self._is_main():
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
-        state.wait_for_everyone()
+        self._barrier()
+
+    def _is_main(self) -> bool:
+        from align3gr_kit.utils import process_state
+
+        return not self.all_processes or process_state().is_main_process
+
+    def _barrier(self) -> None:
+        from align3gr_kit.utils import process_state
+
+        if self.all_processes:
+            process_state().wait_for_everyone()
 
     def path(self, name: str) -> Path:
         """A path inside this stage's (temporary) folder, parents created."""
@@ -233,13 +243,10 @@ class StageRun:
     def finish(self, metrics: dict[str, Any] | None = None) -> Path:
         """Write ``manifest.json`` and move the folder into place; returns the final folder.
 
-        Only the main process writes; the others wait for it.
+        With ``all_processes``, only the main process writes; the others wait for it.
         """
-        from align3gr_kit.utils import process_state
-
-        state = process_state()
-        state.wait_for_everyone()
-        if state.is_main_process:
+        self._barrier()
+        if self._is_main():
             manifest = {
                 "stage": self.stage.name,
                 "run_name": self.cfg.run_name,
@@ -256,20 +263,21 @@ class StageRun:
             }
             write_json(self.dir / MANIFEST, manifest)
             _swap_into_place(self.dir, self.final_dir)
-        state.wait_for_everyone()
+        self._barrier()
         self.dir = self.final_dir
         return self.final_dir
 
 
-def run_stage(cfg: RunConfig, stage: str, **kwargs: Any) -> dict[str, Any]:
+def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Run one stage the way the command line does: a :class:`StageRun`, the stage module's
-    ``run(cfg, stage)``, then ``finish``. Returns the metrics."""
+    ``run(cfg, stage)``, then ``finish``. Returns the metrics. ``all_processes``: every process of a
+    distributed launch runs it together (see :class:`StageRun`)."""
     from align3gr_kit.utils import process_state
 
     s = get_stage(stage)
-    if process_state().is_main_process:
+    if not all_processes or process_state().is_main_process:
         clean_leftovers(cfg.run_dir)
-    run = StageRun(cfg, s.name)
+    run = StageRun(cfg, s.name, all_processes=all_processes)
     metrics = importlib.import_module(s.module).run(cfg, run, **kwargs)
     run.finish(metrics)
     return metrics

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[k] = yaml.safe_load(v)
     cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=args.run_name, seed=args.seed)
     ensure_upstream(cfg, "04_sft")
-    out = run_stage(cfg, "04_sft", evaluate_splits=() if args.no_eval else ("valid", "test"))
+    out = run_stage(cfg, "04_sft", all_processes=True, evaluate_splits=() if args.no_eval else ("valid", "test"))
     if process_state().is_main_process:
         print(json.dumps(out, default=str))
     return 0
