@@ -299,3 +299,27 @@ def test_cf_embeddings_shipped_instruments_file(shared_data):
     assert torch.load(path, weights_only=True).requires_grad  # the row: the shipped tensor requires grad
     emb = load_item_cf(path, 9922)
     assert emb.shape == (9922, 32) and emb.dtype == np.float32 and np.isfinite(emb).all()
+
+
+# --- config rows (the config layer): one line, exit 2, no traceback, before any work -------------
+@pytest.mark.parametrize("text, parts", [
+    ("data:\n  datset: synthetic\n", ["cfg.yaml", "data.datset", "valid keys here"]),
+    ("data: [unclosed\n", ["cfg.yaml", "not valid YAML", "line"]),
+    ("tokenizer:\n  alpha2: 0.1\n", ["cfg.yaml", "tokenizer.alpha2", "tokenizer.phase2_alpha"]),
+])
+def test_config_errors_are_one_line(tmp_path, capsys, text, parts):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    assert cli_main(["run", "--config", str(cfg), "--stages", "00"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
+    for p in parts:
+        assert p in err
+
+
+def test_relative_cf_embeddings_resolve_from_the_project_root(tmp_path, monkeypatch):
+    from align3gr_kit.utils import project_root, resolve_path
+
+    monkeypatch.chdir(project_root() / "notebooks")  # where the runner's kernels work
+    assert resolve_path("configs/smoke.yaml") == project_root() / "configs" / "smoke.yaml"
+    assert resolve_path("../configs/smoke.yaml", must_exist=True) == project_root() / "configs" / "smoke.yaml"

@@ -67,3 +67,33 @@ def test_environment_yml_matches_pyproject_pins():
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", d) for d in deps), "pin every dependency exactly"
     assert "python=3.11" in env["dependencies"]
     assert "torch==2.13.0" in deps
+
+
+@pytest.mark.parametrize("override, field, allowed", [
+    ("sft.lr=abc", "sft.lr", "a number"),
+    ("tokenizer.levels=three", "tokenizer.levels", "an integer"),
+    ("sft.max_steps=-5", "sft.max_steps", ">= 0"),
+    ("decode.beam_width=0", "decode.beam_width", ">= 1"),
+    ("decode.topk=10", "decode.topk", "a list"),
+    ("seed=abc", "seed", "an integer"),
+    ("model.dtype=fp8", "model.dtype", "one of auto"),
+    ("dpo.sp_negatives=beams", "dpo.sp_negatives", "selfplay"),
+    ("decode.topk=[5, 50]", "decode.topk", "beam_width"),
+])
+def test_bad_set_values_stop_the_command_in_one_line(capsys, override, field, allowed):
+    import time
+
+    from align3gr_kit.cli import main
+
+    t0 = time.time()
+    assert main(["run", "--config", "configs/smoke.yaml", "--stages", "00", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert time.time() - t0 < 2 and "Traceback" not in err
+    assert err.startswith("error: --set:") and field in err and allowed in err
+
+
+def test_numbers_written_as_yaml_strings_are_numbers():
+    from align3gr_kit.config import RunConfig
+
+    cfg = RunConfig().override({"sft.lr": "1e-3", "tokenizer.sasrec.lr": "2e-4"})
+    assert cfg.sft.lr == 0.001 and isinstance(cfg.sft.lr, float) and cfg.tokenizer.sasrec.lr == 0.0002
