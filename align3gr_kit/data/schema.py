@@ -167,7 +167,7 @@ def make_items(rows: list[dict], source: str) -> pd.DataFrame:
 
 def make_users(rows: list[dict], source: str) -> pd.DataFrame:
     """Build the users table from dicts with ``raw_id``, optional ``profile`` and ``attributes``."""
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows) if rows else pd.DataFrame({"raw_id": []})  # a catalogue has no users
     if "profile" not in df:
         df["profile"] = ""
     if "attributes" not in df:
@@ -179,6 +179,13 @@ def make_users(rows: list[dict], source: str) -> pd.DataFrame:
     df["profile"] = df["profile"].fillna("").astype(str)
     df.insert(0, "user_id", np.arange(len(df), dtype=np.int64))
     return df[USER_COLUMNS].reset_index(drop=True)
+
+
+def item_field_counts(items: pd.DataFrame) -> dict[str, int]:
+    """How many items carry a non-empty ``title``, ``description``, ``brand`` and ``categories``."""
+    counts = {c: int((items[c].str.len() > 0).sum()) for c in ("title", "description", "brand")}
+    counts["categories"] = int(items["categories"].map(len).gt(0).sum())
+    return counts
 
 
 def make_interactions(user_id, item_id, timestamp, rating=None) -> pd.DataFrame:
