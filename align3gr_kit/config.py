@@ -39,6 +39,8 @@ class DataConfig:
         synthetic_users: number of users the synthetic generator makes.
         synthetic_items: number of items the synthetic generator makes.
         max_users: keep only the first N users (by id) after loading; 0 = all. For quick runs.
+        user_profile: ``given`` (the dataset's profiles; a warning when it has none), ``from_history``
+            (built from each user's training items, :mod:`align3gr_kit.data.profiles`) or ``none``.
     """
 
     dataset: str = "synthetic"
@@ -49,6 +51,7 @@ class DataConfig:
     synthetic_users: int = 1000
     synthetic_items: int = 500
     max_users: int = 0
+    user_profile: str = "given"
 
 
 @dataclass

@@ -11,6 +11,11 @@ Files it writes into ``out_dir``:
 * ``item_codebooks.npy`` / ``user_codebooks.npy``: ``[levels, K, code_dim]``; ``tokenizer.pt``: all weights.
 * ``tokenizer_history.json``: one dict per epoch of both phases; ``sasrec_history.json`` when SASRec
   was trained; ``summary.json``: the returned summary.
+
+Item-only runs (``tokenizer.dual: false``) never read user text: the user side that L_U2I and the
+held-out AUC still need is the user's CF feature and, for the text block, the mean of the text
+embeddings of the user's training items. A dataset without interactions (a catalogue) goes to
+:func:`tokenize_catalogue`: item SCIDs from text alone, written in the same files minus the user ones.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from align3gr_kit.encoders.sasrec import (
     split_metrics,
     train_sasrec,
 )
-from align3gr_kit.encoders.semantic import semantic_features
+from align3gr_kit.encoders.semantic import check_texts, encode_texts, item_texts, semantic_features
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
@@ -51,7 +56,8 @@ class Features:
     """Frozen features of every item and user (``None`` where switched off).
 
     Attributes:
-        item_semantic / user_semantic: ``[n, d_text]`` sentence embeddings.
+        item_semantic / user_semantic: ``[n, d_text]`` sentence embeddings (item-only runs: the user's
+            is the mean over their training items, no user text is read).
         item_cf / user_cf: ``[n, d_cf]`` collaborative embeddings.
         sasrec_history: SASRec's epoch log when it was trained here.
         sasrec_metrics: ``{"valid": {...}, "test": {...}}`` of that SASRec (full ranking, the
@@ -123,11 +129,15 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
 def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
                    cache_dir: str | Path | None = None, progress: bool = True) -> Features:
     """Frozen semantic and collaborative features as switched on in ``tcfg`` (``cache_dir``: sentence
-    embeddings; ``None`` = no cache)."""
+    embeddings; ``None`` = no cache). User text is embedded only for dual SCIDs (module docstring)."""
+    if tcfg.use_semantic:  # missing text fails here, before SASRec or any embedding runs
+        check_texts(ds, users=tcfg.dual, cf_available=tcfg.use_cf)
     f = Features()
     if tcfg.use_semantic:
         f.item_semantic, f.user_semantic = semantic_features(
-            ds, tcfg.semantic_model, cache_dir, progress=progress)
+            ds, tcfg.semantic_model, cache_dir, users=tcfg.dual, progress=progress)
+        if not tcfg.dual:
+            f.user_semantic = mean_item_embedding(f.item_semantic, split.train_sequences, ds.n_users)
     if tcfg.use_cf:
         f.item_cf, f.user_cf, f.sasrec_history, f.sasrec_metrics = cf_features(tcfg, ds, split, seed, progress)
     return f
@@ -161,7 +171,8 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
 
     Args:
         cfg: run config (``cfg.tokenizer``, ``cfg.seed``, ``cfg.smoke``).
-        dataset: the dataset in canonical form.
+        dataset: the dataset in canonical form; without interactions it is a catalogue, handed to
+            :func:`tokenize_catalogue`.
         split: its leave-one-out split; only ``train_sequences`` trains anything, ``valid`` steers
             early stopping and the phase switch.
         out_dir: folder for the artifacts (created).
@@ -172,14 +183,16 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         ``item_collisions_before``, ``user_collisions_before``, ``item_utilisation`` /
         ``user_utilisation`` and ``item_perplexity`` / ``user_perplexity`` (per level, raw codes),
         ``item_codebook_size`` / ``user_codebook_size``, ``item_levels`` / ``user_levels`` (SCID
-        length), ``u2i_auc`` (held-out AUC of the final SC embeddings), ``phase_switch_epoch``,
-        ``epochs``, ``seconds``. User entries are ``None`` for item-only runs.
+        length), ``u2i_auc`` (held-out AUC of the final SC embeddings; ``None`` for a catalogue),
+        ``phase_switch_epoch``, ``epochs``, ``seconds``. User entries are ``None`` for item-only runs.
     """
+    tcfg = effective_config(cfg)
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
+    if dataset.interactions.empty:
+        return tokenize_catalogue(dataset, tcfg, cfg.seed, out_dir, cache_dir, progress)
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tcfg = effective_config(cfg)
-    cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
     feats = build_features(tcfg, dataset, split, cfg.seed, cache_dir, progress)
     for name in ("item_semantic", "user_semantic", "item_cf", "user_cf"):
         if getattr(feats, name) is not None:
@@ -189,17 +202,70 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
 
     item_x, user_x = feats.fused()
     heldout = split.valid[["user_id", "target"]].to_numpy(dtype=np.int64)
-    result: TokenizerResult = train_dual_tokenizer(item_x, user_x, training_pairs(split), heldout, tcfg,
-                                                   cfg.seed, progress)
+    result = train_dual_tokenizer(item_x, user_x, training_pairs(split), heldout, tcfg, cfg.seed, progress)
+    return _write_tokenizer(out, result, item_x, user_x, tcfg, feats.sasrec_metrics, t0)
+
+
+def tokenize_catalogue(dataset: RecDataset, tcfg: TokenizerConfig, seed: int, out_dir: str | Path,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Item SCIDs of a catalogue (items with text, no interactions): an RQ-VAE over the text embeddings.
+
+    With nobody to learn from there is no CF feature, no U2I alignment and no user SCID; those
+    switches are turned off with a one-line notice (a warning) when the config has them on. The SC
+    encoder is then the identity (as for Table 3 "w/o U-I"), so this is TIGER's item tokenizer:
+    k-means-initialised RQ-VAE codes of the sentence embeddings, made unique by
+    :func:`align3gr_kit.tokenizer.unique.append_unique_level`.
+
+    Args:
+        dataset: the catalogue (``items`` with a title or description; interactions may be empty).
+        tcfg: tokenizer settings (sizes, epochs: ``phase2_epochs`` epochs of RQ training).
+        seed: seeds k-means, initialisation and batch order.
+        out_dir: folder for the artifacts: those of :func:`run_tokenize` without the user files and
+            without ``item_cf.npy``/``sasrec_history.json``.
+        cache_dir: sentence-embedding cache; ``None`` = no cache.
+        progress: progress bars.
+    Returns:
+        The summary of :func:`run_tokenize` (user entries, ``u2i_auc`` and ``sasrec`` ``None``).
+    Raises:
+        ValueError: the items have no text, or ``tokenizer.use_semantic`` is off (nothing else can
+            describe an item without interactions), before anything is embedded.
+    """
+    t0 = time.time()
+    src = dataset.source or dataset.name
+    if not tcfg.use_semantic:
+        raise ValueError(f"{src}: a catalogue without interactions can only be tokenized from item text; set "
+                         "tokenizer.use_semantic: true (or give the interactions file for CF SCIDs)")
+    if not dataset.has_item_text:
+        raise ValueError(f"{src}: a catalogue without interactions is tokenized from item text, and these items "
+                         "have no title or description; give the items text, or add the interactions file")
+    off = [name for name, on in (("tokenizer.use_cf", tcfg.use_cf), ("tokenizer.u2i_align", tcfg.u2i_align),
+                                 ("tokenizer.dual", tcfg.dual)) if on]
+    if off:
+        warnings.warn(f"{dataset.name}: no interactions (a catalogue): {', '.join(off)} switched off; "
+                      "item SCIDs come from item text alone", stacklevel=2)
+    tcfg = dataclasses.replace(tcfg, use_cf=False, u2i_align=False, dual=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    semantic = encode_texts(item_texts(dataset), tcfg.semantic_model, cache_dir, "item", progress=progress)
+    _save_npy(out / "item_semantic.npy", semantic)
+    item_x = fuse_features(semantic)
+    result = train_dual_tokenizer(item_x, None, None, None, tcfg, seed, progress)
+    return _write_tokenizer(out, result, item_x, None, tcfg, None, t0)
+
+
+def _write_tokenizer(out: Path, result: TokenizerResult, item_x: np.ndarray, user_x: np.ndarray | None,
+                     tcfg: TokenizerConfig, sasrec_metrics: dict | None, t0: float) -> dict:
+    """Write the trained tokenizer's SC embeddings, codes, SCID tables and summary; return the summary."""
     model = result.model
     write_json(out / "tokenizer_history.json", result.history)
     torch.save(model.state_dict(), out / "tokenizer.pt")
 
     device = model.item_rq.quantizer.codebooks.device
     items_t = torch.as_tensor(item_x, device=device)
-    users_t = torch.as_tensor(user_x, device=device)
     _save_npy(out / "item_sc.npy", model.embed(items_t, "item").cpu().numpy())
-    _save_npy(out / "user_sc.npy", model.embed(users_t, "user").cpu().numpy())
+    users_t = torch.as_tensor(user_x, device=device) if user_x is not None else None
+    if users_t is not None:
+        _save_npy(out / "user_sc.npy", model.embed(users_t, "user").cpu().numpy())
 
     item_raw = model.codes(items_t, "item").cpu().numpy()
     item_codes = append_unique_level(item_raw)
@@ -219,9 +285,10 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         user_stats = code_stats(user_raw, user_codes, model.user_codebook_size)
         user_levels = int(user_codes.shape[1])
 
+    last_auc = result.history[-1]["auc"]
     summary = {
-        "n_items": dataset.n_items,
-        "n_users": dataset.n_users,
+        "n_items": len(item_x),
+        "n_users": len(user_x) if user_x is not None else 0,
         "item_collisions": item_stats["collisions"],
         "user_collisions": user_stats["collisions"],
         "item_collisions_before": item_stats["collisions_before"],
@@ -234,10 +301,10 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         "user_codebook_size": user_stats["codebook_size"],
         "item_levels": int(item_codes.shape[1]),
         "user_levels": user_levels,
-        "u2i_auc": round(result.history[-1]["auc"], 4),
+        "u2i_auc": round(last_auc, 4) if last_auc is not None else None,
         "phase_switch_epoch": result.switch_epoch,
         "epochs": len(result.history),
-        "sasrec": feats.sasrec_metrics,
+        "sasrec": sasrec_metrics,
         "seconds": round(time.time() - t0, 2),
     }
     write_json(out / "summary.json", summary)
