@@ -117,7 +117,9 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
                 raise DataError(f"{item_path}: item {k!r} has neither 'title' nor 'description'; "
                                 "every item needs a title or a description")
             rows.append({"raw_id": k, "title": title, "description": desc, "categories": cats,
-                         "brand": _text(m.get("brand")), "category": cats[0] if cats else ""})
+                         "brand": _text(m.get("brand")),
+                         # the root (e.g. "Musical Instruments") is shared by every item: take the next level
+                         "category": cats[1] if len(cats) > 1 else (cats[0] if cats else "")})
     else:
         rows = [{"raw_id": k} for k in sorted(set(items_), key=_sort_key)]
     user_table = make_users([{"raw_id": u} for u in sorted(seqs, key=_sort_key)], str(inter_path))
@@ -127,7 +129,7 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
         items, users_df, interactions = make_items(rows, str(item_path)), user_table, make_interactions([], [], [])
     extra = {"item_fields": item_field_counts(items)}
     log.info("%s: %d items; items with each field: %s", item_path if item_path.exists() else inter_path,
-             len(items), extra["item_fields"])
+             len(items), ", ".join(f"{k} {v}" for k, v in extra["item_fields"].items()))
     index_path = path / f"{name}.index.json"
     if index_path.exists():
         extra["reference_index"] = str(index_path)
