@@ -11,11 +11,6 @@ Files it writes into ``out_dir``:
 * ``item_codebooks.npy`` / ``user_codebooks.npy``: ``[levels, K, code_dim]``; ``tokenizer.pt``: all weights.
 * ``tokenizer_history.json``: one dict per epoch of both phases; ``sasrec_history.json`` when SASRec
   was trained; ``summary.json``: the returned summary.
-
-Item-only runs (``tokenizer.dual: false``) never read user text: the user side that L_U2I and the
-held-out AUC still need is the user's CF feature and, for the text block, the mean of the text
-embeddings of the user's training items. A dataset without interactions (a catalogue) goes to
-:func:`tokenize_catalogue`: item SCIDs from text alone, written in the same files minus the user ones.
 """
 
 from __future__ import annotations
@@ -31,7 +26,7 @@ import torch
 
 from align3gr_kit.config import RunConfig, TokenizerConfig
 from align3gr_kit.data.schema import RecDataset
-from align3gr_kit.data.split import Split
+from align3gr_kit.data.split import Split, leave_one_out
 from align3gr_kit.encoders.sasrec import (
     load_item_cf,
     mean_item_embedding,
@@ -39,7 +34,7 @@ from align3gr_kit.encoders.sasrec import (
     split_metrics,
     train_sasrec,
 )
-from align3gr_kit.encoders.semantic import check_texts, encode_texts, item_texts, semantic_features
+from align3gr_kit.encoders.semantic import check_texts, semantic_features
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
 from align3gr_kit.tokenizer.trainer import TokenizerResult, train_dual_tokenizer
@@ -72,8 +67,11 @@ class Features:
     sasrec_metrics: dict | None = None
 
     def fused(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(item [n_items, d], user [n_users, d'])``: each block L2-normalised, then concatenated."""
-        return fuse_features(self.item_semantic, self.item_cf), fuse_features(self.user_semantic, self.user_cf)
+        """``(item [n_items, d], user [n_users, d'] or None)``: each block L2-normalised, then concatenated
+        (user ``None`` when there is no user block: a catalogue)."""
+        users = (self.user_semantic, self.user_cf)
+        return fuse_features(self.item_semantic, self.item_cf), \
+            fuse_features(*users) if any(u is not None for u in users) else None
 
 
 def effective_config(cfg: RunConfig) -> TokenizerConfig:
@@ -129,14 +127,20 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
 def build_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
                    cache_dir: str | Path | None = None, progress: bool = True) -> Features:
     """Frozen semantic and collaborative features as switched on in ``tcfg`` (``cache_dir``: sentence
-    embeddings; ``None`` = no cache). User text is embedded only for dual SCIDs (module docstring)."""
-    if tcfg.use_semantic:  # missing text fails here, before SASRec or any embedding runs
+    embeddings; ``None`` = no cache).
+
+    User text is embedded only for dual SCIDs. Item-only runs (``tokenizer.dual: false``) read no
+    user text: the user side that L_U2I and the held-out AUC still need is the user's CF feature and,
+    for the text block, the mean of the text embeddings of the user's training items.
+    Missing text raises (:func:`check_texts`) before SASRec or any embedding runs.
+    """
+    if tcfg.use_semantic:
         check_texts(ds, users=tcfg.dual, cf_available=tcfg.use_cf)
     f = Features()
     if tcfg.use_semantic:
         f.item_semantic, f.user_semantic = semantic_features(
             ds, tcfg.semantic_model, cache_dir, users=tcfg.dual, progress=progress)
-        if not tcfg.dual:
+        if not tcfg.dual and ds.n_users:
             f.user_semantic = mean_item_embedding(f.item_semantic, split.train_sequences, ds.n_users)
     if tcfg.use_cf:
         f.item_cf, f.user_cf, f.sasrec_history, f.sasrec_metrics = cf_features(tcfg, ds, split, seed, progress)
@@ -171,8 +175,8 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
 
     Args:
         cfg: run config (``cfg.tokenizer``, ``cfg.seed``, ``cfg.smoke``).
-        dataset: the dataset in canonical form; without interactions it is a catalogue, handed to
-            :func:`tokenize_catalogue`.
+        dataset: the dataset in canonical form; without interactions it is a catalogue, tokenized
+            as :func:`tokenize_catalogue` says (no user files, no CF files are written).
         split: its leave-one-out split; only ``train_sequences`` trains anything, ``valid`` steers
             early stopping and the phase switch.
         out_dir: folder for the artifacts (created).
@@ -186,13 +190,14 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         length), ``u2i_auc`` (held-out AUC of the final SC embeddings; ``None`` for a catalogue),
         ``phase_switch_epoch``, ``epochs``, ``seconds``. User entries are ``None`` for item-only runs.
     """
-    tcfg = effective_config(cfg)
-    cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
-    if dataset.interactions.empty:
-        return tokenize_catalogue(dataset, tcfg, cfg.seed, out_dir, cache_dir, progress)
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tcfg = effective_config(cfg)
+    catalogue = dataset.interactions.empty
+    if catalogue:
+        tcfg = catalogue_config(tcfg, dataset)
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir(cfg, dataset)
     feats = build_features(tcfg, dataset, split, cfg.seed, cache_dir, progress)
     for name in ("item_semantic", "user_semantic", "item_cf", "user_cf"):
         if getattr(feats, name) is not None:
@@ -201,69 +206,17 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         write_json(out / "sasrec_history.json", feats.sasrec_history)
 
     item_x, user_x = feats.fused()
-    heldout = split.valid[["user_id", "target"]].to_numpy(dtype=np.int64)
-    result = train_dual_tokenizer(item_x, user_x, training_pairs(split), heldout, tcfg, cfg.seed, progress)
-    return _write_tokenizer(out, result, item_x, user_x, tcfg, feats.sasrec_metrics, t0)
-
-
-def tokenize_catalogue(dataset: RecDataset, tcfg: TokenizerConfig, seed: int, out_dir: str | Path,
-                       cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Item SCIDs of a catalogue (items with text, no interactions): an RQ-VAE over the text embeddings.
-
-    With nobody to learn from there is no CF feature, no U2I alignment and no user SCID; those
-    switches are turned off with a one-line notice (a warning) when the config has them on. The SC
-    encoder is then the identity (as for Table 3 "w/o U-I"), so this is TIGER's item tokenizer:
-    k-means-initialised RQ-VAE codes of the sentence embeddings, made unique by
-    :func:`align3gr_kit.tokenizer.unique.append_unique_level`.
-
-    Args:
-        dataset: the catalogue (``items`` with a title or description; interactions may be empty).
-        tcfg: tokenizer settings (sizes, epochs: ``phase2_epochs`` epochs of RQ training).
-        seed: seeds k-means, initialisation and batch order.
-        out_dir: folder for the artifacts: those of :func:`run_tokenize` without the user files and
-            without ``item_cf.npy``/``sasrec_history.json``.
-        cache_dir: sentence-embedding cache; ``None`` = no cache.
-        progress: progress bars.
-    Returns:
-        The summary of :func:`run_tokenize` (user entries, ``u2i_auc`` and ``sasrec`` ``None``).
-    Raises:
-        ValueError: the items have no text, or ``tokenizer.use_semantic`` is off (nothing else can
-            describe an item without interactions), before anything is embedded.
-    """
-    t0 = time.time()
-    src = dataset.source or dataset.name
-    if not tcfg.use_semantic:
-        raise ValueError(f"{src}: a catalogue without interactions can only be tokenized from item text; set "
-                         "tokenizer.use_semantic: true (or give the interactions file for CF SCIDs)")
-    if not dataset.has_item_text:
-        raise ValueError(f"{src}: a catalogue without interactions is tokenized from item text, and these items "
-                         "have no title or description; give the items text, or add the interactions file")
-    off = [name for name, on in (("tokenizer.use_cf", tcfg.use_cf), ("tokenizer.u2i_align", tcfg.u2i_align),
-                                 ("tokenizer.dual", tcfg.dual)) if on]
-    if off:
-        warnings.warn(f"{dataset.name}: no interactions (a catalogue): {', '.join(off)} switched off; "
-                      "item SCIDs come from item text alone", stacklevel=2)
-    tcfg = dataclasses.replace(tcfg, use_cf=False, u2i_align=False, dual=False)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    semantic = encode_texts(item_texts(dataset), tcfg.semantic_model, cache_dir, "item", progress=progress)
-    _save_npy(out / "item_semantic.npy", semantic)
-    item_x = fuse_features(semantic)
-    result = train_dual_tokenizer(item_x, None, None, None, tcfg, seed, progress)
-    return _write_tokenizer(out, result, item_x, None, tcfg, None, t0)
-
-
-def _write_tokenizer(out: Path, result: TokenizerResult, item_x: np.ndarray, user_x: np.ndarray | None,
-                     tcfg: TokenizerConfig, sasrec_metrics: dict | None, t0: float) -> dict:
-    """Write the trained tokenizer's SC embeddings, codes, SCID tables and summary; return the summary."""
+    heldout = None if catalogue else split.valid[["user_id", "target"]].to_numpy(dtype=np.int64)
+    result: TokenizerResult = train_dual_tokenizer(item_x, user_x, None if catalogue else training_pairs(split),
+                                                   heldout, tcfg, cfg.seed, progress)
     model = result.model
     write_json(out / "tokenizer_history.json", result.history)
     torch.save(model.state_dict(), out / "tokenizer.pt")
 
     device = model.item_rq.quantizer.codebooks.device
     items_t = torch.as_tensor(item_x, device=device)
-    _save_npy(out / "item_sc.npy", model.embed(items_t, "item").cpu().numpy())
     users_t = torch.as_tensor(user_x, device=device) if user_x is not None else None
+    _save_npy(out / "item_sc.npy", model.embed(items_t, "item").cpu().numpy())
     if users_t is not None:
         _save_npy(out / "user_sc.npy", model.embed(users_t, "user").cpu().numpy())
 
@@ -285,10 +238,9 @@ def _write_tokenizer(out: Path, result: TokenizerResult, item_x: np.ndarray, use
         user_stats = code_stats(user_raw, user_codes, model.user_codebook_size)
         user_levels = int(user_codes.shape[1])
 
-    last_auc = result.history[-1]["auc"]
     summary = {
-        "n_items": len(item_x),
-        "n_users": len(user_x) if user_x is not None else 0,
+        "n_items": dataset.n_items,
+        "n_users": dataset.n_users,
         "item_collisions": item_stats["collisions"],
         "user_collisions": user_stats["collisions"],
         "item_collisions_before": item_stats["collisions_before"],
@@ -301,11 +253,60 @@ def _write_tokenizer(out: Path, result: TokenizerResult, item_x: np.ndarray, use
         "user_codebook_size": user_stats["codebook_size"],
         "item_levels": int(item_codes.shape[1]),
         "user_levels": user_levels,
-        "u2i_auc": round(last_auc, 4) if last_auc is not None else None,
+        "u2i_auc": None if catalogue else round(result.history[-1]["auc"], 4),
         "phase_switch_epoch": result.switch_epoch,
         "epochs": len(result.history),
-        "sasrec": sasrec_metrics,
+        "sasrec": feats.sasrec_metrics,
         "seconds": round(time.time() - t0, 2),
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def catalogue_config(tcfg: TokenizerConfig, dataset: RecDataset) -> TokenizerConfig:
+    """The settings a catalogue (items, no interactions) is tokenized with: text only, items only.
+
+    With nobody to learn from there is no CF feature, no U2I alignment and no user SCID; those
+    switches are turned off with a one-line notice (a warning) when ``tcfg`` has them on.
+
+    Raises:
+        ValueError: ``tokenizer.use_semantic`` is off or the items have no text (nothing else can
+            describe an item without interactions), before anything is embedded.
+    """
+    src = dataset.source or dataset.name
+    if not tcfg.use_semantic:
+        raise ValueError(f"{src}: a catalogue without interactions can only be tokenized from item text; set "
+                         "tokenizer.use_semantic: true (or give the interactions file for CF SCIDs)")
+    if not dataset.has_item_text:
+        raise ValueError(f"{src}: a catalogue without interactions is tokenized from item text, and these items "
+                         "have no title or description; give the items text, or add the interactions file")
+    on = [name for name in ("use_cf", "u2i_align", "dual") if getattr(tcfg, name)]
+    if on:
+        warnings.warn(f"{dataset.name}: no interactions (a catalogue): {', '.join('tokenizer.' + n for n in on)} "
+                      "switched off; item SCIDs come from item text alone", stacklevel=3)
+    return dataclasses.replace(tcfg, use_cf=False, u2i_align=False, dual=False)
+
+
+def tokenize_catalogue(dataset: RecDataset, tcfg: TokenizerConfig, seed: int, out_dir: str | Path,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Item SCIDs of a catalogue (items with text, no interactions): an RQ-VAE over the text embeddings.
+
+    The settings are :func:`catalogue_config`'s. The SC encoder is then the identity (as for Table 3
+    "w/o U-I"), so this is TIGER's item tokenizer: k-means-initialised RQ-VAE codes of the sentence
+    embeddings (``phase2_epochs`` epochs over batches of items), made unique by
+    :func:`align3gr_kit.tokenizer.unique.append_unique_level`.
+
+    Args:
+        dataset: the catalogue (``items`` with a title or description; its interactions are ignored).
+        tcfg: tokenizer settings (sizes, epochs).
+        seed: seeds k-means, initialisation and batch order.
+        out_dir: folder for the artifacts: those of :func:`run_tokenize` without the user files and
+            without ``item_cf.npy``/``sasrec_history.json``.
+        cache_dir: sentence-embedding cache; ``None`` = :func:`default_cache_dir`.
+        progress: progress bars.
+    Returns:
+        The summary of :func:`run_tokenize` (user entries, ``u2i_auc`` and ``sasrec`` ``None``).
+    """
+    items_only = dataclasses.replace(dataset, users=dataset.users.iloc[:0], interactions=dataset.interactions.iloc[:0])
+    cfg = RunConfig(seed=seed, tokenizer=tcfg)
+    return run_tokenize(cfg, items_only, leave_one_out(items_only), out_dir, cache_dir, progress)

@@ -137,14 +137,14 @@ def train_dual_tokenizer(
         if user_feat is not None or heldout is not None or tcfg.dual or tcfg.u2i_align:
             raise ValueError("a catalogue (pairs=None) trains item SCIDs only: pass user_feat=None, heldout=None "
                              "and set tokenizer.dual: false and tokenizer.u2i_align: false")
-        # Each batch is a set of item ids, one column like the item column of (user, item) pairs.
-        rows, users = np.arange(len(items), dtype=np.int64)[:, None], None
+        # Batches of item ids: one column, read like the item column of (user, item) pairs.
+        pairs, users = np.arange(len(items), dtype=np.int64)[:, None], None
         model = DualTokenizer(items.shape[1], items.shape[1], tcfg, len(items), 0).to(device)
     else:
         users = torch.as_tensor(np.asarray(user_feat, dtype=np.float32), device=device)
-        rows = np.asarray(pairs, dtype=np.int64)
+        pairs = np.asarray(pairs, dtype=np.int64)
         heldout = np.asarray(heldout, dtype=np.int64)
-        if len(rows) == 0 or len(heldout) == 0:
+        if len(pairs) == 0 or len(heldout) == 0:
             raise ValueError("the tokenizer needs training pairs and held-out pairs (check the split)")
         model = DualTokenizer(items.shape[1], users.shape[1], tcfg, len(items), len(users)).to(device)
         negatives = heldout_negatives(heldout[:, 0], heldout[:, 1], len(items), 20, seed)
@@ -178,11 +178,11 @@ def train_dual_tokenizer(
         t0 = time.time()
         alpha, gamma = (1.0, 0.0) if phase == 1 else (tcfg.alpha2 if tcfg.u2i_align else 0.0, tcfg.gamma2)
         sums = {"loss": 0.0, "u2i": 0.0, "item_rq": 0.0, "user_rq": 0.0}
-        order = rng.permutation(len(rows))
+        order = rng.permutation(len(pairs))
         n_batches = 0
         model.train()
         for start in range(0, len(order), tcfg.batch_size):
-            b = torch.as_tensor(rows[order[start:start + tcfg.batch_size]], device=device)
+            b = torch.as_tensor(pairs[order[start:start + tcfg.batch_size]], device=device)
             loss = items.new_zeros(())
             if alpha > 0:
                 l_u2i = u2i_loss(model.user_sc(users[b[:, 0]]), model.item_sc(items[b[:, 1]]), tcfg.temperature)
