@@ -23,7 +23,9 @@ from align3gr_kit.data.lcrec import load_lcrec
 from align3gr_kit.data.profiles import apply_user_profiles, history_profile, history_profiles, item_labels
 from align3gr_kit.data.schema import DataError, RecDataset
 from align3gr_kit.data.split import Split
-from align3gr_kit.report.ablation import GENERATIVE_BASELINES
+from align3gr_kit.prompts.builder import build_sft_dataset, find_leaks, task_counts
+from align3gr_kit.prompts.text import cut_words
+from align3gr_kit.report.ablation import ALL_TASKS, GENERATIVE_BASELINES
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.pipeline import run_tokenize, tokenize_catalogue
 
@@ -245,6 +247,13 @@ def test_following_the_advice_works(advice, data, tmp_path, cache, monkeypatch):
     if advice == "dual_false":  # the user text block is the mean of the user's training items' embeddings
         item_sem, user_sem = np.load(tmp_path / "item_semantic.npy"), np.load(tmp_path / "user_semantic.npy")
         np.testing.assert_allclose(user_sem[5], item_sem[split.train_sequences[5]].mean(0), rtol=1e-5)
+    if advice == "from_history":  # the next stage: every task, B2 on the derived profiles, nothing held out
+        items, users = ScidTable.load(tmp_path / "item_scids.json"), ScidTable.load(tmp_path / "user_scids.json")
+        sft = build_sft_dataset(ds, split, items, users, cfg.prompts, 0, progress=False)
+        assert set(task_counts(sft).task) == set(ALL_TASKS) and not find_leaks(sft, split, items)
+        to_profile = [r for r in sft if r["task"] == "B2" and r["variant"] == "scid->profile"]
+        assert to_profile and all(r["completion"] == cut_words(ds.users.profile[r["user_id"]], cfg.prompts.max_text_words)
+                                  for r in to_profile)
 
 
 @pytest.mark.parametrize("rung", GENERATIVE_BASELINES[:2], ids=lambda r: r.label)
@@ -258,6 +267,10 @@ def test_item_only_baselines_tokenize_from_text(rung, data, tmp_path, cache, mon
     items = ScidTable.load(tmp_path / "item_scids.json")
     assert items.codes.shape == (ds.n_items, 4) and s["item_collisions"] == 0 == items.collisions()
     assert np.load(tmp_path / "item_sc.npy").shape == (ds.n_items, 384)  # identity SC: the text embedding
+    # the next stage runs on them too: the rung's tasks, no user SCID, nothing held out
+    prompts = config(**tok).override({k: v for k, v in rung.overrides.items() if k.startswith("prompts.")}).prompts
+    sft = build_sft_dataset(ds, split, items, None, prompts, 0, progress=False)
+    assert set(task_counts(sft).task) == set(prompts.tasks) and not find_leaks(sft, split, items)
 
 
 def test_catalogue_tokenization(catalogue_dir, tmp_path, cache):
