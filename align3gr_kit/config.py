@@ -46,6 +46,8 @@ class DataConfig:
         synthetic_users: number of users the synthetic generator makes.
         synthetic_items: number of items the synthetic generator makes.
         max_users: keep only the first N users (by id) after loading; 0 = all. For quick runs.
+        user_profile: ``given`` (the dataset's profiles; a warning when it has none), ``from_history``
+            (built from each user's training items, :mod:`align3gr_kit.data.profiles`) or ``none``.
     """
 
     dataset: str = field(default="synthetic", metadata={"choices": ("synthetic", "ml-100k", "lcrec", "amazon2018")})
@@ -56,6 +58,7 @@ class DataConfig:
     synthetic_users: int = field(default=1000, metadata={"min": 2})
     synthetic_items: int = field(default=500, metadata={"min": 2})
     max_users: int = field(default=0, metadata={"min": 0})
+    user_profile: str = field(default="given", metadata={"choices": ("given", "from_history", "none")})
 
 
 @dataclass

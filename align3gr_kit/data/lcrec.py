@@ -6,18 +6,31 @@ It carries no timestamps and no ratings: the position in the list is the time. `
 ``<name>.index.json`` (optional) holds a published reference tokenization, kept in ``extra``.
 An item repeated in a user's list keeps its first position (:func:`~align3gr_kit.data.schema.drop_repeat_events`,
 which warns with the count); a repeated JSON key, an empty file or an empty user list is an error.
+With ``<name>.item.json`` and no ``<name>.inter.json`` the result is a catalogue: every item, no
+users, no interactions (for catalogue-only tokenization).
+
+Text fields are cleaned as the LC-Rec/LETTER dumps need: a list, or a list stored as its Python
+literal (``"['Relay kit ...']"``), is parsed with ``ast.literal_eval`` (literals only, never code)
+and joined; HTML entities are unescaped; ``categories`` may be a list or one comma-separated string.
+How many items carry each field is logged and kept in ``extra["item_fields"]``.
 """
 
 from __future__ import annotations
 
+import ast
+import html
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from align3gr_kit.data.schema import DataError, RecDataset, drop_repeat_events, make_items, make_users, reindex
+from align3gr_kit.data.schema import (DataError, RecDataset, drop_repeat_events, item_field_counts,
+                                      make_interactions, make_items, make_users, reindex)
 from align3gr_kit.data.textio import read_json
 from align3gr_kit.errors import bad_input
+
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: Path) -> dict:
@@ -31,20 +44,53 @@ def _sort_key(k: str):
     return (0, int(k), k) if k.lstrip("-").isdigit() else (1, 0, k)
 
 
+def _parsed(value):
+    """``value``, or the list a string holds as a Python/JSON literal (``"['a', 'b']"``)."""
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            return ast.literal_eval(value.strip())  # literals only: never runs code, unlike eval
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value  # a text that merely looks like a list stays as written
+    return value
+
+
+def _text(value) -> str:
+    """One clean string from a text field: lists (also as literals) joined, HTML entities unescaped."""
+    value = _parsed(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(t for t in (_text(v) for v in value) if t)
+    return html.unescape(str(value if value is not None else "")).strip()
+
+
+def _categories(value) -> list[str]:
+    """Categories from a list (nested lists flattened) or one comma-separated string, unescaped."""
+    value = _parsed(value)
+    if isinstance(value, str):  # LC-Rec stores categories as one comma-separated string
+        value = value.split(",")
+    out: list[str] = []
+    for v in value if isinstance(value, (list, tuple)) else []:
+        for c in (_categories(v) if isinstance(v, (list, tuple)) else [_text(v)]):
+            if c and c not in out:
+                out.append(c)
+    return out
+
+
 def load_lcrec(path: str | Path, name: str) -> RecDataset:
     """Read ``<path>/<name>.inter.json`` (+ optional item/index files) into canonical form."""
     path = Path(path)
     if not name:
-        found = sorted(p.name[: -len(".inter.json")] for p in path.glob("*.inter.json"))
+        found = sorted(p.name[: -len(".inter.json")] for p in path.glob("*.inter.json")) or \
+            sorted(p.name[: -len(".item.json")] for p in path.glob("*.item.json"))
         if len(found) != 1:
             raise DataError(f"{path}: set data.name to the file prefix (found {found or 'no *.inter.json'})")
         name = found[0]
     inter_path = path / f"{name}.inter.json"
-    if not inter_path.exists():
+    item_path = path / f"{name}.item.json"
+    if not inter_path.exists() and not item_path.exists():
         raise DataError(f"{inter_path}: file missing; pass the folder that holds {name}.inter.json "
                         "(e.g. --data-path ../shared/data/amazon-instruments --name Instruments)")
-    seqs = _read_json(inter_path)
-    if not seqs:
+    seqs = _read_json(inter_path) if inter_path.exists() else {}
+    if inter_path.exists() and not seqs:
         raise DataError(f"{inter_path}: the file holds no users ({{}}); it must map each user index to the "
                         "user's item indices in order, e.g. {\"0\": [3, 17, 5]}")
     users, items_, times = [], [], []
@@ -63,7 +109,6 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
     inter = pd.DataFrame({"user": users, "item": items_, "timestamp": times, "rating": np.nan})
     inter, repeats = drop_repeat_events(inter, str(inter_path))
 
-    item_path = path / f"{name}.item.json"
     if item_path.exists():
         meta = _read_json(item_path)
         rows = []
@@ -71,22 +116,27 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
             m = meta[k]
             if not isinstance(m, dict):
                 raise DataError(f"{item_path}: item {k!r}: the value must be an object with title/description")
-            cats = m.get("categories", [])
-            if isinstance(cats, str):  # LC-Rec stores categories as one comma-separated string
-                cats = [c.strip() for c in cats.split(",") if c.strip()]
-            title, desc = str(m.get("title", "") or ""), m.get("description", "") or ""
-            if isinstance(desc, list):
-                desc = " ".join(str(d) for d in desc)
+            cats = _categories(m.get("categories", []))
+            title, desc = _text(m.get("title")), _text(m.get("description"))
             if not title and not desc:
                 raise DataError(f"{item_path}: item {k!r} has neither 'title' nor 'description'; "
                                 "every item needs a title or a description")
-            rows.append({"raw_id": k, "title": title, "description": str(desc), "categories": list(cats),
-                         "brand": str(m.get("brand", "") or ""), "category": cats[0] if cats else ""})
+            rows.append({"raw_id": k, "title": title, "description": desc, "categories": cats,
+                         "brand": _text(m.get("brand")),
+                         # the root (e.g. "Musical Instruments") is shared by every item: take the next level
+                         "category": cats[1] if len(cats) > 1 else (cats[0] if cats else "")})
     else:
         rows = [{"raw_id": k} for k in sorted(set(items_), key=_sort_key)]
-    user_table = make_users([{"raw_id": u} for u in sorted(seqs, key=_sort_key)], str(inter_path))
-    items, users_df, interactions = reindex(make_items(rows, str(item_path)), user_table, inter, str(inter_path))
-    extra = {"repeat_events_dropped": repeats} if repeats else {}
+    user_table = make_users([{"raw_id": u} for u in sorted(seqs, key=_sort_key)], str(inter_path), allow_empty=not seqs)
+    if seqs:
+        items, users_df, interactions = reindex(make_items(rows, str(item_path)), user_table, inter, str(inter_path))
+    else:  # a catalogue: every item of the item file, nobody interacted
+        items, users_df, interactions = make_items(rows, str(item_path)), user_table, make_interactions([], [], [])
+    extra = {"item_fields": item_field_counts(items), **({} if seqs else {"catalogue": True})}
+    if repeats:
+        extra["repeat_events_dropped"] = repeats
+    log.info("%s: %d items; items with each field: %s", item_path if item_path.exists() else inter_path,
+             len(items), ", ".join(f"{k} {v}" for k, v in extra["item_fields"].items()))
     index_path = path / f"{name}.index.json"
     if index_path.exists():
         extra["reference_index"] = str(index_path)

@@ -104,7 +104,7 @@ class RecDataset:
             if not np.array_equal(ids, np.arange(n)):
                 raise DataError(f"{src}: {table}.{key} must be 0..{n - 1} in order (re-index after filtering)")
         inter = self.interactions
-        if inter.empty or self.n_items == 0:
+        if self.n_items == 0 or (inter.empty and not self.extra.get("catalogue")):
             raise DataError(f"{src}: the dataset has no interactions ({self.n_users} users, {self.n_items} "
                             "items); an interaction file must hold at least one user with items: check the file "
                             "and the filters")
@@ -182,12 +182,13 @@ def make_items(rows: list[dict], source: str) -> pd.DataFrame:
     return df[ITEM_COLUMNS].reset_index(drop=True)
 
 
-def make_users(rows: list[dict], source: str) -> pd.DataFrame:
-    """Build the users table from dicts with ``raw_id``, optional ``profile`` and ``attributes``."""
-    if not rows:
+def make_users(rows: list[dict], source: str, allow_empty: bool = False) -> pd.DataFrame:
+    """Build the users table from dicts with ``raw_id``, optional ``profile`` and ``attributes``
+    (``allow_empty``: a catalogue without users)."""
+    if not rows and not allow_empty:
         raise DataError(f"{source}: no users (the file is empty or holds no user records); "
                         "the user table needs one record per user")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows) if rows else pd.DataFrame({"raw_id": []})  # a catalogue has no users
     if "profile" not in df:
         df["profile"] = ""
     if "attributes" not in df:
@@ -199,6 +200,13 @@ def make_users(rows: list[dict], source: str) -> pd.DataFrame:
     df["profile"] = df["profile"].fillna("").astype(str)
     df.insert(0, "user_id", np.arange(len(df), dtype=np.int64))
     return df[USER_COLUMNS].reset_index(drop=True)
+
+
+def item_field_counts(items: pd.DataFrame) -> dict[str, int]:
+    """How many items carry a non-empty ``title``, ``description``, ``brand`` and ``categories``."""
+    counts = {c: int((items[c].str.len() > 0).sum()) for c in ("title", "description", "brand")}
+    counts["categories"] = int(items["categories"].map(len).gt(0).sum())
+    return counts
 
 
 def make_interactions(user_id, item_id, timestamp, rating=None, source: str = "interactions") -> pd.DataFrame:

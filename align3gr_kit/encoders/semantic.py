@@ -99,6 +99,30 @@ def user_texts(ds: RecDataset) -> list[str]:
     return ds.users["profile"].astype(str).tolist()
 
 
+def check_texts(ds: RecDataset, users: bool = True, cf_available: bool = True) -> None:
+    """Raise before any embedding work when the text the semantic encoder would need is missing.
+
+    Args:
+        ds: the dataset; users: user text is needed too (dual SCIDs);
+        cf_available: collaborative features are on, so CF-only SCIDs are an alternative to offer.
+    Raises:
+        ValueError: no item text, or (``users``) an empty profile for every user; the message lists
+            the switches that work.
+    """
+    src = ds.source or ds.name
+    cf_only = "set tokenizer.use_semantic: false (CF-only SCIDs)" if cf_available else \
+        "turn tokenizer.use_cf on and tokenizer.use_semantic off (CF-only SCIDs)"
+    if not ds.has_item_text:
+        raise ValueError(f"{src}: items have no title or description, so there is nothing for the semantic "
+                         f"encoder; {cf_only}, or provide item text")
+    if users and ds.n_users and not any(p.strip() for p in user_texts(ds)):
+        raise ValueError(
+            f"{src}: users.profile is empty for every user, and dual SCIDs embed it; set data.user_profile: "
+            "from_history (a profile from each user's training items), or tokenizer.dual: false (item-only "
+            f"SCIDs read no user text), or {cf_only}"
+        )
+
+
 def semantic_features(
     ds: RecDataset,
     model: str = DEFAULT_MODEL,
@@ -112,21 +136,10 @@ def semantic_features(
     Returns:
         ``(item_emb [n_items, d], user_emb [n_users, d] or None)``.
     Raises:
-        ValueError: the dataset has no item text (or no user profiles while ``users``); the
-            message names the switch that turns the semantic side off.
+        ValueError: from :func:`check_texts`, before anything is embedded.
     """
-    if not ds.has_item_text:
-        raise ValueError(
-            f"{ds.source or ds.name}: items have no title or description, so there is nothing for the semantic "
-            "encoder; set tokenizer.use_semantic: false (CF-only tokenization) or provide item text"
-        )
+    check_texts(ds, users)
     item = encode_texts(item_texts(ds), model, cache_dir, "item", batch_size, progress=progress)
     if not users:
         return item, None
-    profiles = user_texts(ds)
-    if not any(p.strip() for p in profiles):
-        raise ValueError(
-            f"{ds.source or ds.name}: users.profile is empty for every user; set tokenizer.use_semantic: false, "
-            "or tokenizer.dual: false (item-only SCIDs), or give users a profile text"
-        )
-    return item, encode_texts(profiles, model, cache_dir, "user", batch_size, progress=progress)
+    return item, encode_texts(user_texts(ds), model, cache_dir, "user", batch_size, progress=progress)

@@ -32,7 +32,7 @@ class TokenizeArtifacts:
     Attributes:
         items / users: SCID tables (collisions resolved).
         item_raw / user_raw: ``[n, levels]`` RQ codes before resolution.
-        item_sc / user_sc: ``[n, sc_dim]`` SC embeddings.
+        item_sc / user_sc: ``[n, sc_dim]`` SC embeddings (no users: a catalogue).
         history: the tokenizer's epoch log; summary: the stage's summary.
         item_codebooks / user_codebooks: ``[levels, K, code_dim]``.
         features: the frozen input features by name (:data:`FEATURES`).
@@ -46,7 +46,7 @@ class TokenizeArtifacts:
     item_raw: np.ndarray
     user_raw: np.ndarray | None
     item_sc: np.ndarray
-    user_sc: np.ndarray
+    user_sc: np.ndarray | None
     history: list[dict]
     summary: dict
     item_codebooks: np.ndarray | None = None
@@ -86,7 +86,7 @@ class TokenizeArtifacts:
         items, users = load_scid_tables(f)
         sasrec = f / "sasrec_history.json"
         return cls(items, users, np.load(f / "item_codes_raw.npy"), opt("user_codes_raw"), np.load(f / "item_sc.npy"),
-                   np.load(f / "user_sc.npy"), read_json(f / "tokenizer_history.json"), read_json(f / "summary.json"),
+                   opt("user_sc"), read_json(f / "tokenizer_history.json"), read_json(f / "summary.json"),
                    opt("item_codebooks"), opt("user_codebooks"),
                    {n: a for n in FEATURES if (a := opt(n)) is not None},
                    read_json(sasrec) if sasrec.exists() else None)

@@ -12,6 +12,9 @@
 With ``u2i_align`` off (Table 3 "w/o U-I") there is no phase 1 and ``alpha = 0``; the SC encoders
 are then identities (see :class:`SCEncoder`). With ``dual`` off (item-only) there is no user RQ-VAE.
 Held-out pairs only steer the schedule; no gradient ever comes from them.
+
+A catalogue (items, no users, no interactions: ``user_feat``, ``pairs`` and ``heldout`` all ``None``)
+trains the item RQ-VAE alone over batches of items; it needs ``dual`` and ``u2i_align`` off.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class DualTokenizer(nn.Module):
         self.item_sc = SCEncoder(item_in, tcfg.hidden_dim, tcfg.sc_dim, identity)
         self.user_sc = SCEncoder(user_in, tcfg.hidden_dim, tcfg.sc_dim, identity)
         self.item_codebook_size = codebook_size_for(n_items, tcfg)
-        self.user_codebook_size = codebook_size_for(n_users, tcfg)
+        self.user_codebook_size = codebook_size_for(n_users, tcfg) if tcfg.dual else None
         self.item_rq = RQVAE(self.item_sc.out_dim, tcfg.hidden_dim, tcfg.code_dim, tcfg.levels,
                              self.item_codebook_size, tcfg.rq_commitment)
         self.user_rq = RQVAE(self.user_sc.out_dim, tcfg.hidden_dim, tcfg.code_dim, tcfg.levels,
@@ -101,9 +104,9 @@ class TokenizerResult:
 
 def train_dual_tokenizer(
     item_feat: np.ndarray,
-    user_feat: np.ndarray,
-    pairs: np.ndarray,
-    heldout: np.ndarray,
+    user_feat: np.ndarray | None,
+    pairs: np.ndarray | None,
+    heldout: np.ndarray | None,
     tcfg: TokenizerConfig,
     seed: int = 0,
     progress: bool = True,
@@ -113,9 +116,11 @@ def train_dual_tokenizer(
 
     Args:
         item_feat: ``[n_items, d_i]`` fused item features.
-        user_feat: ``[n_users, d_u]`` fused user features.
-        pairs: ``[P, 2]`` training (user, item) interactions (from the training split only).
-        heldout: ``[H, 2]`` held-out (user, item) pairs for the AUC (the validation targets).
+        user_feat: ``[n_users, d_u]`` fused user features; ``None`` for a catalogue.
+        pairs: ``[P, 2]`` training (user, item) interactions (from the training split only); ``None``
+            for a catalogue (batches of items, no U2I loss).
+        heldout: ``[H, 2]`` held-out (user, item) pairs for the AUC (the validation targets); ``None``
+            for a catalogue (no AUC: ``auc`` is ``None`` in the history).
         tcfg: tokenizer settings (epochs, weights, sizes).
         seed: seeds initialisation, batch order, k-means and the AUC negatives.
         progress: progress bar over epochs.
@@ -127,15 +132,26 @@ def train_dual_tokenizer(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     items = torch.as_tensor(np.asarray(item_feat, dtype=np.float32), device=device)
-    users = torch.as_tensor(np.asarray(user_feat, dtype=np.float32), device=device)
-    pairs = np.asarray(pairs, dtype=np.int64)
-    heldout = np.asarray(heldout, dtype=np.int64)
-    if len(pairs) == 0 or len(heldout) == 0:
-        raise ValueError("the tokenizer needs training pairs and held-out pairs (check the split)")
-    model = DualTokenizer(items.shape[1], users.shape[1], tcfg, len(items), len(users)).to(device)
-    negatives = heldout_negatives(heldout[:, 0], heldout[:, 1], len(items), 20, seed)
+    catalogue = pairs is None
+    if catalogue:
+        if user_feat is not None or heldout is not None or tcfg.dual or tcfg.u2i_align:
+            raise ValueError("a catalogue (pairs=None) trains item SCIDs only: pass user_feat=None, heldout=None "
+                             "and set tokenizer.dual: false and tokenizer.u2i_align: false")
+        # Batches of item ids: one column, read like the item column of (user, item) pairs.
+        pairs, users = np.arange(len(items), dtype=np.int64)[:, None], None
+        model = DualTokenizer(items.shape[1], items.shape[1], tcfg, len(items), 0).to(device)
+    else:
+        users = torch.as_tensor(np.asarray(user_feat, dtype=np.float32), device=device)
+        pairs = np.asarray(pairs, dtype=np.int64)
+        heldout = np.asarray(heldout, dtype=np.int64)
+        if len(pairs) == 0 or len(heldout) == 0:
+            raise ValueError("the tokenizer needs training pairs and held-out pairs (check the split)")
+        model = DualTokenizer(items.shape[1], users.shape[1], tcfg, len(items), len(users)).to(device)
+        negatives = heldout_negatives(heldout[:, 0], heldout[:, 1], len(items), 20, seed)
 
-    def auc() -> float:
+    def auc() -> float | None:
+        if catalogue:
+            return None
         model.eval()
         value = u2i_auc(model.embed(users, "user"), model.embed(items, "item"), heldout[:, 0], heldout[:, 1], negatives)
         model.train()
@@ -174,7 +190,7 @@ def train_dual_tokenizer(
                 sums["u2i"] += l_u2i.item()
             if gamma > 0:
                 # Each entity of the batch counts once in its RQ loss (popular items are not over-weighted).
-                l_item = model.item_rq(model.item_sc(items[torch.unique(b[:, 1])])).loss
+                l_item = model.item_rq(model.item_sc(items[torch.unique(b[:, -1])])).loss
                 loss = loss + gamma * l_item
                 sums["item_rq"] += l_item.item()
                 if model.user_rq is not None:
@@ -202,7 +218,7 @@ def train_dual_tokenizer(
         row["seconds"] = time.time() - t0
         history.append(row)
         bar.update(1)
-        bar.set_postfix(phase=phase, loss=f"{row['loss']:.4f}", auc=f"{value:.4f}")
+        bar.set_postfix(phase=phase, loss=f"{row['loss']:.4f}", auc="-" if value is None else f"{value:.4f}")
         if phase == 1:
             if value > best_auc + MIN_AUC_GAIN:
                 best_auc, best_state, bad = value, copy.deepcopy(model.state_dict()), 0
