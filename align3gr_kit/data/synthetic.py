@@ -19,6 +19,8 @@ The generator plants structure that each level of Align3GR can find, and keeps t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from align3gr_kit.data.schema import RecDataset, make_interactions, make_items, make_users
@@ -92,6 +94,21 @@ CATALOGUE: dict[str, dict] = {
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55+"]
 
 
+@dataclass
+class SyntheticTruth:
+    """What the generator knows and the dataset does not show: every user's noise-free rating of every item.
+
+    Attributes:
+        expected: ``[n_users, n_items]`` the mean rating ``1.3 + 2 * affinity`` before noise, rounding and
+            clipping, indexed by the GENERATED ids (``raw_id`` ``U00012`` is user 12, ``I00007`` item 7).
+        noise: ``[n_interactions]`` the rating noise drawn for each generated interaction, in the
+            generated table's row order: logged rating = ``clip(rint(expected[u, i] + noise), 1, 5)``.
+    """
+
+    expected: np.ndarray
+    noise: np.ndarray
+
+
 def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
                        mean_length: float = 12.0) -> RecDataset:
     """Generate the default dataset (see the module docstring for what it plants).
@@ -102,7 +119,27 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
         seed: the generator's only source of randomness; the same seed gives the same tables.
         mean_length: mean interactions per user.
     Returns:
-        A validated :class:`RecDataset` named ``synthetic`` with ratings.
+        A validated :class:`RecDataset` named ``synthetic`` with ratings; ``extra["generator"]`` holds
+        the arguments, from which :func:`generate_with_truth` rebuilds the ground truth.
+    """
+    return generate_with_truth(n_users, n_items, seed, mean_length)[0]
+
+
+def expected_ratings(interests: np.ndarray, fav_brand: np.ndarray, item_cat: np.ndarray, brands: np.ndarray,
+                     quality: np.ndarray) -> np.ndarray:
+    """``[n_users, n_items]`` noise-free ratings ``1.3 + 2 * affinity``, affinity = 1.5 x the user's interest
+    weight in the item's category + 0.6 if it is the user's favourite brand + the item's quality."""
+    affinity = (1.5 * interests[:, item_cat] + 0.6 * (brands[None, :] == np.asarray(fav_brand)[:, None])
+                + quality[None, :])
+    return 1.3 + 2.0 * affinity
+
+
+def generate_with_truth(n_users: int = 1000, n_items: int = 500, seed: int = 0,
+                        mean_length: float = 12.0) -> tuple[RecDataset, SyntheticTruth]:
+    """:func:`generate_synthetic`'s dataset and the generator's ground truth behind its ratings.
+
+    The truth is rebuilt by re-running the generator (under a second for the default size) rather
+    than stored in the dataset, so a dataset saved before it existed has one too.
     """
     if n_items < 24 or n_users < 1:
         raise ValueError(f"synthetic data needs n_items >= 24 and n_users >= 1, got {n_items}, {n_users}")
@@ -163,7 +200,8 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
     # --- sequences, timestamps, ratings -----------------------------------------------------
     by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
     brands = items["brand"].to_numpy()
-    uu, ii, tt, rr = [], [], [], []
+    expected = expected_ratings(interests, np.asarray(fav_brand), item_cat, brands, quality)
+    uu, ii, tt, rr, noise = [], [], [], [], []
     for u in range(n_users):
         length = 5 + rng.poisson(max(mean_length - 5, 0.1))
         length = min(length, n_items // 2)
@@ -189,11 +227,12 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
             item = int(rng.choice(cand, p=p))
             seen.add(item)
             t += int(rng.exponential(86_400 * 5)) + 60
-            affinity = 1.5 * interests[u, item_cat[item]] + 0.6 * (brands[item] == fav_brand[u]) + quality[item]
-            score = 1.3 + 2.0 * affinity + rng.normal(0.0, 0.8)
+            eps = rng.normal(0.0, 0.8)
+            noise.append(eps)
+            score = expected[u, item] + eps
             uu.append(u), ii.append(item), tt.append(t), rr.append(float(np.clip(np.rint(score), 1, 5)))
             prev = item
     inter = make_interactions(uu, ii, tt, rr)
     ds = RecDataset("synthetic", items, users, inter, source="generated",
                     extra={"generator": {"n_users": n_users, "n_items": n_items, "seed": seed, "mean_length": mean_length}})
-    return ds.validate()
+    return ds.validate(), SyntheticTruth(expected, np.asarray(noise, dtype=np.float64))

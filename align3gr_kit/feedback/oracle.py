@@ -54,6 +54,11 @@ class FeedbackOracle(ABC):
         """Items the oracle knows ``user_id`` rates at ``level`` (fallback negatives); default none."""
         return []
 
+    def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        """The 1-5 rating the oracle expects for each aligned pair, ``[n]`` float, NaN where it has none
+        (default: none; oracles that model ratings override it)."""
+        return np.full(len(item_ids), np.nan)
+
 
 class RatingsOracle(FeedbackOracle):
     """Feedback from a dataset's explicit ratings, restricted to each user's training interactions.
@@ -109,6 +114,10 @@ class RatingsOracle(FeedbackOracle):
             r = get((int(u), int(i)))
             out.append(None if r is None else rating_level(r))
         return out
+
+    def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        get = self._ratings.get
+        return np.array([get((int(u), int(i)), np.nan) for u, i in zip(user_ids, item_ids)], dtype=np.float64)
 
     def train_items(self, user_id: int) -> list[int]:
         """The user's training interactions in chronological order (what the oracle may reveal)."""
