@@ -267,6 +267,10 @@ class DPOConfig:
             easy = least similar third; needs ``01_tokenize/item_sc.npy``).
         progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
         rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
+        rf_oracle: who grades the policy's shown recommendations in RF-DPO: ``simulator`` (a rating model
+            fit on the training split's ratings, judges any item), ``ground_truth`` (the generator's own
+            affinity; generated data only) or ``ratings`` (logged training ratings; most shown items
+            stay ungraded). See :mod:`align3gr_kit.feedback`.
         epochs: epochs per stage.
         max_steps: optimiser steps per stage; 0 = by epochs.
         lr: learning rate.
@@ -288,6 +292,7 @@ class DPOConfig:
     difficulty: str = "prefix"
     progressive: bool = True
     rf_progressive: bool = True
+    rf_oracle: str = "simulator"
     epochs: float = 1.0
     max_steps: int = 0
     lr: float = 1e-4
