@@ -19,10 +19,12 @@ from align3gr_kit.feedback import (
     evaluation_oracle,
     fit_evaluation_simulator,
     heldout_table,
+    save_simulator_report,
     split_ratings,
     training_oracle,
 )
 from align3gr_kit.feedback.simulator import DEFAULT_PARAMS
+from align3gr_kit.utils import read_json
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,9 @@ def test_save_load_and_calibration(world, tmp_path):
     cal = calibration_frame(sim, world)
     assert cal.n.sum() == 2 * world.n_users and cal.bin_center.is_monotonic_increasing
     assert len(calibration_figure(sim, world).data) == 2
+    table = save_simulator_report(sim, world, tmp_path / "report")
+    assert read_json(tmp_path / "report" / "heldout.json") == table.to_dict("records")
+    np.testing.assert_array_equal(SimulatorOracle.load(tmp_path / "report").predict(u, i), sim.predict(u, i))
 
 
 def test_no_ratings_names_the_rated_loaders(world):

@@ -123,10 +123,19 @@ def run_dpo(
     names = sp_stage_names(cfg.dpo) if stage == "sp" else rf_stage_names(cfg.dpo)
     if not names:
         raise ValueError(f"no {stage.upper()}-DPO stages configured (dpo.{stage}_stages is empty); skip this stage instead")
-    if stage == "rf":  # fail early, before loading a model, when the dataset has no ratings
-        from align3gr_kit.feedback import RatingsOracle
+    if stage == "rf":  # fail early, before loading a model, when the dataset cannot be graded
+        from align3gr_kit.dpo.preferences import held_out_items
+        from align3gr_kit.feedback import RatingsOracle, SimulatorOracle, save_simulator_report, training_oracle
 
-        oracle = RatingsOracle(dataset)
+        observed = RatingsOracle(dataset)  # logged training ratings: was the next item liked?
+        oracle = training_oracle(cfg.dpo.rf_oracle, dataset, seed=cfg.seed)  # grades the shown items
+        held_out = held_out_items(split)
+        rf_stats: dict[str, dict] = {}
+        simulator_metrics: dict[str, float] = {}
+        if isinstance(oracle, SimulatorOracle) and process_state().is_main_process:
+            heldout = save_simulator_report(oracle, dataset, own.path("simulator")).set_index("model")
+            simulator_metrics = {f"simulator/heldout/{m}/{k}": float(heldout.loc[m, k]) for m in heldout.index
+                                 for k in ("rmse", "level_accuracy", "level_macro_f1")}
     start_dir = _start_model_dir(cfg, own, stage)
     from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
 
@@ -162,8 +171,10 @@ def run_dpo(
             def build(ref: torch.nn.Module) -> list[dict]:
                 samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
-                return build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
-                                            proposals(ref, prompts), split.train_sequences)
+                prefs = build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
+                                             proposals(ref, prompts), observed, held_out)
+                rf_stats[name] = prefs.stats
+                return prefs.examples
             return StageSpec(name, build)
 
         specs = [rf_spec(n) for n in names]
@@ -188,6 +199,10 @@ def run_dpo(
         "final_model": history["final_model"],
         "metrics": summary_metrics(history),
     }
+    if stage == "rf":
+        result["preference_stats"] = rf_stats
+        result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in rf_stats.items() for k, v in st.items()})
+        result["metrics"].update(simulator_metrics)
     if stage_run is None:
         own.finish(result["metrics"])
     return result

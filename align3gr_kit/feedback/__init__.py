@@ -15,6 +15,7 @@ from align3gr_kit.feedback.simulator import (
     calibration_frame,
     fit_evaluation_simulator,
     heldout_table,
+    save_simulator_report,
     split_ratings,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "heldout_table",
     "liked_share",
     "rating_level",
+    "save_simulator_report",
     "split_ratings",
     "training_oracle",
 ]

@@ -275,3 +275,13 @@ def calibration_figure(simulator: SimulatorOracle, dataset: RecDataset, holdout:
                       xaxis_title="mean predicted rating", yaxis_title="mean observed rating",
                       xaxis_range=[0.8, 5.2], yaxis_range=[0.8, 5.2], width=520, height=460)
     return fig
+
+
+def save_simulator_report(simulator: SimulatorOracle, dataset: RecDataset, folder: str | Path,
+                          holdout: int = 2) -> pd.DataFrame:
+    """Save the training simulator (:meth:`SimulatorOracle.save`) and its :func:`heldout_table` as
+    ``heldout.json`` into ``folder``; return the table (the calibration figure is drawn by the caller)."""
+    table = heldout_table(simulator, dataset, holdout)
+    simulator.save(folder)
+    write_json(Path(folder) / "heldout.json", table.to_dict("records"))
+    return table
