@@ -83,3 +83,22 @@ def liked_share(user_ids: Sequence[int], items: np.ndarray, oracle: FeedbackOrac
         f"graded_share@{k}": round(len(graded) / len(flat), 4) if len(flat) else float("nan"),
         "users": int(len(items)),
     }
+
+
+def evaluate_liked(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt: bool,
+                   oracle: FeedbackOracle, max_length: int | None = None, k: int = 10,
+                   progress: bool = True) -> dict[str, float]:
+    """:func:`liked_share` of a model's top-``k`` lists for the users of ``samples`` (e.g. ``Split.test``).
+
+    Recommends exactly as :func:`align3gr_kit.evaluate.evaluate` does (same prompts, constrained beam search,
+    the first ``decode.max_eval_users`` users when set), then grades the lists with ``oracle`` (the judge,
+    :func:`evaluation_oracle`). ``k`` is capped at ``decode.beam_width`` (the keys say which K was used).
+    """
+    from align3gr_kit.evaluate import recommend
+
+    if decode.max_eval_users:
+        samples = samples.iloc[: decode.max_eval_users]
+    k = min(k, decode.beam_width)
+    items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
+                         max_length, k=k, progress=progress)
+    return liked_share(samples["user_id"].to_numpy(), items, oracle, k=k)
