@@ -86,3 +86,21 @@ def test_bare_dataset_has_no_truth():
                                                                     ds.interactions.timestamp), ds.source, ds.extra)
     with pytest.raises(DataError, match="extra.generator"):
         GroundTruthOracle.from_dataset(bare)
+
+
+def test_agreement_by_hand_and_the_simulator_against_the_truth():
+    from align3gr_kit.feedback import SimulatorOracle, agreement
+
+    expected = np.full((1, 101), 5.0)
+    expected[0, :3] = [1.0, 4.2, 2.9]
+    gt = GroundTruthOracle(expected)  # items 0..2: disliked, liked, neutral; every other item liked
+    got = agreement(_Table(), gt, [0, 0, 0, 0], [3, 0, 2, 100])  # _Table: liked, disliked, neutral, None
+    assert got["pairs"] == 3 and got["accuracy"] == 1.0 and got["macro_f1"] == 1.0 and got["oracle/liked"] == 0.3333
+    got = agreement(_Table(), gt, [0, 0, 0], [0, 1, 2])  # disliked/neutral/neutral vs disliked/liked/neutral
+    assert got["accuracy"] == 0.6667 and got["reference/liked"] == 0.3333 and got["oracle/neutral"] == 0.6667
+    # the limit of a simulator fit on logged ratings (module docstring): far fewer dislikes than the truth
+    ds = generate_synthetic(300, 100, seed=0)
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, ds.n_users, 3000), rng.integers(0, ds.n_items, 3000)
+    got = agreement(SimulatorOracle.fit(ds), GroundTruthOracle.from_dataset(ds), u, i)
+    assert got["reference/disliked"] > 0.3 > got["oracle/disliked"]

@@ -14,7 +14,8 @@ The generator plants structure that each level of Align3GR can find, and keeps t
   random category; no item repeats within a user. Timestamps increase by random gaps.
 * Ratings 1-5 come from user-item affinity (interest weight, favourite brand, item quality, noise),
   so explored off-interest items tend to be disliked and favourite items liked: all three
-  feedback levels of RF-DPO occur.
+  feedback levels of RF-DPO occur. :func:`generate_with_truth` also returns every user's noise-free
+  rating of every item (the ground truth of :class:`align3gr_kit.feedback.GroundTruthOracle`).
 """
 
 from __future__ import annotations

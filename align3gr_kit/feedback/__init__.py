@@ -6,7 +6,7 @@ split's ratings), ``GroundTruthOracle`` (the generator's own affinity, generated
 ``liked_share(users, top_k, oracle)`` scores recommendations by it.
 """
 
-from align3gr_kit.feedback.evaluation import ORACLES, evaluate_liked, evaluation_oracle, liked_share, training_oracle
+from align3gr_kit.feedback.evaluation import ORACLES, agreement, evaluate_liked, evaluation_oracle, liked_share, training_oracle
 from align3gr_kit.feedback.ground_truth import GroundTruthOracle
 from align3gr_kit.feedback.oracle import LEVELS, RATED_LOADERS, FeedbackOracle, RatingsOracle, rating_level
 from align3gr_kit.feedback.simulator import (
@@ -27,6 +27,7 @@ __all__ = [
     "GroundTruthOracle",
     "RatingsOracle",
     "SimulatorOracle",
+    "agreement",
     "calibration_figure",
     "calibration_frame",
     "evaluate_liked",
