@@ -268,9 +268,11 @@ class DPOConfig:
         progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
         rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
         rf_oracle: who grades the policy's shown recommendations in RF-DPO: ``simulator`` (a rating model
-            fit on the training split's ratings, judges any item), ``ground_truth`` (the generator's own
-            affinity; generated data only) or ``ratings`` (logged training ratings; most shown items
-            stay ungraded). See :mod:`align3gr_kit.feedback`.
+            fit on the training split's ratings, judges any item by its predicted mean rating),
+            ``simulator_sampled`` (the same, plus rating noise of its measured spread: dislikes as
+            frequent as in logged ratings), ``ground_truth`` (the generator's own affinity; generated
+            data only) or ``ratings`` (logged training ratings; most shown items stay ungraded). See
+            :mod:`align3gr_kit.feedback`.
         epochs: epochs per stage.
         max_steps: optimiser steps per stage; 0 = by epochs.
         lr: learning rate.

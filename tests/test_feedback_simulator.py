@@ -129,7 +129,7 @@ def test_oracle_choice(world):
     assert isinstance(training_oracle("ratings", world), RatingsOracle)
     assert training_oracle("simulator", world).meta["fit_on"] == "train"
     assert isinstance(training_oracle("ground_truth", world), GroundTruthOracle)
-    with pytest.raises(ValueError, match="ratings, simulator, ground_truth"):
+    with pytest.raises(ValueError, match="ratings, simulator, simulator_sampled, ground_truth"):
         training_oracle("llm", world)
     # the judge: the ground truth on generated data, else a simulator fit on every rating
     assert isinstance(evaluation_oracle(world), GroundTruthOracle)
@@ -151,3 +151,33 @@ def test_ml100k_simulator_beats_the_baselines(shared_data):
     assert table.rmse["simulator"] < table.rmse["item-mean"] < table.rmse["user-mean"]
     assert table.level_accuracy["simulator"] > table.level_accuracy["item-mean"]
     assert table.level_macro_f1["simulator"] > table.level_macro_f1["user-mean"]
+
+
+def test_pair_normal_is_a_fixed_standard_normal():
+    from scipy.stats import kstest
+
+    from align3gr_kit.feedback.simulator import pair_normal
+
+    u, i = np.repeat(np.arange(200), 100), np.tile(np.arange(100), 200)
+    z = pair_normal(u, i, 100, seed=0)
+    assert kstest(z, "norm").pvalue > 0.01 and abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
+    np.testing.assert_array_equal(z[::7], pair_normal(u[::7], i[::7], 100, seed=0))  # a pair's draw: any batch
+    other = pair_normal(u, i, 100, seed=1)
+    assert abs(np.corrcoef(z, other)[0, 1]) < 0.05  # another seed, other draws
+
+
+def test_sampled_feedback_grades_more_dislikes(world, tmp_path):
+    plain, noisy = SimulatorOracle.fit(world), SimulatorOracle.fit(world, sampled=True)
+    assert noisy.meta["feedback"] == "sampled" and 0.3 < noisy.meta["noise_sd"] < 2.0
+    ratings = split_ratings(world)
+    held = ratings[ratings.part != "train"]
+    u, i = held.user_id.tolist(), held.item_id.tolist()
+    logged = np.mean(held.rating < 1.5)
+    share = {name: np.mean([lv == "disliked" for lv in sim.levels(u, i)]) for name, sim in (("plain", plain), ("noisy", noisy))}
+    # the mean prediction rarely reaches "disliked"; the noisy user dislikes far more often, still less than
+    # the logged ratings (measured 0.06 / 0.17 / 0.38: these users' dislikes are of items they seldom rate)
+    assert share["plain"] < 0.25 * logged and share["noisy"] > 2 * share["plain"]
+    np.testing.assert_array_equal(noisy.predict(u, i), plain.predict(u, i))  # same model, same mean ratings
+    assert noisy.levels(u, i) == SimulatorOracle.load(noisy.save(tmp_path / "s")).levels(u, i)
+    # the spread comes from training ratings only: flipping every held-out rating leaves it unchanged
+    assert SimulatorOracle.fit(_with_heldout_ratings_flipped(world), sampled=True).meta == noisy.meta

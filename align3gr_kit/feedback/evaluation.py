@@ -2,8 +2,10 @@
 
 * :func:`training_oracle` builds the oracle ``dpo.rf_oracle`` names: ``ratings`` (logged training
   ratings only, :class:`RatingsOracle`), ``simulator`` (a rating model fit on the training split's
-  ratings, :class:`SimulatorOracle`) or ``ground_truth`` (the generator's own affinity, generated data
-  only, :class:`GroundTruthOracle`).
+  ratings, :class:`SimulatorOracle`, grading its predicted mean rating), ``simulator_sampled`` (the
+  same model grading like a noisy user: predicted rating plus its measured spread, so that dislikes
+  occur about as often as in logged ratings) or ``ground_truth`` (the generator's own affinity,
+  generated data only, :class:`GroundTruthOracle`).
 * :func:`evaluation_oracle` is the judge of what users like, one that training did not use: the
   ground truth on generated data, else a simulator fit on ALL ratings (kept apart from the training
   simulator; see :func:`fit_evaluation_simulator`).
@@ -28,7 +30,7 @@ from align3gr_kit.feedback.oracle import LEVELS, FeedbackOracle, RatingsOracle
 from align3gr_kit.feedback.simulator import SimulatorOracle, fit_evaluation_simulator
 
 #: Values of ``dpo.rf_oracle``.
-ORACLES = ("ratings", "simulator", "ground_truth")
+ORACLES = ("ratings", "simulator", "simulator_sampled", "ground_truth")
 
 
 def training_oracle(kind: str, dataset: RecDataset, seed: int = 0, holdout: int = 2) -> FeedbackOracle:
@@ -41,8 +43,8 @@ def training_oracle(kind: str, dataset: RecDataset, seed: int = 0, holdout: int 
     """
     if kind == "ratings":
         return RatingsOracle(dataset, holdout=holdout)
-    if kind == "simulator":
-        return SimulatorOracle.fit(dataset, holdout=holdout, seed=seed)
+    if kind in ("simulator", "simulator_sampled"):
+        return SimulatorOracle.fit(dataset, holdout=holdout, seed=seed, sampled=kind == "simulator_sampled")
     if kind == "ground_truth":
         return GroundTruthOracle.from_dataset(dataset)
     raise ValueError(f"dpo.rf_oracle: unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")

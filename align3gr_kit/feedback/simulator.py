@@ -103,37 +103,36 @@ class SimulatorOracle(FeedbackOracle):
         self.meta = dict(meta)
 
     @classmethod
-    def fit(cls, dataset: RecDataset, holdout: int = 2, seed: int = 0, **params) -> "SimulatorOracle":
+    def fit(cls, dataset: RecDataset, holdout: int = 2, seed: int = 0, sampled: bool = False,
+            **params) -> "SimulatorOracle":
         """Fit on the ratings of each user's training interactions only (never the last ``holdout``).
 
         Args:
             dataset: a dataset with ratings.
             holdout: 2 = the leave-one-out validation and test interactions stay unseen; 0 = fit on
                 everything (only for :func:`fit_evaluation_simulator`).
-            seed: Surprise's ``random_state`` (factor initialisation and SGD order).
+            seed: Surprise's ``random_state`` (factor initialisation and SGD order) and the seed of the
+                sampled feedback.
+            sampled: grade like a noisy user (see :meth:`levels`): the predicted rating plus a normal
+                draw of sd ``meta["noise_sd"]``, the RMSE of a first fit on a seeded 90% of the training
+                ratings on the other 10% (training ratings only). Off: grade the predicted mean rating,
+                which rarely reaches the extremes (a mean predicted below 1.5 is rare).
             params: :class:`surprise.SVD` arguments overriding :data:`DEFAULT_PARAMS`.
         """
-        from surprise import SVD, Dataset, Reader
-
         ratings = split_ratings(dataset, holdout)
         train = ratings[ratings["part"] == "train"]
         if train.empty:
             raise DataError(f"{dataset.source or dataset.name}: no training ratings left to fit the simulator on")
         args = {**DEFAULT_PARAMS, **params}
-        trainset = Dataset.load_from_df(train[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))) \
-            .build_full_trainset()
-        algo = SVD(random_state=seed, **args).fit(trainset)
-        n_users, n_items, k = dataset.n_users, dataset.n_items, args["n_factors"]
-        bu, bi = np.zeros(n_users), np.zeros(n_items)
-        pu, qi = np.zeros((n_users, k)), np.zeros((n_items, k))
-        # Surprise numbers users/items in order of first appearance: map back to the dataset's ids.
-        users = np.array([trainset.to_raw_uid(x) for x in range(trainset.n_users)], dtype=np.int64)
-        items = np.array([trainset.to_raw_iid(x) for x in range(trainset.n_items)], dtype=np.int64)
-        bu[users], pu[users] = algo.bu, algo.pu
-        bi[items], qi[items] = algo.bi, algo.qi
         meta = {"fit_on": "train" if holdout else "all", "holdout": int(holdout), "n_ratings": int(len(train)),
-                "seed": int(seed), "params": args, "dataset": dataset.name, "model": "surprise.SVD (biased MF)"}
-        return cls(trainset.global_mean, bu, bi, pu, qi, meta)
+                "seed": int(seed), "params": args, "dataset": dataset.name, "model": "surprise.SVD (biased MF)",
+                "feedback": "sampled" if sampled else "expected"}
+        if sampled:
+            aside = np.random.default_rng(seed).random(len(train)) < 0.1
+            first = cls(*_fit_svd(train[~aside], dataset.n_users, dataset.n_items, seed, args), meta={})
+            spread = first.predict(train["user_id"][aside], train["item_id"][aside]) - train["rating"][aside]
+            meta["noise_sd"] = round(float(np.sqrt(np.mean(spread.to_numpy() ** 2))), 6)
+        return cls(*_fit_svd(train, dataset.n_users, dataset.n_items, seed, args), meta=meta)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, user_ids: Sequence[int] | np.ndarray, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -153,11 +152,17 @@ class SimulatorOracle(FeedbackOracle):
         return self.levels([user_id], [item_id])[0]
 
     def levels(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> list[str | None]:
+        """Level of each aligned pair: that of the predicted rating, or with ``sampled`` feedback of the
+        predicted rating plus ``noise_sd`` times a standard normal fixed by (seed, user, item), so the same
+        user judges the same item alike every time it is shown."""
         if len(user_ids) != len(item_ids):
             raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
         if not len(user_ids):
             return []
-        return [LEVELS[k] for k in levels_of(self.predict(user_ids, item_ids))]
+        r = self.predict(user_ids, item_ids)
+        if self.meta.get("feedback") == "sampled":
+            r = r + self.meta["noise_sd"] * pair_normal(user_ids, item_ids, len(self.item_bias), self.meta["seed"])
+        return [LEVELS[k] for k in levels_of(r)]
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -181,6 +186,44 @@ class SimulatorOracle(FeedbackOracle):
             arrays = {k: z[k] for k in z.files}
         meta = json.loads((folder / META_FILE).read_text())
         return cls(float(arrays.pop("global_mean")), meta=meta, **arrays)
+
+
+def _fit_svd(train: pd.DataFrame, n_users: int, n_items: int, seed: int, args: dict) -> tuple:
+    """Surprise SVD on ``train`` (``user_id, item_id, rating``): ``(mu, b_u [n_users], b_i [n_items],
+    p_u [n_users, k], q_i [n_items, k])`` indexed by the dataset's ids (zeros for ids absent from ``train``)."""
+    from surprise import SVD, Dataset, Reader
+
+    trainset = Dataset.load_from_df(train[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))) \
+        .build_full_trainset()
+    algo = SVD(random_state=seed, **args).fit(trainset)
+    k = args["n_factors"]
+    bu, bi = np.zeros(n_users), np.zeros(n_items)
+    pu, qi = np.zeros((n_users, k)), np.zeros((n_items, k))
+    # Surprise numbers users/items in order of first appearance: map back to the dataset's ids.
+    users = np.array([trainset.to_raw_uid(x) for x in range(trainset.n_users)], dtype=np.int64)
+    items = np.array([trainset.to_raw_iid(x) for x in range(trainset.n_items)], dtype=np.int64)
+    bu[users], pu[users] = algo.bu, algo.pu
+    bi[items], qi[items] = algo.bi, algo.qi
+    return trainset.global_mean, bu, bi, pu, qi
+
+
+def pair_normal(user_ids: Sequence[int], item_ids: Sequence[int], n_items: int, seed: int) -> np.ndarray:
+    """``[n]`` standard normal draws, one per (seed, user, item), the same on every call.
+
+    A counter-based generator: SplitMix64 (Steele, Lea & Flood 2014; constants of Vigna's
+    ``splitmix64.c``) hashes the pair's index, the top 53 bits give a uniform in (0, 1), and the
+    normal quantile (``scipy.special.ndtri``) maps it to a normal draw.
+    """
+    from scipy.special import ndtri
+
+    key = (np.asarray(user_ids, dtype=np.uint64) * np.uint64(n_items) + np.asarray(item_ids, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        z = key + np.uint64(0x9E3779B97F4A7C15) * np.uint64(int(seed) + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    return ndtri(u)
 
 
 def fit_evaluation_simulator(dataset: RecDataset, seed: int = 0, **params) -> SimulatorOracle:
