@@ -22,13 +22,14 @@ def test_evaluate_liked_grades_the_models_own_top_k():
     model.eval()
     samples = pd.DataFrame({"user_id": np.arange(5), "history": [[1, 2], [3], [4, 5, 6], [0], [7, 8]],
                             "target": [3, 4, 5, 6, 7]})
-    truth = GroundTruthOracle(np.random.default_rng(0).uniform(0.5, 5.5, size=(5, 12)))
+    table = np.random.default_rng(0).uniform(0.5, 5.5, size=(5, 12))
+    truth = GroundTruthOracle.from_matrix(table)
     decode = DecodeConfig(beam_width=12, batch_size=2)
     got = evaluate_liked(model, tok, ITEMS, USERS, samples, decode, True, truth, k=10, progress=False)
     items, _ = recommend(model, tok, ITEMS, USERS, samples, decode, True, k=10, progress=False)
     assert got == liked_share(samples.user_id, items, truth, k=10) and got["users"] == 5
     # by hand from the lists: liked = the truth's noise-free rating rounds to 4 or 5
-    top = truth.expected[np.arange(5)[:, None], items[:, :10]]
+    top = table[np.arange(5)[:, None], items[:, :10]]
     assert got["liked_share@10"] == round(float((np.clip(top, 1, 5) >= 3.5).mean()), 4)
     small = evaluate_liked(model, tok, ITEMS, USERS, samples, DecodeConfig(beam_width=6, max_eval_users=2), True,
                            truth, progress=False)

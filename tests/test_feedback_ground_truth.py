@@ -28,7 +28,7 @@ def test_ground_truth_agrees_with_the_logged_ratings():
     inter = ds.interactions
     u, i, r = inter.user_id.to_numpy(), inter.item_id.to_numpy(), inter.rating.to_numpy()
     # exactly: every logged rating is the oracle's noise-free rating plus the generator's noise, rounded and clipped
-    np.testing.assert_array_equal(np.clip(np.rint(gt.expected[u, i] + truth.noise), 1, 5), r)
+    np.testing.assert_array_equal(np.clip(np.rint(gt.expected(u, i) + truth.noise), 1, 5), r)
     assert abs(truth.noise.std() - 0.8) < 0.05  # the generator's N(0, 0.8) noise, nothing else
     # and by level: the noise-free level is the logged one for most interactions, far above chance
     agree = np.mean(levels_of(gt.ratings(u, i)) == levels_of(r))
@@ -37,14 +37,20 @@ def test_ground_truth_agrees_with_the_logged_ratings():
 
 
 def test_ground_truth_after_filtering_and_saving(tmp_path):
-    full, truth = generate_with_truth(120, 40, seed=5)
-    ds = load_dataset(DataConfig(synthetic_users=120, synthetic_items=40, max_users=30), seed=5)
+    full, truth = generate_with_truth(120, 60, seed=5)
+    ds = load_dataset(DataConfig(synthetic_users=120, synthetic_items=60, max_users=10), seed=5)
     ds = RecDataset.load(ds.save(tmp_path / "dataset"))
     gt = GroundTruthOracle.from_dataset(ds)
-    assert gt.expected.shape == (ds.n_users, ds.n_items)
-    users = [int(x[1:]) for x in ds.users.raw_id]  # U00012 -> generated user 12
-    items = [int(x[1:]) for x in ds.items.raw_id]
-    np.testing.assert_array_equal(gt.expected, truth.expected[np.ix_(users, items)])
+    users = np.array([int(x[1:]) for x in ds.users.raw_id])  # U00012 -> generated user 12
+    items = np.array([int(x[1:]) for x in ds.items.raw_id])
+    assert ds.n_items < 60  # the filter re-numbered the items
+    u, i = np.meshgrid(np.arange(ds.n_users), np.arange(ds.n_items), indexing="ij")
+    np.testing.assert_array_equal(gt.expected(u.ravel(), i.ravel()), truth.expected(users[u.ravel()], items[i.ravel()]))
+    # and every re-numbered logged rating is still the oracle's rating plus that interaction's generated noise
+    row = {(u, i): k for k, (u, i) in enumerate(zip(full.interactions.user_id, full.interactions.item_id))}
+    inter = ds.interactions
+    noise = truth.noise[[row[(users[u], items[i])] for u, i in zip(inter.user_id, inter.item_id)]]
+    np.testing.assert_array_equal(np.clip(np.rint(gt.expected(inter.user_id, inter.item_id) + noise), 1, 5), inter.rating)
 
 
 def test_ground_truth_refuses_other_data():
@@ -73,7 +79,7 @@ def test_liked_share_by_hand():
     got = liked_share([0, 1], items, _Table(), k=4)
     # graded slots: 3 L, 4 L, 0 D | 1 N, 2 N, 8 L -> 3 liked of 6; ratings 4,5,1,2,3,4 -> 19/6; 6 of 7 filled graded
     assert got == {"liked_share@4": 0.5, "mean_rating@4": round(19 / 6, 4), "graded_share@4": round(6 / 7, 4), "users": 2}
-    gt = GroundTruthOracle(np.array([[4.2, 0.3, 2.9], [3.6, 6.0, 1.4]]))
+    gt = GroundTruthOracle.from_matrix(np.array([[4.2, 0.3, 2.9], [3.6, 6.0, 1.4]]))
     assert liked_share([0, 1], np.array([[0, 1, 2], [0, 1, 2]]), gt, k=3) == {
         "liked_share@3": 0.5, "mean_rating@3": round((4.2 + 1 + 2.9 + 3.6 + 5 + 1.4) / 6, 4), "graded_share@3": 1.0,
         "users": 2}
@@ -93,7 +99,7 @@ def test_agreement_by_hand_and_the_simulator_against_the_truth():
 
     expected = np.full((1, 101), 5.0)
     expected[0, :3] = [1.0, 4.2, 2.9]
-    gt = GroundTruthOracle(expected)  # items 0..2: disliked, liked, neutral; every other item liked
+    gt = GroundTruthOracle.from_matrix(expected)  # items 0..2: disliked, liked, neutral; every other item liked
     got = agreement(_Table(), gt, [0, 0, 0, 0], [3, 0, 2, 100])  # _Table: liked, disliked, neutral, None
     assert got["pairs"] == 3 and got["accuracy"] == 1.0 and got["macro_f1"] == 1.0 and got["oracle/liked"] == 0.3333
     got = agreement(_Table(), gt, [0, 0, 0], [0, 1, 2])  # disliked/neutral/neutral vs disliked/liked/neutral

@@ -97,17 +97,35 @@ AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55+"]
 
 @dataclass
 class SyntheticTruth:
-    """What the generator knows and the dataset does not show: every user's noise-free rating of every item.
+    """What the generator knows and the dataset does not show: how every user would rate every item.
+
+    Indexed by the GENERATED ids (``raw_id`` ``U00012`` is user 12, ``I00007`` item 7).
 
     Attributes:
-        expected: ``[n_users, n_items]`` the mean rating ``1.3 + 2 * affinity`` before noise, rounding and
-            clipping, indexed by the GENERATED ids (``raw_id`` ``U00012`` is user 12, ``I00007`` item 7).
+        interests: ``[n_users, 8]`` each user's interest weight per top category.
+        favourite_brand: ``[n_users]`` each user's favourite brand.
+        item_category: ``[n_items]`` each item's top category (index into ``CATALOGUE``).
+        brand: ``[n_items]`` each item's brand.
+        quality: ``[n_items]`` each item's quality.
         noise: ``[n_interactions]`` the rating noise drawn for each generated interaction, in the
-            generated table's row order: logged rating = ``clip(rint(expected[u, i] + noise), 1, 5)``.
+            generated table's row order: logged rating = ``clip(rint(expected(u, i) + noise), 1, 5)``.
     """
 
-    expected: np.ndarray
+    interests: np.ndarray
+    favourite_brand: np.ndarray
+    item_category: np.ndarray
+    brand: np.ndarray
+    quality: np.ndarray
     noise: np.ndarray
+
+    def expected(self, user_ids, item_ids) -> np.ndarray:
+        """Noise-free ratings ``1.3 + 2 * affinity`` of aligned users/items (arrays ``[n]`` or scalars), before
+        rounding and clipping; affinity = 1.5 x the user's interest in the item's category + 0.6 if it is
+        the user's favourite brand + the item's quality. The generator draws every rating from it."""
+        u, i = np.asarray(user_ids), np.asarray(item_ids)
+        affinity = (1.5 * self.interests[u, self.item_category[i]] + 0.6 * (self.brand[i] == self.favourite_brand[u])
+                    + self.quality[i])
+        return 1.3 + 2.0 * affinity
 
 
 def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
@@ -124,15 +142,6 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
         the arguments, from which :func:`generate_with_truth` rebuilds the ground truth.
     """
     return generate_with_truth(n_users, n_items, seed, mean_length)[0]
-
-
-def expected_ratings(interests: np.ndarray, fav_brand: np.ndarray, item_cat: np.ndarray, brands: np.ndarray,
-                     quality: np.ndarray) -> np.ndarray:
-    """``[n_users, n_items]`` noise-free ratings ``1.3 + 2 * affinity``, affinity = 1.5 x the user's interest
-    weight in the item's category + 0.6 if it is the user's favourite brand + the item's quality."""
-    affinity = (1.5 * interests[:, item_cat] + 0.6 * (brands[None, :] == np.asarray(fav_brand)[:, None])
-                + quality[None, :])
-    return 1.3 + 2.0 * affinity
 
 
 def generate_with_truth(n_users: int = 1000, n_items: int = 500, seed: int = 0,
@@ -201,7 +210,7 @@ def generate_with_truth(n_users: int = 1000, n_items: int = 500, seed: int = 0,
     # --- sequences, timestamps, ratings -----------------------------------------------------
     by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
     brands = items["brand"].to_numpy()
-    expected = expected_ratings(interests, np.asarray(fav_brand), item_cat, brands, quality)
+    truth = SyntheticTruth(interests, np.asarray(fav_brand), item_cat, brands, quality, np.empty(0))
     uu, ii, tt, rr, noise = [], [], [], [], []
     for u in range(n_users):
         length = 5 + rng.poisson(max(mean_length - 5, 0.1))
@@ -230,10 +239,11 @@ def generate_with_truth(n_users: int = 1000, n_items: int = 500, seed: int = 0,
             t += int(rng.exponential(86_400 * 5)) + 60
             eps = rng.normal(0.0, 0.8)
             noise.append(eps)
-            score = expected[u, item] + eps
+            score = truth.expected(u, item) + eps
             uu.append(u), ii.append(item), tt.append(t), rr.append(float(np.clip(np.rint(score), 1, 5)))
             prev = item
     inter = make_interactions(uu, ii, tt, rr)
     ds = RecDataset("synthetic", items, users, inter, source="generated",
                     extra={"generator": {"n_users": n_users, "n_items": n_items, "seed": seed, "mean_length": mean_length}})
-    return ds.validate(), SyntheticTruth(expected, np.asarray(noise, dtype=np.float64))
+    truth.noise = np.asarray(noise, dtype=np.float64)
+    return ds.validate(), truth

@@ -2,7 +2,7 @@
 about every item, with no model in between.
 
 :func:`align3gr_kit.data.synthetic.generate_synthetic` draws each logged rating as
-``clip(rint(expected[u, i] + noise), 1, 5)`` with ``expected = 1.3 + 2 * affinity`` (interest in the
+``clip(rint(expected(u, i) + noise), 1, 5)`` with ``expected = 1.3 + 2 * affinity`` (interest in the
 item's category, favourite brand, item quality). :class:`GroundTruthOracle` grades a pair by the
 noise-free ``expected`` rating: its level is that of the nearest star rating, so it is the level the
 user would log on average. On the generated data it can train RF-DPO (``dpo.rf_oracle:
@@ -11,7 +11,7 @@ ground_truth``) and, above all, judge what users like in any model's recommendat
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,10 +21,21 @@ from align3gr_kit.feedback.simulator import levels_of
 
 
 class GroundTruthOracle(FeedbackOracle):
-    """Levels from the generator's noise-free ratings ``expected`` ``[n_users, n_items]`` (dataset ids)."""
+    """Levels from the generator's noise-free ratings.
 
-    def __init__(self, expected: np.ndarray):
-        self.expected = np.asarray(expected, dtype=np.float64)
+    Args:
+        expected: ``expected(user_ids [n], item_ids [n]) -> [n]`` noise-free ratings by dataset ids;
+            :meth:`from_dataset` builds it from the generator, :meth:`from_matrix` from a table.
+    """
+
+    def __init__(self, expected: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+        self._expected = expected
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> "GroundTruthOracle":
+        """An oracle whose noise-free rating of (u, i) is ``matrix[u, i]`` (``[n_users, n_items]``)."""
+        table = np.asarray(matrix, dtype=np.float64)
+        return cls(lambda u, i: table[u, i])
 
     @classmethod
     def from_dataset(cls, dataset: RecDataset) -> "GroundTruthOracle":
@@ -46,7 +57,7 @@ class GroundTruthOracle(FeedbackOracle):
                 "ground-truth oracle exists only for data.dataset: synthetic; use dpo.rf_oracle: simulator"
             )
         generated, truth = generate_with_truth(int(args["n_users"]), int(args["n_items"]), int(args["seed"]),
-                                               float(args["mean_length"]))
+                                               float(args["mean_length"]))  # under a second at the default size
         users = _generated_index(dataset.users["raw_id"], generated.users["raw_id"], src, "user")
         items = _generated_index(dataset.items["raw_id"], generated.items["raw_id"], src, "item")
         got = dataset.interactions
@@ -58,12 +69,16 @@ class GroundTruthOracle(FeedbackOracle):
                 f"{src}: {len(mine - theirs)} interaction(s) are not what the generator makes with {args}; the "
                 "ground truth would not match this data: regenerate the dataset (re-run 00_data)"
             )
-        return cls(truth.expected[np.ix_(users, items)])
+        return cls(lambda u, i: truth.expected(users[u], items[i]))
+
+    def expected(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        """Noise-free ratings ``[n]`` of aligned pairs (before rounding and clipping)."""
+        return np.asarray(self._expected(np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)),
+                          dtype=np.float64)
 
     def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
         """Noise-free ratings ``[n]`` clipped to ``[1, 5]`` of aligned pairs."""
-        u, i = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
-        return np.clip(self.expected[u, i], 1.0, 5.0)
+        return np.clip(self.expected(user_ids, item_ids), 1.0, 5.0)
 
     def level(self, user_id: int, item_id: int) -> str | None:
         return self.levels([user_id], [item_id])[0]
