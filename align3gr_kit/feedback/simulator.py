@@ -12,6 +12,17 @@ same model Surprise benchmarks on MovieLens). After fitting, the parameters are 
 arrays indexed by the dataset's own ids, so predicting, saving and loading need no Surprise. A user
 or item the fit never saw gets no bias and no factor term (Surprise's own rule).
 
+Two limits, measured (see :func:`heldout_table` and :func:`align3gr_kit.feedback.agreement`):
+
+* A predicted MEAN rating shrinks toward the average, so it almost never falls below 1.5: on
+  ml-100k 0.3% of random (user, item) pairs grade ``disliked`` (8% of held-out logged ratings are 1s),
+  and the Easy RF-DPO stage (liked vs disliked) finds almost no pairs. ``fit(..., sampled=True)``
+  (``dpo.rf_oracle: simulator_sampled``) grades like a noisy user instead: the prediction plus a
+  normal draw of the model's measured error, fixed per (seed, user, item).
+* Ratings are missing not at random: users rate what they chose to consume. On the generated data
+  a simulator fit on them grades 1% of random catalogue pairs disliked where the generator's truth
+  grades 50%; use ``dpo.rf_oracle: ground_truth`` there to check RF-DPO with no model in between.
+
 Leakage rule (the training simulator): :func:`split_ratings` marks each user's last ``holdout``
 interactions (2 = validation + test of :func:`align3gr_kit.data.split.leave_one_out`) as held out,
 and :meth:`SimulatorOracle.fit` only ever passes the ``train`` part to the model. The evaluation
@@ -253,7 +264,8 @@ def heldout_table(simulator: SimulatorOracle, dataset: RecDataset, holdout: int 
 
     Scores the validation and test interactions' ratings (``holdout`` per user) with RMSE, and their
     3-level grades (disliked 1 / neutral 2-3 / liked 4-5) with accuracy and macro-F1
-    (``sklearn.metrics``); the baselines predict each user's / each item's mean training rating.
+    (``sklearn.metrics``); the baselines predict each user's / each item's mean training rating. The
+    simulator is scored by its predicted mean rating, also when it grades with ``sampled`` feedback.
 
     Returns:
         One row per model (``simulator``, ``user-mean``, ``item-mean``): ``model, rmse, level_accuracy,
