@@ -38,7 +38,7 @@ def test_ratings_oracle_on_hand_made_ratings():
     assert oracle.train_items(1) == [6, 5, 4]
     assert oracle.levels([1, 1, 1, 1, 1], [6, 5, 4, 3, 2]) == ["liked", "liked", "disliked", None, None]
     assert oracle.level(1, 0) is None  # never interacted
-    assert oracle.rated_items(0, "liked") == [0, 3] and oracle.rated_items(0, "neutral") == [2, 4]
+    assert np.array_equal(oracle.ratings([0, 0, 1, 1], [3, 5, 4, 0]), [4, np.nan, 1, np.nan], equal_nan=True)
 
 
 def test_oracle_training_part_matches_the_split():
@@ -64,7 +64,7 @@ def test_default_batched_levels_loops_over_level():
             return "liked" if item_id % 2 == 0 else None
 
     assert Even().levels([0, 0, 0], [2, 3, 4]) == ["liked", None, "liked"]
-    assert Even().rated_items(0, "liked") == []
+    assert np.isnan(Even().ratings([0, 0], [2, 3])).all()
     with pytest.raises(ValueError, match="aligned"):
         Even().levels([0], [1, 2])
 

@@ -50,10 +50,6 @@ class FeedbackOracle(ABC):
             raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
         return [self.level(int(u), int(i)) for u, i in zip(user_ids, item_ids)]
 
-    def rated_items(self, user_id: int, level: str) -> list[int]:
-        """Items the oracle knows ``user_id`` rates at ``level`` (fallback negatives); default none."""
-        return []
-
     def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
         """The 1-5 rating the oracle expects for each aligned pair, ``[n]`` float, NaN where it has none
         (default: none; oracles that model ratings override it)."""
@@ -122,9 +118,3 @@ class RatingsOracle(FeedbackOracle):
     def train_items(self, user_id: int) -> list[int]:
         """The user's training interactions in chronological order (what the oracle may reveal)."""
         return list(self._train_items.get(int(user_id), []))
-
-    def rated_items(self, user_id: int, level: str) -> list[int]:
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-        items = dict.fromkeys(self._train_items.get(int(user_id), []))  # distinct, chronological
-        return [i for i in items if self.level(user_id, i) == level]
