@@ -113,6 +113,7 @@ def test_save_load_and_calibration(world, tmp_path):
     assert len(calibration_figure(sim, world).data) == 2
     table = save_simulator_report(sim, world, tmp_path / "report")
     assert read_json(tmp_path / "report" / "heldout.json") == table.to_dict("records")
+    assert "Simulator calibration" in (tmp_path / "report" / "calibration.html").read_text()
     np.testing.assert_array_equal(SimulatorOracle.load(tmp_path / "report").predict(u, i), sim.predict(u, i))
 
 

@@ -334,9 +334,12 @@ def calibration_figure(simulator: SimulatorOracle, dataset: RecDataset, holdout:
 
 def save_simulator_report(simulator: SimulatorOracle, dataset: RecDataset, folder: str | Path,
                           holdout: int = 2) -> pd.DataFrame:
-    """Save the training simulator (:meth:`SimulatorOracle.save`) and its :func:`heldout_table` as
-    ``heldout.json`` into ``folder``; return the table (the calibration figure is drawn by the caller)."""
+    """Save the training simulator (:meth:`SimulatorOracle.save`), its :func:`heldout_table` as
+    ``heldout.json`` and its :func:`calibration_figure` as ``calibration.html`` (plotly.js beside it, works
+    offline) into ``folder``; return the table."""
     table = heldout_table(simulator, dataset, holdout)
     simulator.save(folder)
     write_json(Path(folder) / "heldout.json", table.to_dict("records"))
+    with atomic_path(Path(folder) / "calibration.html") as tmp:
+        calibration_figure(simulator, dataset, holdout).write_html(tmp, include_plotlyjs="directory", full_html=True)
     return table
