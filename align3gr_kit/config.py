@@ -320,6 +320,12 @@ class DPOConfig:
             easy = least similar third; needs the SC item embeddings of ``01_tokenize``).
         sp_progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
         rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
+        rf_oracle: who grades the policy's shown recommendations in RF-DPO: ``simulator`` (a rating model
+            fit on the training split's ratings, judges any item by its predicted mean rating),
+            ``simulator_sampled`` (the same, plus rating noise of its measured spread: dislikes as
+            frequent as in logged ratings), ``ground_truth`` (the generator's own affinity; generated
+            data only) or ``ratings`` (logged training ratings; most shown items stay ungraded). See
+            :mod:`align3gr_kit.feedback`.
         epochs: epochs per stage.
         max_steps: optimiser steps per stage; 0 = by epochs.
         lr: learning rate.
@@ -342,6 +348,8 @@ class DPOConfig:
     sp_difficulty: str = field(default="prefix", metadata={"choices": ("prefix", "similarity")})
     sp_progressive: bool = True
     rf_progressive: bool = True
+    rf_oracle: str = field(default="simulator", metadata={"choices": ("ratings", "simulator", "simulator_sampled",
+                                                                     "ground_truth")})
     epochs: float = field(default=1.0, metadata={"min_exclusive": 0.0})
     max_steps: int = field(default=0, metadata={"min": 0})
     lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0})

@@ -122,17 +122,21 @@ def evaluate(
     user_scid_in_prompt: bool,
     max_length: int | None = None,
     progress: bool = True,
+    judge=None,
 ) -> dict[str, Any]:
-    """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user).
+    """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user), and with a
+    ``judge`` (a :class:`~align3gr_kit.feedback.FeedbackOracle`, e.g.
+    :func:`align3gr_kit.feedback.evaluation_oracle`) what users like in the same top-K lists.
 
     Args:
         samples: ``user_id``, ``history``, ``target`` per user (``Split.valid`` / ``Split.test``);
             the first ``decode.max_eval_users`` rows when that is set, else all.
         decode: ``beam_width``, ``topk`` (the K of the metrics), ``batch_size``.
+        judge: grades the top-``max(decode.topk)`` lists (no second beam search); None = skip.
         Other arguments: as :func:`recommend`.
     Returns:
         ``{"recall@5", "recall@10", "ndcg@5", "ndcg@10", "users", "invalid", "seconds"}`` (one key
-        per K in ``decode.topk``).
+        per K in ``decode.topk``), plus ``liked_share@K``, ``mean_rating@K``, ``graded_share@K`` with a judge.
     """
     t0 = time.time()
     if decode.max_eval_users:
@@ -146,6 +150,11 @@ def evaluate(
     items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
                          max_length, k=k, progress=progress)
     metrics = rank_metrics(items, samples.target.to_numpy(), ks=decode.topk)
+    if judge is not None:
+        from align3gr_kit.feedback.evaluation import liked_share
+
+        liked = liked_share(samples["user_id"].to_numpy(), items, judge, k=k)
+        metrics.update({key: v for key, v in liked.items() if key != "users"})
     return {**{m: round(v, 6) for m, v in metrics.items()}, "users": int(len(samples)),
             "invalid": count_invalid(items, item_scids.n, k), "seconds": round(time.time() - t0, 2)}
 

@@ -13,6 +13,7 @@ from align3gr_kit.config import DPOConfig, RunConfig
 from align3gr_kit.data.schema import DataError, RecDataset, make_interactions, make_items, make_users
 from align3gr_kit.data.split import leave_one_out
 from align3gr_kit.dpo import rf_stage_names, run_dpo, shared_prefix, sp_stage_names
+from align3gr_kit.feedback import FeedbackOracle, rating_level
 from align3gr_kit.model import load_model, save_model
 from align3gr_kit.data.artifacts import DataArtifacts
 from align3gr_kit.stages.contract import StageRun
@@ -83,7 +84,15 @@ def _count_valid_metric(model) -> dict:
     return {"valid": {"n_params": float(sum(p.numel() for p in model.parameters()))}}
 
 
-def test_sp_then_rf_end_to_end(tmp_path):
+class _ItemOracle(FeedbackOracle):
+    """Grades item i as 1 + i % 5 stars for every user: this world's 56 training ratings are too few for the
+    simulator's SGD to move far from the mean (the simulator is tested in test_feedback_simulator.py)."""
+
+    def level(self, user_id, item_id):
+        return rating_level(1 + item_id % 5)
+
+
+def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
     cfg = _fake_run(tmp_path)
     sp = _dpo(cfg, "sp", evaluate_fn=_count_valid_metric)
     assert sp["stages"] == ["easy", "medium", "hard"] and [h["stage"] for h in sp["history"]] == sp["stages"]
@@ -111,6 +120,7 @@ def test_sp_then_rf_end_to_end(tmp_path):
 
     _check_figures(cfg, sp)
 
+    monkeypatch.setattr("align3gr_kit.feedback.training_oracle", lambda kind, dataset, seed=0: _ItemOracle())
     rf = _dpo(cfg, "rf")  # the default evaluator: Recall/NDCG on valid and test (align3gr_kit.evaluate)
     assert rf["stages"] == ["easy", "hard"] and rf["start_model"].endswith("05_sp_dpo/hard/model")
     for label in ("start", "easy", "hard", "final"):
@@ -122,6 +132,8 @@ def test_sp_then_rf_end_to_end(tmp_path):
     for name, level in (("easy", "disliked"), ("hard", "neutral")):
         rows = [json.loads(x) for x in (cfg.run_dir / "06_rf_dpo" / name / "preferences.jsonl").read_text().splitlines()]
         assert rows and all(set(r["rejected_levels"]) == {level} for r in rows)
+        assert all(r["chosen_item"] == r["target"] and r["target"] not in r["rejected_items"] for r in rows)
+        assert rf["metrics"][f"{name}/preferences/from_beams_share"] == 1.0
 
 
 def _check_figures(cfg, sp):

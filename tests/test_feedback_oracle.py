@@ -1,4 +1,4 @@
-"""RatingsOracle levels, the no-leakage rule, and RF-DPO preference construction."""
+"""RatingsOracle levels, the no-leakage rule, and RF-DPO preference construction (Align3GR's rule)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from align3gr_kit.data.schema import DataError, RecDataset, make_interactions, make_items, make_users
 from align3gr_kit.data.split import leave_one_out
-from align3gr_kit.dpo.preferences import build_rf_preferences, sample_prompts
+from align3gr_kit.dpo.preferences import TooFewPreferences, build_rf_preferences, held_out_items, sample_prompts
 from align3gr_kit.feedback import FeedbackOracle, RatingsOracle, rating_level
 from align3gr_kit.scid import ScidTable
 
@@ -38,7 +38,7 @@ def test_ratings_oracle_on_hand_made_ratings():
     assert oracle.train_items(1) == [6, 5, 4]
     assert oracle.levels([1, 1, 1, 1, 1], [6, 5, 4, 3, 2]) == ["liked", "liked", "disliked", None, None]
     assert oracle.level(1, 0) is None  # never interacted
-    assert oracle.rated_items(0, "liked") == [0, 3] and oracle.rated_items(0, "neutral") == [2, 4]
+    assert np.array_equal(oracle.ratings([0, 0, 1, 1], [3, 5, 4, 0]), [4, np.nan, 1, np.nan], equal_nan=True)
 
 
 def test_oracle_training_part_matches_the_split():
@@ -64,53 +64,113 @@ def test_default_batched_levels_loops_over_level():
             return "liked" if item_id % 2 == 0 else None
 
     assert Even().levels([0, 0, 0], [2, 3, 4]) == ["liked", None, "liked"]
-    assert Even().rated_items(0, "liked") == []
+    assert np.isnan(Even().ratings([0, 0], [2, 3])).all()
     with pytest.raises(ValueError, match="aligned"):
         Even().levels([0], [1, 2])
 
 
-def test_rf_preferences_easy_and_hard():
-    ds = _dataset()
-    split = leave_one_out(ds, max_history=20)
-    oracle = RatingsOracle(ds)
-    table = ScidTable(np.array([[k, k % 2, k % 3] for k in range(7)]), "item")
-    samples = sample_prompts(split.train, 0, 0, "rf")
-    # user 0 training samples: t=1 target 1 (disliked), t=2 target 2 (neutral), t=3 target 3 (liked), t=4 target 4
-    # user 1 training samples: t=1 target 5 (liked), t=2 target 4 (disliked)
-    assert list(zip(samples.user_id, samples.target, samples.t)) == [(0, 1, 1), (0, 2, 2), (0, 3, 3), (0, 4, 4), (1, 5, 1), (1, 4, 2)]
-    prompts = [f"p{k}" for k in range(len(samples))]
-    beams = np.array([[1, 2, 4, 0, 6, -1]] * len(samples))
-    easy = build_rf_preferences(samples, prompts, table, oracle, "easy", 3, 0, beams, split.train_sequences)
-    by_prompt = {e["prompt"]: e for e in easy}
-    # user 0, target 1 is disliked -> chosen = next liked later item (3); rejected = disliked beam item 1
-    assert by_prompt["p0"]["chosen_item"] == 3 and not by_prompt["p0"]["chosen_is_target"]
-    assert by_prompt["p0"]["rejected_items"] == [1] and by_prompt["p0"]["from_beams"] == 1
-    # target 3 liked -> chosen = target
-    assert by_prompt["p2"]["chosen_item"] == 3 and by_prompt["p2"]["rejected_levels"] == ["disliked"]
-    # user 0, target 4 (neutral) has no later liked training item -> skipped
-    assert "p3" not in by_prompt
-    # user 1: beams judged: 6 liked, 4 disliked, others unknown -> rejected [4]
-    assert by_prompt["p4"]["chosen_item"] == 5 and by_prompt["p4"]["rejected_items"] == [4]
-    hard = build_rf_preferences(samples, prompts, table, oracle, "hard", 3, 0, beams, split.train_sequences)
-    for e in hard:
-        assert set(e["rejected_levels"]) == {"neutral"}
-        assert all(oracle.level(e["user_id"], i) == "neutral" for i in e["rejected_items"])
-        assert oracle.level(e["user_id"], e["chosen_item"]) == "liked"
-    # user 1 has no neutral training item -> no hard example for user 1
-    assert {e["user_id"] for e in hard} == {0}
+class _ItemLevels(FeedbackOracle):
+    """Grades by item only: items 0, 1 disliked; 2, 4 neutral; 3, 5, 6 liked."""
+
+    table = {0: "disliked", 1: "disliked", 2: "neutral", 3: "liked", 4: "neutral", 5: "liked", 6: "liked"}
+
+    def level(self, user_id, item_id):
+        return self.table.get(int(item_id))
 
 
-def test_rf_fallback_to_rated_items_when_beams_miss():
+def _rf_inputs():
     ds = _dataset()
     split = leave_one_out(ds, max_history=20)
-    oracle = RatingsOracle(ds)
     table = ScidTable(np.array([[k, k % 2, k % 3] for k in range(7)]), "item")
     samples = sample_prompts(split.train, 0, 0, "rf")
+    return ds, split, table, samples, [f"p{k}" for k in range(len(samples))]
+
+
+def test_rf_preferences_by_hand():
+    ds, split, table, samples, prompts = _rf_inputs()
+    # user 0 training samples: target 1 (logged 1), 2 (3), 3 (4, liked), 4 (2); user 1: target 5 (4, liked), 4 (1)
+    assert list(zip(samples.user_id, samples.target)) == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 5), (1, 4)]
+    held = held_out_items(split)
+    assert held == {0: {5, 6}, 1: {3, 2}}
+    # every beam starts with the true next item, and holds the users' validation/test items 5, 6, 2, 3
+    beams = np.column_stack([samples.target.to_numpy(), np.tile([5, 6, 0, 2, 1, 4, 3, -1], (len(samples), 1))])
+    observed = RatingsOracle(ds)
+    easy = build_rf_preferences(samples, prompts, table, _ItemLevels(), "easy", 3, 0, beams, observed, held)
+    by = {e["prompt"]: e for e in easy.examples}
+    # only the prompts whose next item was logged liked; no later item stands in for the others
+    assert sorted(by) == ["p2", "p4"]
+    assert easy.stats["skipped_not_liked"] == 4 and easy.stats["examples"] == 2
+    assert by["p2"]["chosen_item"] == 3 and by["p2"]["rejected_items"] == [0, 1]  # 5, 6 held out for user 0
+    assert by["p4"]["chosen_item"] == 5 and by["p4"]["rejected_items"] == [0, 1]
+    assert by["p4"]["rejected_levels"] == ["disliked", "disliked"] and by["p4"]["from_beams"] == 2
+    hard = build_rf_preferences(samples, prompts, table, _ItemLevels(), "hard", 3, 0, beams, observed, held)
+    by = {e["prompt"]: e for e in hard.examples}
+    # user 0: 2 and 4 neutral (5, 6 held out); user 1: 2 is a held-out item, 4 stays
+    assert by["p2"]["rejected_items"] == [2, 4] and by["p4"]["rejected_items"] == [4]
+    assert hard.stats["from_beams_share"] == 1.0 and hard.stats["fallback_share"] == 0.0
+    # shown and graded, chosen and held-out items aside: user 0 sees 0 1 2 4, user 1 sees 0 1 4 6
+    assert {k: v for k, v in hard.stats.items() if k.startswith("shown/")} == {
+        "shown/disliked": 4, "shown/neutral": 3, "shown/liked": 1, "shown/unknown": 0}
+
+
+def test_rf_catalogue_fallback_is_counted_and_avoids_consumed_items():
+    ds, split, table, samples, prompts = _rf_inputs()
     no_beams = np.full((len(samples), 4), -1)
-    hard = build_rf_preferences(samples, [str(k) for k in range(len(samples))], table, oracle, "hard", 5, 0, no_beams,
-                                split.train_sequences)
-    for e in hard:
-        assert e["from_beams"] == 0 and sorted(e["rejected_items"]) == [2, 4]  # user 0's neutral training items
+    observed = RatingsOracle(ds)
+    every = type("Every", (FeedbackOracle,), {"level": lambda self, u, i: "neutral"})()
+    prefs = build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, no_beams, observed,
+                                 held_out_items(split), fallback="catalogue")
+    by = {e["prompt"]: e for e in prefs.examples}
+    # user 0 consumed 0..4 in training and holds out 5, 6: nothing is left; user 1 (training 6, 5, 4;
+    # held out 3, 2) can only get 0 and 1
+    assert sorted(by) == ["p4"] and sorted(by["p4"]["rejected_items"]) == [0, 1] and by["p4"]["from_beams"] == 0
+    assert prefs.stats["fallback_share"] == 1.0 and prefs.stats["from_fallback"] == 2
+    # without the fallback nothing was shown, so the stage says so instead of training on nothing
+    with pytest.raises(TooFewPreferences, match="2 because no shown item was graded neutral"):
+        build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, no_beams, observed, held_out_items(split))
+
+
+def test_rf_too_few_examples_says_so():
+    ds, split, table, samples, prompts = _rf_inputs()
+    beams = np.tile([0, 1, 2, 4], (len(samples), 1))
+    with pytest.raises(TooFewPreferences, match="stage 'easy': 2 preference example.*4 skipped because"):
+        build_rf_preferences(samples, prompts, table, _ItemLevels(), "easy", 3, 0, beams, RatingsOracle(ds),
+                             held_out_items(split), min_examples=3)
+
+
+def test_rf_rules_hold_on_generated_data_with_the_simulator():
+    from align3gr_kit.data.synthetic import generate_synthetic
+    from align3gr_kit.feedback import SimulatorOracle
+
+    ds = generate_synthetic(120, 60, seed=4)
+    split = leave_one_out(ds, max_history=20)
+    table = ScidTable(np.array([[k // 16, (k // 4) % 4, k % 4] for k in range(ds.n_items)]), "item")
+    samples = sample_prompts(split.train, 300, 0, "rf")
+    held = held_out_items(split)
+    rng = np.random.default_rng(0)
+    # beams: the true next item, the user's held-out items and random catalogue items, in random order
+    beams = np.array([rng.permutation([t, *held[u], *rng.choice(ds.n_items, 12, replace=False)])
+                      for u, t in zip(samples.user_id, samples.target)])
+    observed, sim = RatingsOracle(ds), SimulatorOracle.fit(ds)
+    for stage, wanted in (("easy", {"disliked"}), ("hard", {"neutral"}), ("all", {"disliked", "neutral"})):
+        prefs = build_rf_preferences(samples, [str(k) for k in range(len(samples))], table, sim, stage, 5, 0, beams,
+                                     observed, held)
+        assert len(prefs.examples) > 20
+        for e in prefs.examples:
+            # chosen is the true next item, logged liked, never a later item
+            assert e["chosen_item"] == e["target"] and observed.level(e["user_id"], e["target"]) == "liked"
+            # the true next item and the held-out items are never rejected
+            assert e["target"] not in e["rejected_items"] and not held[e["user_id"]] & set(e["rejected_items"])
+            # the stage's levels are the oracle's grades
+            assert e["rejected_levels"] == sim.levels([e["user_id"]] * len(e["rejected_items"]), e["rejected_items"])
+            assert set(e["rejected_levels"]) <= wanted and len(set(e["rejected_items"])) == len(e["rejected_items"])
+            assert e["from_beams"] == len(e["rejected_items"])
+        n_liked = sum(observed.level(u, t) == "liked" for u, t in zip(samples.user_id, samples.target))
+        assert prefs.stats["skipped_not_liked"] == len(samples) - n_liked
+    # control: without the rule, some of the last stage's prompts would have rejected a held-out item
+    # or the true next item (logged liked, yet graded neutral or disliked by the simulator)
+    assert sum(sim.level(e["user_id"], h) in wanted for e in prefs.examples for h in held[e["user_id"]]) > 5
+    assert sum(sim.level(e["user_id"], e["target"]) in wanted for e in prefs.examples) > 5
 
 
 def test_level_counts_table():

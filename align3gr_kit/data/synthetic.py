@@ -14,10 +14,13 @@ The generator plants structure that each level of Align3GR can find, and keeps t
   random category; no item repeats within a user. Timestamps increase by random gaps.
 * Ratings 1-5 come from user-item affinity (interest weight, favourite brand, item quality, noise),
   so explored off-interest items tend to be disliked and favourite items liked: all three
-  feedback levels of RF-DPO occur.
+  feedback levels of RF-DPO occur. :func:`generate_with_truth` also returns every user's noise-free
+  rating of every item (the ground truth of :class:`align3gr_kit.feedback.GroundTruthOracle`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,6 +95,39 @@ CATALOGUE: dict[str, dict] = {
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55+"]
 
 
+@dataclass
+class SyntheticTruth:
+    """What the generator knows and the dataset does not show: how every user would rate every item.
+
+    Indexed by the GENERATED ids (``raw_id`` ``U00012`` is user 12, ``I00007`` item 7).
+
+    Attributes:
+        interests: ``[n_users, 8]`` each user's interest weight per top category.
+        favourite_brand: ``[n_users]`` each user's favourite brand.
+        item_category: ``[n_items]`` each item's top category (index into ``CATALOGUE``).
+        brand: ``[n_items]`` each item's brand.
+        quality: ``[n_items]`` each item's quality.
+        noise: ``[n_interactions]`` the rating noise drawn for each generated interaction, in the
+            generated table's row order: logged rating = ``clip(rint(expected(u, i) + noise), 1, 5)``.
+    """
+
+    interests: np.ndarray
+    favourite_brand: np.ndarray
+    item_category: np.ndarray
+    brand: np.ndarray
+    quality: np.ndarray
+    noise: np.ndarray
+
+    def expected(self, user_ids, item_ids) -> np.ndarray:
+        """Noise-free ratings ``1.3 + 2 * affinity`` of aligned users/items (arrays ``[n]`` or scalars), before
+        rounding and clipping; affinity = 1.5 x the user's interest in the item's category + 0.6 if it is
+        the user's favourite brand + the item's quality. The generator draws every rating from it."""
+        u, i = np.asarray(user_ids), np.asarray(item_ids)
+        affinity = (1.5 * self.interests[u, self.item_category[i]] + 0.6 * (self.brand[i] == self.favourite_brand[u])
+                    + self.quality[i])
+        return 1.3 + 2.0 * affinity
+
+
 def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
                        mean_length: float = 12.0) -> RecDataset:
     """Generate the default dataset (see the module docstring for what it plants).
@@ -102,7 +138,18 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
         seed: the generator's only source of randomness; the same seed gives the same tables.
         mean_length: mean interactions per user.
     Returns:
-        A validated :class:`RecDataset` named ``synthetic`` with ratings.
+        A validated :class:`RecDataset` named ``synthetic`` with ratings; ``extra["generator"]`` holds
+        the arguments, from which :func:`generate_with_truth` rebuilds the ground truth.
+    """
+    return generate_with_truth(n_users, n_items, seed, mean_length)[0]
+
+
+def generate_with_truth(n_users: int = 1000, n_items: int = 500, seed: int = 0,
+                        mean_length: float = 12.0) -> tuple[RecDataset, SyntheticTruth]:
+    """:func:`generate_synthetic`'s dataset and the generator's ground truth behind its ratings.
+
+    The truth is rebuilt by re-running the generator (under a second for the default size) rather
+    than stored in the dataset, so a dataset saved before it existed has one too.
     """
     if n_items < 24 or n_users < 1:
         raise ValueError(f"synthetic data needs n_items >= 24 and n_users >= 1, got {n_items}, {n_users}")
@@ -163,7 +210,8 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
     # --- sequences, timestamps, ratings -----------------------------------------------------
     by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
     brands = items["brand"].to_numpy()
-    uu, ii, tt, rr = [], [], [], []
+    truth = SyntheticTruth(interests, np.asarray(fav_brand), item_cat, brands, quality, np.empty(0))
+    uu, ii, tt, rr, noise = [], [], [], [], []
     for u in range(n_users):
         length = 5 + rng.poisson(max(mean_length - 5, 0.1))
         length = min(length, n_items // 2)
@@ -189,11 +237,13 @@ def generate_synthetic(n_users: int = 1000, n_items: int = 500, seed: int = 0,
             item = int(rng.choice(cand, p=p))
             seen.add(item)
             t += int(rng.exponential(86_400 * 5)) + 60
-            affinity = 1.5 * interests[u, item_cat[item]] + 0.6 * (brands[item] == fav_brand[u]) + quality[item]
-            score = 1.3 + 2.0 * affinity + rng.normal(0.0, 0.8)
+            eps = rng.normal(0.0, 0.8)
+            noise.append(eps)
+            score = truth.expected(u, item) + eps
             uu.append(u), ii.append(item), tt.append(t), rr.append(float(np.clip(np.rint(score), 1, 5)))
             prev = item
     inter = make_interactions(uu, ii, tt, rr)
     ds = RecDataset("synthetic", items, users, inter, source="generated",
                     extra={"generator": {"n_users": n_users, "n_items": n_items, "seed": seed, "mean_length": mean_length}})
-    return ds.validate()
+    truth.noise = np.asarray(noise, dtype=np.float64)
+    return ds.validate(), truth

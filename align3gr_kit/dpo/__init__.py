@@ -7,14 +7,22 @@ Public API::
     SoftmaxDPOCollator(tokenizer, max_length)     prompt + chosen + N rejected -> one padded batch
     SoftmaxDPOTrainer(model, args, beta, ref_model=None, **trainer_kwargs)   a transformers.Trainer
     NegativeSampler(item_codes, mode, item_embeddings)   Easy/Medium/Hard negatives
-    build_sp_preferences(...), build_rf_preferences(...)  preference data per stage
+    build_sp_preferences(...) -> list[dict], build_rf_preferences(...) -> RFPreferences   preference data per stage
     run_progressive(policy, tokenizer, stages, cfg, out_dir, evaluate_fn) -> history
     run_dpo(cfg, stage="sp"|"rf", stage_run=None) -> dict          the CLI-level entry point
 """
 
 from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, prefix_grades, shared_prefix
 from align3gr_kit.dpo.pipeline import rf_stage_names, run_dpo, sp_stage_names
-from align3gr_kit.dpo.preferences import build_rf_preferences, build_sp_preferences, sample_prompts, sequential_prompts
+from align3gr_kit.dpo.preferences import (
+    RFPreferences,
+    TooFewPreferences,
+    build_rf_preferences,
+    build_sp_preferences,
+    held_out_items,
+    sample_prompts,
+    sequential_prompts,
+)
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
 from align3gr_kit.dpo.softmax_dpo import batched_logps, implicit_rewards, sequence_logps, softmax_dpo_loss
 from align3gr_kit.dpo.trainer import (
@@ -28,13 +36,16 @@ from align3gr_kit.dpo.trainer import (
 __all__ = [
     "DIFFICULTIES",
     "NegativeSampler",
+    "RFPreferences",
     "SoftmaxDPOCollator",
     "SoftmaxDPOTrainer",
     "StageSpec",
+    "TooFewPreferences",
     "batched_logps",
     "beam_candidates",
     "build_rf_preferences",
     "build_sp_preferences",
+    "held_out_items",
     "implicit_rewards",
     "make_reference",
     "parameter_fingerprint",

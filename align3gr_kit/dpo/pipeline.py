@@ -28,6 +28,7 @@ from align3gr_kit.dpo.preferences import (
     sequential_prompts,
 )
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
+from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.train.artifacts import MODEL
 from align3gr_kit.utils import process_state, seed_everything
@@ -64,15 +65,16 @@ def rf_stage_names(dpo: DPOConfig) -> list[str]:
 
 
 def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids: ScidTable | None, split,
-                   splits: tuple[str, ...] = ("valid", "test")) -> Callable[[torch.nn.Module], dict]:
-    """``model -> {split: {recall@5, ...}}`` through :func:`align3gr_kit.evaluate.evaluate`."""
+                   splits: tuple[str, ...] = ("valid", "test"), judge=None) -> Callable[[torch.nn.Module], dict]:
+    """``model -> {split: {recall@5, ..., liked_share@10 with a judge}}`` through
+    :func:`align3gr_kit.evaluate.evaluate`."""
     from align3gr_kit.evaluate import evaluate
 
     use_user = cfg.prompts.user_scid_in_prompt and user_scids is not None
 
     def evaluate_fn(model: torch.nn.Module) -> dict:
         return {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
-                            max_length=cfg.sft.max_length) for s in splits}
+                            max_length=cfg.sft.max_length, judge=judge) for s in splits}
 
     return evaluate_fn
 
@@ -105,10 +107,19 @@ def run_dpo(
     names = sp_stage_names(cfg.dpo) if stage == "sp" else rf_stage_names(cfg.dpo)
     if not names:
         raise ValueError(f"no {stage.upper()}-DPO stages configured (dpo.{stage}_stages is empty); skip this stage instead")
-    if stage == "rf":  # fail early, before loading a model, when the dataset has no ratings
-        from align3gr_kit.feedback import RatingsOracle
+    if stage == "rf":  # fail early, before loading a model, when the dataset cannot be graded
+        from align3gr_kit.dpo.preferences import held_out_items
+        from align3gr_kit.feedback import RatingsOracle, SimulatorOracle, save_simulator_report, training_oracle
 
-        oracle = RatingsOracle(dataset)
+        observed = RatingsOracle(dataset)  # logged training ratings: was the next item liked?
+        oracle = training_oracle(cfg.dpo.rf_oracle, dataset, seed=cfg.seed)  # grades the shown items
+        held_out = held_out_items(split)
+        rf_stats: dict[str, dict] = {}
+        simulator_metrics: dict[str, float] = {}
+        if isinstance(oracle, SimulatorOracle) and process_state().is_main_process:
+            heldout = save_simulator_report(oracle, dataset, stage_run.path("simulator")).set_index("model")
+            simulator_metrics = {f"simulator/heldout/{m}/{k}": float(heldout.loc[m, k]) for m in heldout.index
+                                 for k in ("rmse", "level_accuracy", "level_macro_f1")}
     start_dir = _start_model_dir(cfg, stage_run, stage)
     from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
 
@@ -142,14 +153,16 @@ def run_dpo(
             def build(ref: torch.nn.Module) -> list[dict]:
                 samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
-                return build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
-                                            proposals(ref, prompts), split.train_sequences)
+                prefs = build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
+                                             proposals(ref, prompts), observed, held_out)
+                rf_stats[name] = prefs.stats
+                return prefs.examples
             return StageSpec(name, build)
 
         specs = [rf_spec(n) for n in names]
 
     if evaluate_fn == "default":
-        evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split)
+        evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split, judge=optional_judge(dataset, cfg.seed))
     out_dir = stage_run.dir
     history = run_progressive(
         policy, tokenizer, specs, cfg.dpo, out_dir, evaluate_fn=evaluate_fn, seed=cfg.seed,
@@ -159,7 +172,7 @@ def run_dpo(
     )
     history.pop("policy")
     _link_final_model(out_dir, names[-1])
-    return {
+    result = {
         "stage": stage,
         "stages": names,
         "start_model": str(start_dir),
@@ -168,6 +181,11 @@ def run_dpo(
         "final_model": history["final_model"],
         "metrics": summary_metrics(history),
     }
+    if stage == "rf":
+        result["preference_stats"] = rf_stats
+        result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in rf_stats.items() for k, v in st.items()})
+        result["metrics"].update(simulator_metrics)
+    return result
 
 
 def summary_metrics(history: dict[str, Any]) -> dict[str, float]:

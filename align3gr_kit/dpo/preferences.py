@@ -7,23 +7,28 @@ strings, prompts the task-A sequential-prediction prompt (with the user SCID whe
 SP-DPO (self-play): chosen = the ground-truth next item; rejected = the policy's own constrained-beam
 items that differ from it, of the stage's difficulty (see :mod:`align3gr_kit.dpo.negatives`).
 
-RF-DPO (real feedback): the policy's beam items are "shown" to the user and the
-:class:`~align3gr_kit.feedback.FeedbackOracle` says how the user feels about each.
+RF-DPO (real feedback), as in Align3GR: the policy's constrained-beam items for a training prompt
+are "shown" to the user and a :class:`~align3gr_kit.feedback.FeedbackOracle` (``dpo.rf_oracle``: a
+simulator fit on training ratings, the generator's ground truth, or logged ratings) grades each one
+disliked / neutral / liked.
 
-* chosen: the prompt's ground-truth next item when the user liked it; otherwise the user's next
-  liked item later in their training sequence (still the user's own consumption, never a
-  valid/test item); prompts with neither are skipped. The chosen item is thus always an item the
-  user really consumed and liked, the best available stand-in for "the recommendation they wanted".
-* rejected: the beam items the oracle judges at the stage's level (easy: disliked; hard: neutral;
-  all: either), in beam order. Most beam items are unknown to a ratings oracle (the user never
-  rated them), so when the beams give fewer than N the rest come from the oracle's
-  ``rated_items`` at that level (the user's own rated training items, in a seeded random order);
-  a prompt with no rejected response at all is skipped.
+* chosen: the prompt's ground-truth next item, only when its OBSERVED (logged training) rating is
+  liked. Prompts whose next item is not liked are skipped: no later item stands in, so the chosen
+  response is never the user's future consumption.
+* rejected: the shown items the oracle grades at the stage's level (easy: disliked; hard: neutral;
+  all: either), in beam order, up to N; never the chosen item, never one of the user's
+  validation/test items. A prompt with no rejected response is skipped.
+* fallback (``fallback="catalogue"``, off by default): when the beams give fewer than N, the rest are
+  catalogue items the oracle grades at that level, drawn with the stage's seeded generator, never
+  the user's logged training items, the prompt's history, held-out items or the chosen item. These
+  were not shown, so they are counted apart: ``stats["fallback_share"]`` is the share of rejected
+  responses that came from the fallback (``from_beams`` per example counts the shown ones).
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,16 +134,34 @@ def build_sp_preferences(
     return out
 
 
-def rf_chosen(oracle: FeedbackOracle, user_id: int, target: int, later_items: Sequence[int]) -> int | None:
-    """The chosen item of an RF-DPO prompt: the target if liked, else the next liked later item, else None."""
-    if oracle.level(user_id, target) == "liked":
-        return int(target)
-    if len(later_items):
-        levels = oracle.levels([user_id] * len(later_items), list(later_items))
-        for item, lv in zip(later_items, levels):
-            if lv == "liked":
-                return int(item)
-    return None
+class TooFewPreferences(ValueError):
+    """A stage's preference data is too small to train on (the message gives the counts and the fix)."""
+
+
+@dataclass
+class RFPreferences:
+    """One RF-DPO stage's preference data.
+
+    Attributes:
+        examples: the training examples (see the module docstring), with ``rejected_levels`` and
+            ``from_beams`` (how many of the rejected responses were shown items, the first ones).
+        stats: ``prompts``, ``skipped_not_liked`` (next item's observed rating not liked),
+            ``skipped_no_rejected``, ``examples``, ``rejected``, ``from_beams``, ``from_fallback``,
+            ``from_beams_share``, ``fallback_share``, and ``shown/<level>`` (how the oracle graded the
+            distinct shown items other than the chosen and held-out ones; ``shown/unknown``: not graded).
+    """
+
+    examples: list[dict]
+    stats: dict[str, float]
+
+
+def held_out_items(split) -> dict[int, set[int]]:
+    """``user_id -> {validation target, test target}`` of a :class:`~align3gr_kit.data.split.Split`."""
+    out: dict[int, set[int]] = {}
+    for frame in (split.valid, split.test):
+        for u, t in zip(frame["user_id"], frame["target"]):
+            out.setdefault(int(u), set()).add(int(t))
+    return out
 
 
 def build_rf_preferences(
@@ -150,59 +173,87 @@ def build_rf_preferences(
     n_rejected: int,
     seed: int,
     candidates: np.ndarray,
-    train_sequences: dict[int, np.ndarray],
-) -> list[dict]:
+    observed: FeedbackOracle,
+    held_out: dict[int, set[int]],
+    fallback: str = "none",
+    min_examples: int = 1,
+) -> RFPreferences:
     """RF-DPO examples of one stage (see the module docstring for the chosen/rejected rule).
 
     Args:
-        samples: from :func:`sample_prompts` (needs ``t``, the target's index in the training sequence).
+        samples: training samples (``user_id``, ``history``, ``target``), e.g. from :func:`sample_prompts`.
         prompts: one prompt per sample.
-        oracle: the feedback source.
+        oracle: grades the shown items (``dpo.rf_oracle``).
         stage: ``easy`` (liked vs disliked), ``hard`` (liked vs neutral) or ``all`` (either).
-        candidates: ``[n_samples, K]`` the policy's beam items (the recommendations shown).
-        train_sequences: ``Split.train_sequences`` (later liked items for the chosen fallback).
+        candidates: ``[n_samples, K]`` the policy's beam items (the recommendations shown; ``-1`` pad).
+        observed: the logged training ratings (a :class:`~align3gr_kit.feedback.RatingsOracle`): decides
+            whether the next item was liked, and which items the user consumed (kept out of the fallback).
+        held_out: ``user -> validation/test items`` (:func:`held_out_items`), never rejected.
+        fallback: ``none`` (only shown items) or ``catalogue`` (see the module docstring).
+        min_examples: fewer examples than this raise :class:`TooFewPreferences` instead of training on them.
     Returns:
-        Examples with extra fields ``rejected_levels`` and ``chosen_is_target``.
+        :class:`RFPreferences` (examples and the stage's statistics).
+    Raises:
+        TooFewPreferences: fewer than ``min_examples`` examples.
     """
     if stage not in RF_REJECTED_LEVELS:
         raise ValueError(f"unknown RF-DPO stage {stage!r}; use one of {tuple(RF_REJECTED_LEVELS)}")
+    if fallback not in ("none", "catalogue"):
+        raise ValueError(f"fallback must be 'none' or 'catalogue', got {fallback!r}")
     wanted = RF_REJECTED_LEVELS[stage]
     rng = stage_rng(seed, "rf/" + stage + "/negatives")
+    catalogue = np.arange(item_scids.n)
+    shown = dict.fromkeys(("disliked", "neutral", "liked", "unknown"), 0)
+    stats = {"prompts": len(samples), "skipped_not_liked": 0, "skipped_no_rejected": 0}
     out = []
-    for row, (u, target, t) in enumerate(zip(samples["user_id"], samples["target"], samples["t"])):
-        u, target = int(u), int(target)
-        seq = train_sequences.get(u, np.empty(0, dtype=np.int64))
-        if int(t) >= len(seq) or int(seq[int(t)]) != target:
-            raise ValueError(
-                f"user {u}: training sample t={int(t)} (target {target}) does not match train_sequences; pass "
-                "Split.train in its leave-one-out order through sample_prompts"
-            )
-        chosen = rf_chosen(oracle, u, target, seq[int(t) + 1:])
-        if chosen is None:
+    for row, (u, target, hist) in enumerate(zip(samples["user_id"], samples["target"], samples["history"])):
+        u, chosen = int(u), int(target)
+        if observed.level(u, chosen) != "liked":
+            stats["skipped_not_liked"] += 1
             continue
-        beam = [int(c) for c in candidates[row] if c >= 0 and int(c) != chosen]
-        beam = list(dict.fromkeys(beam))
+        banned = held_out.get(u, set()) | {chosen}
+        beam = list(dict.fromkeys(int(c) for c in candidates[row] if c >= 0 and int(c) not in banned))
         levels = oracle.levels([u] * len(beam), beam)
+        for lv in levels:
+            shown[lv or "unknown"] += 1
         rejected = [(c, lv) for c, lv in zip(beam, levels) if lv in wanted][:n_rejected]
         from_beams = len(rejected)
-        if len(rejected) < n_rejected:
-            taken = {c for c, _ in rejected} | {chosen}
-            pool = [(i, lv) for lv in wanted for i in oracle.rated_items(u, lv) if i not in taken]
-            if pool:
-                order = rng.permutation(len(pool))[: n_rejected - len(rejected)]
-                rejected.extend(pool[k] for k in order)
+        if fallback == "catalogue" and len(rejected) < n_rejected:
+            consumed = ~np.isnan(observed.ratings([u] * len(catalogue), catalogue))
+            keep = ~consumed
+            keep[list(banned | {c for c, _ in rejected} | {int(i) for i in hist})] = False
+            pool = catalogue[keep]
+            pool_levels = oracle.levels([u] * len(pool), pool.tolist())
+            pool = [(int(i), lv) for i, lv in zip(pool, pool_levels) if lv in wanted]
+            order = rng.permutation(len(pool))[: n_rejected - len(rejected)]
+            rejected.extend(pool[k] for k in order)
         if not rejected:
+            stats["skipped_no_rejected"] += 1
             continue
         out.append({
             "prompt": prompts[row],
             "chosen": item_scids.string(chosen),
             "rejected": [item_scids.string(c) for c, _ in rejected],
             "user_id": u,
-            "target": target,
+            "target": chosen,
             "chosen_item": chosen,
             "rejected_items": [c for c, _ in rejected],
             "from_beams": from_beams,
             "rejected_levels": [lv for _, lv in rejected],
-            "chosen_is_target": chosen == target,
         })
-    return out
+    n_rej = sum(len(e["rejected"]) for e in out)
+    n_beam = sum(e["from_beams"] for e in out)
+    stats.update({
+        "examples": len(out), "rejected": n_rej, "from_beams": n_beam, "from_fallback": n_rej - n_beam,
+        "from_beams_share": round(n_beam / n_rej, 4) if n_rej else 0.0,
+        "fallback_share": round((n_rej - n_beam) / n_rej, 4) if n_rej else 0.0,
+        **{f"shown/{k}": v for k, v in shown.items()},
+    })
+    if len(out) < min_examples:
+        raise TooFewPreferences(
+            f"RF-DPO stage {stage!r}: {len(out)} preference example(s), fewer than the {min_examples} needed "
+            f"({stats['prompts']} prompts; {stats['skipped_not_liked']} skipped because the next item's logged rating "
+            f"is not liked, {stats['skipped_no_rejected']} because no shown item was graded {'/'.join(wanted)}; "
+            f"shown items graded {shown}); raise dpo.max_prompts or the beam width, or drop the stage from dpo.rf_stages"
+        )
+    return RFPreferences(out, stats)

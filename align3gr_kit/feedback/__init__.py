@@ -1,5 +1,42 @@
-"""User feedback sources for RF-DPO (real-feedback preference alignment)."""
+"""User feedback sources for RF-DPO (real-feedback preference alignment) and the judge of what users like.
 
+``RatingsOracle`` (logged training ratings), ``SimulatorOracle`` (a rating model fit on the training
+split's ratings), ``GroundTruthOracle`` (the generator's own affinity, generated data only);
+``training_oracle(dpo.rf_oracle, dataset)`` picks one, ``evaluation_oracle(dataset)`` is the judge and
+``liked_share(users, top_k, oracle)`` scores recommendations by it.
+"""
+
+from align3gr_kit.feedback.evaluation import ORACLES, agreement, evaluate_liked, evaluation_oracle, liked_share, training_oracle
+from align3gr_kit.feedback.ground_truth import GroundTruthOracle
 from align3gr_kit.feedback.oracle import LEVELS, RATED_LOADERS, FeedbackOracle, RatingsOracle, rating_level
+from align3gr_kit.feedback.simulator import (
+    SimulatorOracle,
+    calibration_figure,
+    calibration_frame,
+    fit_evaluation_simulator,
+    heldout_table,
+    save_simulator_report,
+    split_ratings,
+)
 
-__all__ = ["LEVELS", "RATED_LOADERS", "FeedbackOracle", "RatingsOracle", "rating_level"]
+__all__ = [
+    "LEVELS",
+    "ORACLES",
+    "RATED_LOADERS",
+    "FeedbackOracle",
+    "GroundTruthOracle",
+    "RatingsOracle",
+    "SimulatorOracle",
+    "agreement",
+    "calibration_figure",
+    "calibration_frame",
+    "evaluate_liked",
+    "evaluation_oracle",
+    "fit_evaluation_simulator",
+    "heldout_table",
+    "liked_share",
+    "rating_level",
+    "save_simulator_report",
+    "split_ratings",
+    "training_oracle",
+]

@@ -50,9 +50,10 @@ class FeedbackOracle(ABC):
             raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
         return [self.level(int(u), int(i)) for u, i in zip(user_ids, item_ids)]
 
-    def rated_items(self, user_id: int, level: str) -> list[int]:
-        """Items the oracle knows ``user_id`` rates at ``level`` (fallback negatives); default none."""
-        return []
+    def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        """The 1-5 rating the oracle expects for each aligned pair, ``[n]`` float, NaN where it has none
+        (default: none; oracles that model ratings override it)."""
+        return np.full(len(item_ids), np.nan)
 
 
 class RatingsOracle(FeedbackOracle):
@@ -110,12 +111,10 @@ class RatingsOracle(FeedbackOracle):
             out.append(None if r is None else rating_level(r))
         return out
 
+    def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        get = self._ratings.get
+        return np.array([get((int(u), int(i)), np.nan) for u, i in zip(user_ids, item_ids)], dtype=np.float64)
+
     def train_items(self, user_id: int) -> list[int]:
         """The user's training interactions in chronological order (what the oracle may reveal)."""
         return list(self._train_items.get(int(user_id), []))
-
-    def rated_items(self, user_id: int, level: str) -> list[int]:
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-        items = dict.fromkeys(self._train_items.get(int(user_id), []))  # distinct, chronological
-        return [i for i in items if self.level(user_id, i) == level]

@@ -11,6 +11,7 @@ from typing import Any
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.evaluate import evaluate
+from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.model.backbone import save_model
 from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.train.artifacts import MODEL, write_metrics
@@ -40,10 +41,11 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     model = getattr(res["model"], "module", res["model"])  # without DDP/accelerate wrappers
     save_model(model, tokenizer, stage.dir / MODEL, tok.items, tok.users)
     use_user = cfg.prompts.user_scid_in_prompt and tok.users is not None
+    judge = optional_judge(data.dataset, cfg.seed) if evaluate_splits else None  # what users like
     out: dict[str, Any] = {"train": train}
     for name in evaluate_splits:
         out[name] = evaluate(model, tokenizer, tok.items, tok.users, data.split.samples(name), cfg.decode, use_user,
-                             max_length=cfg.sft.max_length, progress=progress)
+                             max_length=cfg.sft.max_length, progress=progress, judge=judge)
         flat.update({f"{name}_{k}": v for k, v in out[name].items()})
     out["metrics"] = flat
     write_metrics(stage.dir, out)
