@@ -15,7 +15,7 @@ from align3gr_kit.dpo.artifacts import DPOArtifacts
 from align3gr_kit.scid import ScidTable
 
 CURVE_METRICS = ("loss", "rewards/margins", "rewards/accuracies")
-RANK_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+RANK_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "liked_share@10")
 
 
 def _label(ds: RecDataset, scids: ScidTable, item: int, width: int = 40) -> str:

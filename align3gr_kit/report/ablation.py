@@ -92,7 +92,7 @@ def manifest_final_metrics(metrics: dict[str, Any], source: str = "a stage manif
     for split in ("valid", "test"):
         nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
         values = {}
-        for k in METRIC_KEYS:
+        for k in METRIC_KEYS + ("liked_share@10", "mean_rating@10"):  # the last two only when judged
             for v in (nested.get(k), metrics.get(f"{split}_{k}"), metrics.get(f"final/{split}/{k}")):
                 if v is not None:
                     values[k] = v

@@ -59,7 +59,7 @@ def full_model_row(cfg: RunConfig) -> pd.DataFrame:
         return pd.DataFrame(columns=["method", "source", *METRIC_KEYS])
     last = stages.iloc[-1]
     return pd.DataFrame([{"method": FULL, "source": f"{last.stage} ({last.model})",
-                          **{k: last[f"test {k}"] for k in METRIC_KEYS}}])
+                          **{k: last[f"test {k}"] for k in METRIC_KEYS + ("liked_share@10",)}}])
 
 
 def comparison(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:

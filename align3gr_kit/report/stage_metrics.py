@@ -17,13 +17,15 @@ from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
 
 DPO_STAGES = (("05_sp_dpo", "SP-DPO"), ("06_rf_dpo", "RF-DPO"))
 # The columns a report prints of :func:`pipeline_stage_metrics`.
-TABLE_COLUMNS = ["model", "valid recall@10", "valid ndcg@10", *[f"test {k}" for k in METRIC_KEYS]]
+TABLE_COLUMNS = ["model", "valid recall@10", "valid ndcg@10", *[f"test {k}" for k in METRIC_KEYS], "test liked_share@10"]
+# What users like in the top-10 (the evaluation judge, :func:`align3gr_kit.feedback.evaluation_oracle`).
+LIKED_KEYS = ("liked_share@10", "mean_rating@10")
 
 
 def _row(stage: str, model: str, metrics: dict[str, dict[str, Any]], users: Any = None) -> dict[str, Any]:
     row: dict[str, Any] = {"stage": stage, "model": model, "users": users}
     for split in ("valid", "test"):
-        for k in METRIC_KEYS:
+        for k in METRIC_KEYS + LIKED_KEYS:
             v = metrics.get(split, {}).get(k)
             row[f"{split} {k}"] = float(v) if v is not None else float("nan")
     return row
