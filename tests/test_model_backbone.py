@@ -115,11 +115,14 @@ def test_lora_trainable_count_includes_embeddings(tables):
     peft_model = apply_lora(model, ModelConfig(**{**CFG.__dict__, "lora": True, "lora_r": r}))
     counts = trainable_parameters(peft_model)
     # Hand count: LoRA A (r x in) and B (out x r) on q, k, v, o (H->H), gate, up (H->I), down (I->H),
-    # plus full copies of the input embedding and lm_head (V x H each).
+    # plus one trainable delta row per SCID token in the input embedding and in the (untied) lm_head;
+    # the V - n old rows stay frozen.
     lora = r * (4 * (H + H) + 2 * (H + I) + (I + H))
-    assert counts["trainable"] == lora + 2 * V * H
+    n = len(set(scid_tokens(items, users)))
+    assert 0 < n < V
+    assert counts["trainable"] == lora + 2 * n * H
     assert counts["trainable"] == peft_model.get_nb_trainable_parameters()[0]
-    # Without the embeddings in modules_to_save (the pitfall) the SCID rows would be frozen.
+    # Without trainable SCID rows (the pitfall) the new tokens would keep their initial rows.
     from peft import LoraConfig, get_peft_model
 
     plain, _ = build_backbone(CFG, CORPUS, scid_tokens(items, users), seed=0)

@@ -173,33 +173,51 @@ def tokenize_sft(sft, tokenizer, max_length: int):
 
 @dataclass
 class CompletionCollator:
-    """Right-pad tokenized SFT rows into a batch whose loss falls on the completion only.
+    """Left-pad tokenized SFT rows into a batch whose loss falls on the completion only.
 
     Each row holds ``input_ids`` and ``completion_mask`` (:func:`tokenize_sft`). Returns
-    ``input_ids`` ``[B, T]`` (padded with ``pad_id``), ``attention_mask`` ``[B, T]`` (0 on padding)
-    and ``labels`` ``[B, T]``: the input id on completion tokens, -100 on prompt tokens and padding
-    (the Trainer's causal-LM loss shifts them and ignores -100; ``num_items_in_batch`` keeps the
-    mean per completion token under gradient accumulation).
+    ``input_ids`` ``[B, T]`` (left-padded with ``pad_id``), ``attention_mask`` ``[B, T]`` (0 on
+    padding), ``position_ids`` ``[B, T]`` (counting from each row's first real token, so padding
+    shifts nothing) and ``labels``: the input id on completion tokens, -100 on prompt tokens and
+    padding (the model's causal-LM loss shifts them and ignores -100; the Trainer's
+    ``num_items_in_batch`` keeps the mean per completion token under gradient accumulation).
 
-    Written by hand because trl's ``DataCollatorForLanguageModeling`` comes with ``SFTTrainer``,
-    which cannot train the SCID rows of tied backbones (see :mod:`align3gr_kit.model.lora`); the
-    rule is a few lines.
+    With ``logits_to_keep`` (models whose forward takes it, e.g. Llama): left padding puts every
+    completion at the end, so only the last ``K = longest completion + 1`` positions need logits
+    (the +1: the last prompt token predicts the first completion token). The batch then carries
+    ``logits_to_keep = K`` and ``labels`` ``[B, K]`` (the same window); the LM head and the
+    vocabulary-wide softmax run on ``K`` positions instead of ``T``. For SmolLM2 (vocabulary 49k)
+    that is a large share of the step.
+
+    Written by hand because trl's collator comes with ``SFTTrainer``, which cannot train the SCID
+    rows of tied backbones (see :mod:`align3gr_kit.model.lora`); the rule is a few lines.
     """
 
     pad_id: int
+    logits_to_keep: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor | int]:
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), int(self.pad_id), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        keep = 1
         for r, row in enumerate(rows):
             x = torch.as_tensor(row["input_ids"], dtype=torch.long)
             comp = torch.as_tensor(row["completion_mask"], dtype=torch.bool)
-            ids[r, : len(x)] = x
-            mask[r, : len(x)] = 1
-            labels[r, : len(x)] = x.masked_fill(~comp, IGNORE_INDEX)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            ids[r, width - len(x):] = x
+            mask[r, width - len(x):] = 1
+            labels[r, width - len(x):] = x.masked_fill(~comp, IGNORE_INDEX)
+            first = int(comp.nonzero()[0]) if bool(comp.any()) else len(x)
+            keep = max(keep, len(x) - first + 1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch: dict[str, torch.Tensor | int] = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+        if self.logits_to_keep:
+            keep = min(keep, width)
+            batch["labels"], batch["logits_to_keep"] = labels[:, width - keep:], keep
+        else:
+            batch["labels"] = labels
+        return batch
 
 
 def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
@@ -311,8 +329,8 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     print(f"padding share of SFT batches: {padding['padding_random']:.1%} in random order, "
           f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=CompletionCollator(int(pad_id)),
-                      processing_class=tokenizer)
+    collator = CompletionCollator(int(pad_id), logits_to_keep=_accepts(model, "logits_to_keep"))
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer)
     t0 = time.time()
     result = trainer.train()
     seconds = time.time() - t0
@@ -334,6 +352,14 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
         "log_history": history,
         "trainer": trainer,
     }
+
+
+def _accepts(model, name: str) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes keyword ``name``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
 
 
 def embeddings_trainable(model) -> bool:
