@@ -78,7 +78,7 @@ def test_lora_trains_new_token_rows_of_both_matrices(tmp_path):
     trained = res["model"]
     assert hasattr(trained, "peft_config")
     assert 0 < res["trainable"]["trainable"] < res["trainable"]["total"]
-    emb1 = trained.get_input_embeddings().weight[ids].detach()  # the modules_to_save copy in use
+    emb1 = trained.get_input_embeddings().weight[ids].detach()  # the rows in use, SCID deltas included
     out1 = trained.get_output_embeddings().weight[ids].detach()
     assert (emb1 - emb0).abs().amax(1).min() > 0, "every SCID input row (all appear in prompts) must move"
     assert (out1 - out0).abs().amax(1).min() > 0, "every SCID output row must move"

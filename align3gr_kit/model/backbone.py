@@ -201,7 +201,10 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
     """Write a folder ``from_pretrained`` can load: the model (LoRA merged), tokenizer and SCID tables.
 
     A PEFT model is merged into its base (``merge_and_unload``) before saving, so the folder is a
-    plain model; the in-memory ``model`` passed in is left as it was.
+    plain model; the in-memory ``model`` passed in is left as it was. Tied backbones stay tied, on
+    purpose: the SCID rows' trained deltas are one adapter shared by both roles
+    (:mod:`align3gr_kit.model.lora`), merging writes them into the one shared matrix, and the saved
+    config keeps ``tie_word_embeddings``, so the loaded model computes exactly what the adapter did.
     """
     import copy
 
