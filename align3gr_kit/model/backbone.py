@@ -213,6 +213,9 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
     to_save = model
     if hasattr(model, "merge_and_unload"):
         to_save = copy.deepcopy(model).merge_and_unload()
+    # The SCID ids travel with the model: a later LoRA (every DPO stage) trains exactly these rows.
+    scid = item_scids.vocabulary() + (user_scids.vocabulary() if user_scids is not None else [])
+    setattr(to_save.config, SCID_IDS_KEY, sorted(set(tokenizer.convert_tokens_to_ids(scid))))
     to_save.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     item_scids.save(folder / "item_scids.json")
