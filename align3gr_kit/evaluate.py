@@ -61,6 +61,7 @@ def recommend(
     max_length: int | None = None,
     k: int | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items for every row of ``samples`` by constrained beam search.
 
@@ -74,6 +75,8 @@ def recommend(
         max_length: the SFT ``max_length``: prompts are cut from the left to leave room for an SCID.
         k: list length; ``None`` = ``beam_width``.
         progress: tqdm over batches.
+        precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`): ``auto`` = bf16 autocast
+            on GPUs and AMX/AVX512-BF16 CPUs, fp32 elsewhere; ``float32`` for exact comparisons.
     Returns:
         ``(items [n, k] int64 with -1 padding, scores [n, k] float32 log-probabilities)`` in row order.
     """
@@ -93,7 +96,8 @@ def recommend(
     for start in tqdm(range(0, len(order), decode.batch_size), desc="beam search", disable=not progress):
         rows = order[start:start + decode.batch_size]
         input_ids, mask = left_pad([ids[r] for r in rows], pad)
-        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=decode.beam_width, topk=k)
+        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=decode.beam_width, topk=k,
+                                      precision=precision)
         got = res.items.cpu().numpy()
         items[rows, : got.shape[1]] = got
         scores[rows, : got.shape[1]] = res.scores.float().cpu().numpy()
@@ -123,6 +127,7 @@ def evaluate(
     max_length: int | None = None,
     progress: bool = True,
     judge=None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user), and with a
     ``judge`` (a :class:`~align3gr_kit.feedback.FeedbackOracle`, e.g.
@@ -148,7 +153,7 @@ def evaluate(
         raise ValueError(f"decode.topk {decode.topk} exceeds decode.beam_width {decode.beam_width}; "
                          "the beam search returns at most beam_width items")
     items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
-                         max_length, k=k, progress=progress)
+                         max_length, k=k, progress=progress, precision=precision)
     metrics = rank_metrics(items, samples.target.to_numpy(), ks=decode.topk)
     if judge is not None:
         from align3gr_kit.feedback.evaluation import liked_share

@@ -115,11 +115,14 @@ def test_lora_trainable_count_includes_embeddings(tables):
     peft_model = apply_lora(model, ModelConfig(**{**CFG.__dict__, "lora": True, "lora_r": r}))
     counts = trainable_parameters(peft_model)
     # Hand count: LoRA A (r x in) and B (out x r) on q, k, v, o (H->H), gate, up (H->I), down (I->H),
-    # plus full copies of the input embedding and lm_head (V x H each).
+    # plus one trainable delta row per SCID token in the input embedding and in the (untied) lm_head;
+    # the V - n old rows stay frozen.
     lora = r * (4 * (H + H) + 2 * (H + I) + (I + H))
-    assert counts["trainable"] == lora + 2 * V * H
+    n = len(set(scid_tokens(items, users)))
+    assert 0 < n < V
+    assert counts["trainable"] == lora + 2 * n * H
     assert counts["trainable"] == peft_model.get_nb_trainable_parameters()[0]
-    # Without the embeddings in modules_to_save (the pitfall) the SCID rows would be frozen.
+    # Without trainable SCID rows (the pitfall) the new tokens would keep their initial rows.
     from peft import LoraConfig, get_peft_model
 
     plain, _ = build_backbone(CFG, CORPUS, scid_tokens(items, users), seed=0)
@@ -164,3 +167,33 @@ def test_save_and_load_round_trip(tables, tmp_path, lora):
     assert not hasattr(loaded, "peft_config")  # a merged, plain model
     assert torch.allclose(loaded.eval()(input_ids=x).logits, before, atol=1e-4)
     assert len(tok2) == len(tok) and np.array_equal(items2.codes, items.codes) and np.array_equal(users2.codes, users.codes)
+
+
+def test_chat_template_frames_prompts_and_cuts_only_the_text(tables):
+    """With a chat template, prompts are one user turn + the generation prompt; cutting a long prompt
+    drops its oldest *text* tokens and keeps the template's head and the assistant header whole."""
+    from align3gr_kit.model import fit_prompt, prompt_frame
+
+    assert fit_prompt([1, 2, 3, 4, 5, 6, 7, 8], 2, 2, 6) == [1, 2, 5, 6, 7, 8]  # hand example
+    items, users = tables
+    tok = build_tokenizer(CFG, CORPUS, scid_tokens(items, users))
+    plain_head, plain_tail = prompt_frame(tok)
+    assert (plain_head, plain_tail) == ([tok.bos_token_id], [])  # tiny-llama: the plain format
+    tok.chat_template = ("{% for m in messages %}<s>[{{ m['role'] }}]: {{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s>[assistant]: {% endif %}")
+    head, tail = prompt_frame(tok)
+    prompt = f"User {users.string(1)} bought {items.string(4)}. Next?"
+    ids = encode_prompts(tok, [prompt])[0]
+    assert tok.decode(ids) == tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+    assert ids[: len(head)] == head and ids[len(ids) - len(tail):] == tail and len(tail) > 0
+    long_prompt = "word " * 100 + "LAST"
+    cut = encode_prompts(tok, [long_prompt], max_length=len(head) + len(tail) + 3)[0]
+    assert cut[: len(head)] == head and cut[len(cut) - len(tail):] == tail
+    assert cut[len(head): len(cut) - len(tail)] == tok(long_prompt, add_special_tokens=False)["input_ids"][-3:]
+    # SFT rows start with exactly the inference prompt; the completion (+ EOS) follows unchanged
+    enc = encode_sft_batch(tok, [long_prompt], [items.string(2)], max_length=len(head) + len(tail) + 8)
+    row, mask = enc["input_ids"][0], enc["completion_mask"][0]
+    n_prompt = mask.index(1)
+    assert row[:len(head)] == head and row[n_prompt - len(tail): n_prompt] == tail
+    assert tok.convert_ids_to_tokens(row[n_prompt:-1]) == items.tokens(2) and row[-1] == tok.eos_token_id

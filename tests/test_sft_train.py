@@ -1,4 +1,5 @@
-"""SFT with trl: completion-only labels, learning, LoRA training the SCID rows, clean copies."""
+"""SFT on transformers.Trainer: completion-only labels, learning, LoRA training the SCID rows, clean
+copies, length grouping."""
 
 from __future__ import annotations
 
@@ -48,11 +49,14 @@ def test_loss_on_completion_only_and_it_learns(tmp_path):
     model, tok = build_backbone(cfg.model, corpus(), TOKENS, cfg.seed)
     data = toy_sft()
     res = train_sft(cfg, model, tok, data, tmp_path / "out")
-    ex = res["trainer"].train_dataset[0]
+    trainer = res["trainer"]
+    batch = trainer.data_collator([trainer.train_dataset[0]])
     n_prompt = len(encode_prompts(tok, [data[0]["prompt"]])[0])
-    labels, ids = ex["labels"], ex["input_ids"]
-    assert all(x == -100 for x in labels[:n_prompt])
-    assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
+    labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
+    # labels cover the last len(labels) positions (the logits window, see CompletionCollator)
+    n_comp = len(ids) - n_prompt
+    assert batch["logits_to_keep"] == len(labels) == n_comp + 1
+    assert labels[0] == -100 and labels[1:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
     assert tok.convert_ids_to_tokens(ids[n_prompt:-1]) == ITEMS.tokens(FAVOURITE[0])
     assert res["steps"] == 40 and res["world_size"] == 1
     assert res["last_loss"] < 0.5 * res["first_loss"]
@@ -77,15 +81,14 @@ def test_lora_trains_new_token_rows_of_both_matrices(tmp_path):
     trained = res["model"]
     assert hasattr(trained, "peft_config")
     assert 0 < res["trainable"]["trainable"] < res["trainable"]["total"]
-    emb1 = trained.get_input_embeddings().weight[ids].detach()  # the modules_to_save copy in use
+    emb1 = trained.get_input_embeddings().weight[ids].detach()  # the rows in use, SCID deltas included
     out1 = trained.get_output_embeddings().weight[ids].detach()
     assert (emb1 - emb0).abs().amax(1).min() > 0, "every SCID input row (all appear in prompts) must move"
     assert (out1 - out0).abs().amax(1).min() > 0, "every SCID output row must move"
     base_q = trained.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert torch.equal(base_q, q0), "LoRA must leave the frozen base weights untouched"
-    # Beam search runs on the adapter model and ranks like the merged model that gets saved. (Reloaded,
-    # not deep-copied: trl's fused-head patch binds the original forward, so a deep copy would still
-    # run the original module.)
+    # Beam search runs on the adapter model and ranks like the merged model that gets saved (fp32 on
+    # both sides: bf16 autocast would round the adapter and the merged weights differently).
     import pandas as pd
 
     from align3gr_kit.config import DecodeConfig
@@ -94,17 +97,19 @@ def test_lora_trains_new_token_rows_of_both_matrices(tmp_path):
 
     samples = pd.DataFrame({"user_id": [0, 1, 0], "history": [[1, 2], [3], [5, 6, 7]], "target": [4, 8, 4]})
     decode = DecodeConfig(beam_width=9, topk=[5])
-    adapter_items, adapter_scores = recommend(trained, tok, ITEMS, USERS, samples, decode, True, progress=False)
+    adapter_items, adapter_scores = recommend(trained, tok, ITEMS, USERS, samples, decode, True, progress=False,
+                                              precision="float32")
     save_model(trained, tok, tmp_path / "merged", ITEMS, USERS)
     merged, tok2, _, _ = load_model(tmp_path / "merged")
-    merged_items, merged_scores = recommend(merged, tok2, ITEMS, USERS, samples, decode, True, progress=False)
+    merged_items, merged_scores = recommend(merged, tok2, ITEMS, USERS, samples, decode, True, progress=False,
+                                            precision="float32")
     assert np.array_equal(adapter_items, merged_items) and (adapter_items >= 0).all()
     assert np.allclose(adapter_scores, merged_scores, atol=1e-4)
 
 
 def test_trained_model_deep_copies_cleanly(tmp_path):
-    """After training the model runs its own forward (trl's fused-head patch is removed), so a deep
-    copy (e.g. a frozen DPO reference) computes with its own weights."""
+    """A deep copy of the trained model (e.g. a frozen DPO reference) computes with its own weights
+    (no instance-level forward patched by a trainer survives training)."""
     import copy
 
     cfg = run_cfg(tmp_path, max_steps=2)
@@ -116,3 +121,61 @@ def test_trained_model_deep_copies_cleanly(tmp_path):
     x = torch.as_tensor(encode_prompts(tok, [toy_sft()[0]["prompt"]]))
     assert torch.count_nonzero(twin(input_ids=x).logits) == 0
     assert torch.count_nonzero(trained(input_ids=x).logits) > 0
+
+
+def test_completion_collator_masks_prompt_and_padding():
+    from align3gr_kit.train.sft import CompletionCollator
+
+    rows = [{"input_ids": [5, 6, 7, 8], "completion_mask": [0, 0, 1, 1]},
+            {"input_ids": [5, 9, 3], "completion_mask": [0, 1, 1]}]
+    b = CompletionCollator(pad_id=0)(rows)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8], [0, 5, 9, 3]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 1, 1, 1]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 1, 2]]
+    assert b["labels"].tolist() == [[-100, -100, 7, 8], [-100, -100, 9, 3]]
+    # logits only where they are scored: the longest completion (2 tokens) + the last prompt token
+    k = CompletionCollator(pad_id=0, logits_to_keep=True)(rows)
+    assert k["logits_to_keep"] == 3 and k["labels"].tolist() == [[-100, 7, 8], [-100, 9, 3]]
+
+
+def test_logits_to_keep_gives_the_full_loss(tmp_path):
+    """The windowed loss (LM head on the last K positions) equals the loss over all positions."""
+    from align3gr_kit.train.sft import CompletionCollator, tokenize_sft
+
+    cfg = run_cfg(tmp_path)
+    model, tok = build_backbone(cfg.model, corpus(), TOKENS, cfg.seed)
+    rows = list(tokenize_sft(toy_sft(6), tok, 64))
+    rows[0]["input_ids"], rows[0]["completion_mask"] = rows[0]["input_ids"][3:], rows[0]["completion_mask"][3:]
+    full = CompletionCollator(tok.pad_token_id)(rows)
+    window = CompletionCollator(tok.pad_token_id, logits_to_keep=True)(rows)
+    with torch.no_grad():
+        a = model(**full).loss
+        b = model(**window).loss
+    assert window["logits_to_keep"] < full["input_ids"].shape[1]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_padding_fraction_and_length_grouping():
+    from align3gr_kit.train.sft import length_grouping_report, padding_fraction
+
+    # hand example: batches [2, 4] and [3, 3] -> padded 8 + 6 = 14 slots for 12 tokens
+    assert abs(padding_fraction([2, 4, 3, 3], [0, 1, 2, 3], 2) - (1 - 12 / 14)) < 1e-12
+    assert padding_fraction([1, 4, 1, 4], [0, 1, 2, 3], 2) == 1 - 10 / 16
+    assert padding_fraction([1, 4, 1, 4], [0, 2, 1, 3], 2) == 0.0  # sorted: no padding
+    assert padding_fraction([7, 7, 7], [2, 1, 0], 2) == 0.0
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 200, size=2000).tolist()
+    rep = length_grouping_report(lengths, batch_size=16, group_size=16, seed=0)
+    assert rep["padding_random"] > 0.3 and rep["padding_grouped"] < 0.05
+
+
+def test_trainer_bf16_autocasts_on_cpu(tmp_path):
+    """model.dtype bfloat16 -> Trainer(bf16=True, use_cpu=True): the forward runs under CPU bf16
+    autocast (linear outputs in bf16) while the master weights stay fp32."""
+    cfg = run_cfg(tmp_path, max_steps=1).override({"model.dtype": "bfloat16"})
+    model, tok = build_backbone(cfg.model, corpus(), TOKENS, cfg.seed)
+    seen = []
+    model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "out")
+    assert res["bf16"] and seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in res["model"].parameters())

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from align3gr_kit.decoding.trie import ItemTrie
+from align3gr_kit.model.precision import autocast
 
 # attention implementations that apply a custom 4D mask as given (bool for sdpa, additive for eager)
 _TREE_ATTENTION = ("sdpa", "eager")
@@ -115,6 +116,7 @@ def constrained_beam_search(
     beam_width: int = 20,
     topk: int | None = None,
     tree_attention: bool | None = None,
+    precision: str = "float32",
 ) -> BeamResult:
     """Top items per user by beam search over the item trie (one forward per SCID level).
 
@@ -129,6 +131,8 @@ def constrained_beam_search(
         tree_attention: share each user's prompt cache between its beams through a 4D mask (see the
             module docstring); ``None`` = when the attention implementation takes a 4D mask (sdpa,
             eager) and every layer is full attention (no sliding window).
+        precision: ``model.dtype`` semantics (:mod:`align3gr_kit.model.precision`): ``auto`` =
+            bf16 autocast where the hardware has bf16 units; scores are accumulated in fp32 either way.
 
     Returns:
         :class:`BeamResult` with ``items``/``scores`` ``[B, K]``, ``K = min(topk or beam_width,
@@ -159,70 +163,71 @@ def constrained_beam_search(
 
     was_training = model.training
     model.eval()
-    try:
-        # Position ids from the mask (as generate does) so left padding does not shift positions.
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
-        )
-        cache = out.past_key_values
-        logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, None, :]  # [B, w=1, V]
-        del out
-        next_pos = attention_mask.sum(1)  # [B] position of the first generated token
-
-        scores = torch.zeros(B, 1, device=device)  # [B, w] accumulated log-probs
-        nodes = torch.zeros(B, 1, dtype=torch.long, device=device)  # [B, w] trie node at depth lv
-        ancestors = torch.zeros(B, 1, 0, dtype=torch.bool, device=device)  # [B, w, cached beam slots]
-        for lv in range(trie.levels):
-            w = nodes.shape[1]
-            toks = child_tokens[lv][nodes]  # [B, w, C] vocab ids, -1 pad
-            C = toks.shape[2]
-            cand = logp.gather(2, toks.clamp(min=0)).masked_fill(toks < 0, float("-inf")) + scores[:, :, None]
-            top, flat = cand.reshape(B, w * C).topk(min(W, w * C), dim=1)  # sorted, best first
-            # Fewer valid continuations than beams (a small first level, a tiny catalogue): keep only
-            # as many beams as the fullest user needs; the others' extra beams are dead (-inf).
-            k = max(int(torch.isfinite(top).sum(1).max()), 1)
-            top, flat = top[:, :k], flat[:, :k]
-            parent, slot = flat // C, flat % C
-            dead = torch.isinf(top)
-            nodes = child_nodes[lv][nodes.gather(1, parent), slot].masked_fill(dead, 0)
-            chosen = toks.reshape(B, w * C).gather(1, flat).masked_fill(dead, 0)  # [B, k] tokens to feed
-            scores = top
-            if lv == trie.levels - 1:
-                break
-            pos = (next_pos + lv)[:, None].expand(B, k)
-            if tree_attention:
-                # one cache row per user; a new beam sees the prompt, its parent's ancestors and itself
-                # (the k slots this forward appends)
-                eye = torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)
-                inherited = ancestors.gather(1, parent[:, :, None].expand(B, k, ancestors.shape[2]))
-                ancestors = torch.cat([inherited, eye], dim=2)
-                prompt_mask = attention_mask.bool()[:, None, None, :].expand(B, 1, k, T)
-                mask = torch.cat([prompt_mask, ancestors[:, None]], dim=3)  # [B, 1, k, T + slots]
-                out = model(
-                    input_ids=chosen,
-                    attention_mask=_as_model_mask(mask, impl, dtype),
-                    position_ids=pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                logp = F.log_softmax(out.logits.float(), dim=-1)  # [B, k, V]
-            else:
-                # expanded layout: row b*k+j holds beam j of user b; at level 0 every beam comes from
-                # prompt row b, so this one index_select also expands the cache from users to beams
-                cache.reorder_cache((users[:, None] * w + parent).reshape(-1))
-                beam_mask = F.pad(attention_mask.repeat_interleave(k, dim=0), (0, lv + 1), value=1)
-                out = model(
-                    input_ids=chosen.reshape(B * k, 1),
-                    attention_mask=beam_mask,
-                    position_ids=pos.reshape(B * k, 1),
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                logp = F.log_softmax(out.logits[:, -1].float(), dim=-1).reshape(B, k, -1)
+    with autocast(precision, device):
+        try:
+            # Position ids from the mask (as generate does) so left padding does not shift positions.
+            position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+            extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+            out = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
+            )
             cache = out.past_key_values
+            logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, None, :]  # [B, w=1, V]
             del out
-    finally:
-        model.train(was_training)
+            next_pos = attention_mask.sum(1)  # [B] position of the first generated token
+
+            scores = torch.zeros(B, 1, device=device)  # [B, w] accumulated log-probs
+            nodes = torch.zeros(B, 1, dtype=torch.long, device=device)  # [B, w] trie node at depth lv
+            ancestors = torch.zeros(B, 1, 0, dtype=torch.bool, device=device)  # [B, w, cached beam slots]
+            for lv in range(trie.levels):
+                w = nodes.shape[1]
+                toks = child_tokens[lv][nodes]  # [B, w, C] vocab ids, -1 pad
+                C = toks.shape[2]
+                cand = logp.gather(2, toks.clamp(min=0)).masked_fill(toks < 0, float("-inf")) + scores[:, :, None]
+                top, flat = cand.reshape(B, w * C).topk(min(W, w * C), dim=1)  # sorted, best first
+                # Fewer valid continuations than beams (a small first level, a tiny catalogue): keep only
+                # as many beams as the fullest user needs; the others' extra beams are dead (-inf).
+                k = max(int(torch.isfinite(top).sum(1).max()), 1)
+                top, flat = top[:, :k], flat[:, :k]
+                parent, slot = flat // C, flat % C
+                dead = torch.isinf(top)
+                nodes = child_nodes[lv][nodes.gather(1, parent), slot].masked_fill(dead, 0)
+                chosen = toks.reshape(B, w * C).gather(1, flat).masked_fill(dead, 0)  # [B, k] tokens to feed
+                scores = top
+                if lv == trie.levels - 1:
+                    break
+                pos = (next_pos + lv)[:, None].expand(B, k)
+                if tree_attention:
+                    # one cache row per user; a new beam sees the prompt, its parent's ancestors and itself
+                    # (the k slots this forward appends)
+                    eye = torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)
+                    inherited = ancestors.gather(1, parent[:, :, None].expand(B, k, ancestors.shape[2]))
+                    ancestors = torch.cat([inherited, eye], dim=2)
+                    prompt_mask = attention_mask.bool()[:, None, None, :].expand(B, 1, k, T)
+                    mask = torch.cat([prompt_mask, ancestors[:, None]], dim=3)  # [B, 1, k, T + slots]
+                    out = model(
+                        input_ids=chosen,
+                        attention_mask=_as_model_mask(mask, impl, dtype),
+                        position_ids=pos,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    logp = F.log_softmax(out.logits.float(), dim=-1)  # [B, k, V]
+                else:
+                    # expanded layout: row b*k+j holds beam j of user b; at level 0 every beam comes from
+                    # prompt row b, so this one index_select also expands the cache from users to beams
+                    cache.reorder_cache((users[:, None] * w + parent).reshape(-1))
+                    beam_mask = F.pad(attention_mask.repeat_interleave(k, dim=0), (0, lv + 1), value=1)
+                    out = model(
+                        input_ids=chosen.reshape(B * k, 1),
+                        attention_mask=beam_mask,
+                        position_ids=pos.reshape(B * k, 1),
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    logp = F.log_softmax(out.logits[:, -1].float(), dim=-1).reshape(B, k, -1)
+                cache = out.past_key_values
+                del out
+        finally:
+            model.train(was_training)
     return finalize(nodes, scores, topk)

@@ -163,6 +163,7 @@ def beam_candidates(
     beam_width: int = 20,
     batch_size: int = 32,
     encode_prompt: PromptEncoder | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """The policy's constrained beam search over the catalogue for every prompt (self-play proposals).
 
@@ -172,6 +173,7 @@ def beam_candidates(
         item_scids: the item SCID table (the trie's leaves).
         encode_prompt: ``prompt -> token ids``, the SAME encoder the collator uses (so the beams come
             from the context the loss scores); default: :func:`default_prompt_encoder`.
+        precision: ``model.dtype`` of the beam search (:mod:`align3gr_kit.model.precision`).
     Returns:
         ``[n_prompts, beam_width]`` item ids, best first, ``-1`` where a beam found fewer items.
     """
@@ -184,7 +186,7 @@ def beam_candidates(
     out = np.full((len(prompts), beam_width), -1, dtype=np.int64)
     for start in tqdm(range(0, len(prompts), batch_size), desc="self-play beams", leave=False):
         input_ids, mask = left_pad([encode(p) for p in prompts[start:start + batch_size]], pad)
-        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=beam_width)
+        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=beam_width, precision=precision)
         items = res.items.cpu().numpy()[:, :beam_width]
         out[start:start + len(items), : items.shape[1]] = items
     return out

@@ -74,7 +74,7 @@ def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids:
 
     def evaluate_fn(model: torch.nn.Module) -> dict:
         return {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
-                            max_length=cfg.sft.max_length, judge=judge) for s in splits}
+                            max_length=cfg.sft.max_length, judge=judge, precision=cfg.model.dtype) for s in splits}
 
     return evaluate_fn
 
@@ -133,7 +133,7 @@ def run_dpo(
 
     def proposals(model: torch.nn.Module, prompts: list[str]) -> np.ndarray:
         return beam_candidates(model, tokenizer, prompts, item_scids, beam_width=cfg.decode.beam_width,
-                               batch_size=cfg.decode.batch_size, encode_prompt=encode)
+                               batch_size=cfg.decode.batch_size, encode_prompt=encode, precision=cfg.model.dtype)
 
     if stage == "sp":
         embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
@@ -169,6 +169,7 @@ def run_dpo(
         encode_prompt=encode, max_length=cfg.sft.max_length,
         wrap_fn=(lambda m: apply_lora(m, cfg.model)) if cfg.model.lora else None,
         save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, item_scids, user_scids),
+        precision=cfg.model.dtype,
     )
     history.pop("policy")
     _link_final_model(out_dir, names[-1])

@@ -41,6 +41,7 @@ from align3gr_kit.dpo.trainer import (
 )
 from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
 from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
+from align3gr_kit.model.precision import trainer_bf16
 from align3gr_kit.utils import atomic_path, process_state, write_json
 
 TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -73,6 +74,7 @@ def run_progressive(
     max_length: int = 256,
     wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     save_fn: Callable[[torch.nn.Module, Any, Path], Any] | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Train the stages in order (see the module docstring).
 
@@ -91,6 +93,8 @@ def run_progressive(
         wrap_fn: ``policy -> trainable model`` (e.g. LoRA) applied at every stage and merged after
             it (the wrapped model must offer ``merge_and_unload``); None = full fine-tuning.
         save_fn: ``save_fn(model, tokenizer, folder)``; default ``save_pretrained`` of both.
+        precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`): training (``bf16``
+            autocast where the hardware has it) and the reference log-probs alike.
     Returns:
         ``{"start": metrics|None, "stages": [per-stage entries], "final_model": path, "policy": model}``.
     """
@@ -99,7 +103,7 @@ def run_progressive(
     out_dir = Path(out_dir)
     # TrainingArguments sets up the distributed state the Trainer will use (e.g. gloo for CPU
     # processes under torchrun); read it from there so "main process" means the same thing here.
-    device = _training_args(cfg, out_dir, seed).device
+    device = _training_args(cfg, out_dir, seed, precision).device
     state = process_state()
     policy.to(device)
     disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
@@ -118,14 +122,15 @@ def run_progressive(
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
         ref_fp = parameter_fingerprint(ref)
         if cfg.precompute_ref:
-            examples = precompute_reference_logps(ref, examples, collator, batch_size=cfg.batch_size)
+            examples = precompute_reference_logps(ref, examples, collator, batch_size=cfg.batch_size,
+                                                  precision=precision)
             ref = None  # the frozen copy is no longer needed: free it before training
         trainable = wrap_fn(policy) if wrap_fn else policy
         trainer = SoftmaxDPOTrainer(
             model=trainable,
             ref_model=ref,
             beta=cfg.beta,
-            args=_training_args(cfg, stage_dir, seed),
+            args=_training_args(cfg, stage_dir, seed, precision),
             train_dataset=_dataset(examples),
             data_collator=collator,
             processing_class=tokenizer,
@@ -173,9 +178,9 @@ def last_logged(log_history: list[dict]) -> dict[str, float]:
     return out
 
 
-def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int) -> TrainingArguments:
+def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, precision: str) -> TrainingArguments:
     max_steps = cfg.max_steps or -1
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16 = trainer_bf16(precision)
     return TrainingArguments(
         output_dir=str(stage_dir / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -192,6 +197,7 @@ def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int) -> TrainingArgume
         data_seed=seed,
         bf16=bf16,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # on CPU, bf16=True is accelerate's CPU autocast
     )
 
 

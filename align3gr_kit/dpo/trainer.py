@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from align3gr_kit.dpo.negatives import default_prompt_encoder
-from align3gr_kit.model.encoding import bos_ids
+from align3gr_kit.model.encoding import fit_prompt, prompt_frame
+from align3gr_kit.model.precision import autocast
 from align3gr_kit.dpo.softmax_dpo import (
     IGNORE_INDEX,
     batched_logps,
@@ -49,7 +50,8 @@ class SoftmaxDPOCollator:
 
     Each example is a dict with ``prompt`` (str), ``chosen`` (str) and ``rejected`` (list[str], at
     least one), optionally ``ref_chosen_logps`` (float) and ``ref_rejected_logps`` (list[float]).
-    The prompt goes through ``encode_prompt`` (default: the kit's one prompt encoding, BOS + text,
+    The prompt goes through ``encode_prompt`` (default: the kit's one prompt encoding, BOS + text or
+    the chat template's user turn,
     :mod:`align3gr_kit.model.encoding`, as in SFT, evaluation and the self-play beam search); the
     response is the SCID text without special tokens, appended. The response is scored without the
     EOS that SFT completions end with: the log-probability DPO moves is then exactly the score the
@@ -65,17 +67,16 @@ class SoftmaxDPOCollator:
     encode_prompt: Callable[[str], list[int]] | None = None
 
     def encode_pair(self, prompt_ids: list[int], response: str) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one sequence; a too-long prompt loses its oldest tokens (not BOS)."""
+        """``(input_ids, labels)`` of one sequence; a too-long prompt loses its oldest text tokens (its
+        frame, BOS or the chat template's head and assistant header, is kept)."""
         resp = self.tokenizer(response, add_special_tokens=False)["input_ids"]
         if not resp:
             raise ValueError(f"response {response!r} tokenizes to nothing; the tokenizer lacks its SCID tokens")
         room = self.max_length - len(resp)
         if room < 2:
             raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before {len(resp)} response tokens")
-        p = list(prompt_ids)
-        if len(p) > room:  # keep a leading BOS, drop the oldest history tokens after it
-            head = p[:1] if p[:1] == bos_ids(self.tokenizer) else []
-            p = head + p[len(p) - (room - len(head)):]
+        head, tail = prompt_frame(self.tokenizer)
+        p = fit_prompt(list(prompt_ids), len(head), len(tail), room)
         return p + resp, [IGNORE_INDEX] * len(p) + resp
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -173,12 +174,15 @@ def precompute_reference_logps(
     collator: SoftmaxDPOCollator,
     batch_size: int = 8,
     device: torch.device | str | None = None,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Score every example under the frozen reference once.
 
     Args:
         ref_model: the frozen reference (eval mode).
         examples: preference examples (see :class:`SoftmaxDPOCollator`).
+        precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`); use the training's, so
+            reference and policy log-probs are computed alike.
     Returns:
         New dicts with ``ref_chosen_logps`` (float) and ``ref_rejected_logps`` (list[float], one per
         rejected response) added.
@@ -189,7 +193,8 @@ def precompute_reference_logps(
     for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
         chunk = examples[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collator(chunk).items()}
-        chosen, rejected = score_batch(ref_model, batch)
+        with autocast(precision, device):
+            chosen, rejected = score_batch(ref_model, batch)
         for b, ex in enumerate(chunk):
             n = len(ex["rejected"])
             out.append({**ex, "ref_chosen_logps": float(chosen[b]), "ref_rejected_logps": rejected[b, :n].float().tolist()})
@@ -233,7 +238,9 @@ class SoftmaxDPOTrainer(Trainer):
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         elif self.ref_model is not None:
-            with torch.no_grad():
+            # the policy runs inside accelerate's autocast (args.bf16); the reference is not prepared
+            # by accelerate, so it gets the same autocast explicitly
+            with torch.no_grad(), self.accelerator.autocast():
                 ref_chosen, ref_rejected = score_batch(self.ref_model, inputs)
         else:
             raise ValueError("no reference: pass ref_model or precompute ref_chosen_logps/ref_rejected_logps")

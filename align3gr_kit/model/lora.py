@@ -1,19 +1,35 @@
-"""LoRA through peft, with the SCID token rows trainable, and a trainable-parameter report.
+"""LoRA through peft, with the SCID token rows trainable in both roles, and a trainable-parameter report.
 
 The known pitfall: a plain ``LoraConfig`` freezes the embedding and output matrices, so the new
-SCID tokens keep their initial rows and the model cannot learn them. Here the input embedding and
-the output layer go into ``modules_to_save`` (trainable full copies; with trl 1.16 the lighter
-``trainable_token_indices`` on the output layer crashes, see LIBRARY-NOTES). Their module names
-are found from ``get_input_embeddings()`` / ``get_output_embeddings()``, so Llama's
-``embed_tokens``/``lm_head`` and BERT's ``word_embeddings``/``decoder`` both work; tied matrices
-stay tied (see :func:`apply_lora`).
+SCID tokens keep their initial rows and the model cannot learn them. Here peft's
+``trainable_token_indices`` makes exactly the SCID rows trainable (a small delta per row, added to
+the frozen matrix), for every backbone:
+
+* tied input/output matrices (SmolLM2, BERT/MiniLM, small Qwen models): the input embedding is
+  named once and peft wraps the tied output layer with the *same* token adapter (found through the
+  model's ``_tied_weights_keys``), so each SCID row trains in its input and its output role at once
+  and the tie survives ``merge_and_unload``;
+* untied matrices (``tiny-llama``, Llama): both are named, each with the SCID ids.
+
+Why this and not ``modules_to_save=["embed_tokens", "lm_head"]``: full copies train every old
+vocabulary row as well (57 M parameters for SmolLM2 instead of the SCID rows; AdamW's weight decay
+moves even rows whose gradient is zero) and break the tie. The price: trl's ``SFTTrainer`` crashes
+on the wrapped output layer (its fused LM head reads ``lm_head.weight``/``bias`` directly;
+LIBRARY-NOTES), so SFT runs on ``transformers.Trainer`` (:mod:`align3gr_kit.train.sft`).
+
+The module names come from ``get_input_embeddings()`` / ``get_output_embeddings()``, so Llama's
+``embed_tokens``/``lm_head`` and BERT's ``word_embeddings``/``decoder`` both work.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import nn
 
 from align3gr_kit.config import ModelConfig
+
+SCID_IDS_KEY = "align3gr_scid_token_ids"  # model.config attribute written by build_backbone
 
 
 def _leaf_name(model: nn.Module, module: nn.Module) -> str:
@@ -33,42 +49,47 @@ def embedding_module_names(model: nn.Module) -> list[str]:
 
 
 def tied_embeddings(model: nn.Module) -> bool:
+    """Whether the output layer's weight is the input embedding's tensor."""
     out = model.get_output_embeddings()
     return out is not None and out.weight is model.get_input_embeddings().weight
 
 
-def apply_lora(model: nn.Module, cfg: ModelConfig):
-    """Wrap ``model`` with LoRA adapters (``cfg.lora_r``, ``lora_alpha``, ``lora_dropout``,
-    ``lora_target_modules``) and fully trainable embedding/output matrices. Returns the PEFT model.
+def scid_token_ids(model: nn.Module) -> list[int]:
+    """The SCID token ids :func:`align3gr_kit.model.backbone.build_backbone` recorded in ``model.config``
+    (saved with the model, so a loaded SFT model knows them for DPO's adapters)."""
+    ids = getattr(model.config, SCID_IDS_KEY, None)
+    if not ids:
+        raise ValueError(f"model.config has no {SCID_IDS_KEY}: build the model with build_backbone (or load one "
+                         "save_model wrote), or pass new_ids to apply_lora")
+    return [int(i) for i in ids]
 
-    Tied matrices (BERT, small Qwen models): only the input embedding is copied into
-    ``modules_to_save`` and the output layer is pointed at that trainable copy, because peft's own
-    ``ensure_weight_tying`` only recognises the names ``embed_tokens``/``lm_head``. The tie then
-    survives ``merge_and_unload`` and saving.
+
+def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None = None):
+    """Wrap ``model`` with LoRA adapters (``cfg.lora_r``, ``lora_alpha``, ``lora_dropout``,
+    ``lora_target_modules``) and trainable SCID rows (module docstring). Returns the PEFT model.
+
+    Args:
+        model: a causal LM holding the SCID tokens.
+        cfg: the LoRA settings.
+        new_ids: the SCID token ids whose rows train; ``None`` = those recorded in ``model.config``
+            (:func:`scid_token_ids`).
     """
     from peft import LoraConfig, get_peft_model
 
+    ids = sorted(set(int(i) for i in (scid_token_ids(model) if new_ids is None else new_ids)))
     target = cfg.lora_target_modules
     target_modules = target if target == "all-linear" else [t.strip() for t in target.split(",") if t.strip()]
-    tied = tied_embeddings(model)
     names = embedding_module_names(model)
+    tied = tied_embeddings(model)
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=target_modules,
-        modules_to_save=names[:1] if tied else names,
+        trainable_token_indices={name: ids for name in (names[:1] if tied else names)},
         task_type="CAUSAL_LM",
-        ensure_weight_tying=tied and names[0] == "embed_tokens",
     )
-    peft_model = get_peft_model(model, lcfg)
-    if tied:
-        trained = peft_model.get_input_embeddings().modules_to_save[peft_model.active_adapter].weight
-        out = peft_model.get_output_embeddings()
-        out_module = out.modules_to_save[peft_model.active_adapter] if hasattr(out, "modules_to_save") else out
-        if out_module.weight is not trained:
-            out_module.weight = trained
-    return peft_model
+    return get_peft_model(model, lcfg)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, int | float]:

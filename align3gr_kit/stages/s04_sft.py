@@ -45,7 +45,8 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     out: dict[str, Any] = {"train": train}
     for name in evaluate_splits:
         out[name] = evaluate(model, tokenizer, tok.items, tok.users, data.split.samples(name), cfg.decode, use_user,
-                             max_length=cfg.sft.max_length, progress=progress, judge=judge)
+                             max_length=cfg.sft.max_length, progress=progress, judge=judge,
+                             precision=cfg.model.dtype)
         flat.update({f"{name}_{k}": v for k, v in out[name].items()})
     out["metrics"] = flat
     write_metrics(stage.dir, out)

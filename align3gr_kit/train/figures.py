@@ -39,7 +39,7 @@ def metrics_table(result: dict[str, Any], baselines: dict[str, dict] | None = No
     """One row per (model, split): Recall@K / NDCG@K, users and invalid outputs.
 
     Args:
-        result: :func:`align3gr_kit.train.sft.run_train_sft`'s return (``valid``/``test`` entries).
+        result: :class:`align3gr_kit.train.artifacts.SFTArtifacts` ``.metrics`` (``valid``/``test`` entries).
         baselines: optional ``{name: {"valid": metrics, "test": metrics}}`` (e.g. popularity).
     """
     rows = []

@@ -1,4 +1,5 @@
-"""Multi-task SFT (behaviour level): tokenise prompt/completion pairs, train, build the backbone.
+"""Multi-task SFT with ``transformers.Trainer`` (behaviour level): tokenise prompt/completion pairs,
+train, build the backbone.
 
 * :func:`train_sft`: tokenize (:mod:`align3gr_kit.model.encoding`, loss on the completion only),
   optionally wrap with LoRA, train, save the loss history.
@@ -14,14 +15,17 @@ accelerate config).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.train.artifacts import write_log_history
 
+IGNORE_INDEX = -100  # label of tokens without loss (transformers' causal-LM loss ignores it)
 BPE_PROMPT_SAMPLE = 20000  # prompts used to train the tiny-llama BPE (templates repeat; more adds little)
 
 
@@ -42,27 +46,113 @@ def tokenizer_corpus(ds, sft, seed: int, n_prompts: int = BPE_PROMPT_SAMPLE) -> 
 
 # ---------------------------------------------------------------------------- training
 def tokenize_sft(sft, tokenizer, max_length: int):
-    """``input_ids`` + ``completion_mask`` columns (the prompt/completion text columns are dropped)."""
+    """``input_ids``, ``completion_mask`` and ``length`` columns (the prompt/completion text columns are dropped)."""
     from align3gr_kit.model.encoding import encode_sft_batch
 
+    def encode(b):
+        out = encode_sft_batch(tokenizer, b["prompt"], b["completion"], max_length)
+        return {**out, "length": [len(x) for x in out["input_ids"]]}
+
     return sft.map(
-        lambda b: encode_sft_batch(tokenizer, b["prompt"], b["completion"], max_length),
+        encode,
         batched=True,
         remove_columns=sft.column_names,
         desc="tokenizing SFT data",
     )
 
 
-def trl_config(cfg: RunConfig, out_dir: str | Path):
-    """trl ``SFTConfig`` from the run config: fp32 on CPU, bf16 on GPUs that support it."""
-    import torch
-    from trl import SFTConfig as TrlSFTConfig
+@dataclass
+class CompletionCollator:
+    """Left-pad tokenized SFT rows into a batch whose loss falls on the completion only.
 
-    from align3gr_kit.model.backbone import resolve_dtype
+    Each row holds ``input_ids`` and ``completion_mask`` (:func:`tokenize_sft`). Returns
+    ``input_ids`` ``[B, T]`` (left-padded with ``pad_id``), ``attention_mask`` ``[B, T]`` (0 on
+    padding), ``position_ids`` ``[B, T]`` (counting from each row's first real token, so padding
+    shifts nothing) and ``labels``: the input id on completion tokens, -100 on prompt tokens and
+    padding (the model's causal-LM loss shifts them and ignores -100; the Trainer's
+    ``num_items_in_batch`` keeps the mean per completion token under gradient accumulation).
+
+    With ``logits_to_keep`` (models whose forward takes it, e.g. Llama): left padding puts every
+    completion at the end, so only the last ``K = longest completion + 1`` positions need logits
+    (the +1: the last prompt token predicts the first completion token). The batch then carries
+    ``logits_to_keep = K`` and ``labels`` ``[B, K]`` (the same window); the LM head and the
+    vocabulary-wide softmax run on ``K`` positions instead of ``T``. For SmolLM2 (vocabulary 49k)
+    that is a large share of the step.
+
+    Written by hand because trl's collator comes with ``SFTTrainer``, which cannot train the SCID
+    rows of tied backbones (see :mod:`align3gr_kit.model.lora`); the rule is a few lines.
+    """
+
+    pad_id: int
+    logits_to_keep: bool = False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor | int]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), int(self.pad_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        keep = 1
+        for r, row in enumerate(rows):
+            x = torch.as_tensor(row["input_ids"], dtype=torch.long)
+            comp = torch.as_tensor(row["completion_mask"], dtype=torch.bool)
+            ids[r, width - len(x):] = x
+            mask[r, width - len(x):] = 1
+            labels[r, width - len(x):] = x.masked_fill(~comp, IGNORE_INDEX)
+            first = int(comp.nonzero()[0]) if bool(comp.any()) else len(x)
+            keep = max(keep, len(x) - first + 1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch: dict[str, torch.Tensor | int] = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+        if self.logits_to_keep:
+            keep = min(keep, width)
+            batch["labels"], batch["logits_to_keep"] = labels[:, width - keep:], keep
+        else:
+            batch["labels"] = labels
+        return batch
+
+
+def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
+    """Share of the padded batch tensors that is padding when ``order`` is cut into batches of ``batch_size``.
+
+    ``1 - sum(lengths) / sum(batch size x longest row)`` over the batches, e.g. lengths ``[2, 4]`` in
+    one batch: ``1 - 6 / 8 = 0.25``.
+    """
+    lengths = np.asarray(lengths)[np.asarray(order, dtype=np.int64)]
+    if not len(lengths):
+        return 0.0
+    padded = sum(int(chunk.max()) * len(chunk) for chunk in np.split(lengths, range(batch_size, len(lengths), batch_size)))
+    return float(1.0 - lengths.sum() / padded)
+
+
+def length_grouping_report(lengths: Sequence[int], batch_size: int, group_size: int, seed: int) -> dict[str, float]:
+    """Padding fraction of a random order (before) and of transformers' length-grouped order (after).
+
+    ``group_size`` is the Trainer's grouping unit (``batch_size x grad_accum``); both orders are
+    seeded. Returns ``{"padding_random": f, "padding_grouped": f}``.
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    gen = torch.Generator().manual_seed(int(seed))
+    random_order = torch.randperm(len(lengths), generator=gen).tolist()
+    grouped = get_length_grouped_indices(list(lengths), group_size, generator=torch.Generator().manual_seed(int(seed)))
+    return {"padding_random": round(padding_fraction(lengths, random_order, batch_size), 4),
+            "padding_grouped": round(padding_fraction(lengths, grouped, batch_size), 4)}
+
+
+def training_args(cfg: RunConfig, out_dir: str | Path):
+    """``transformers.TrainingArguments`` from the run config.
+
+    Precision from ``model.dtype`` (:func:`align3gr_kit.model.precision.trainer_bf16`): ``bf16=True``
+    is accelerate's bf16 autocast, on a GPU and on CPUs with AMX/AVX512-BF16 alike (fp32 master
+    weights). Batches are length-grouped (``train_sampling_strategy="group_by_length"`` over the
+    ``length`` column): rows of similar length share a batch, so little of the compute is padding.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    from align3gr_kit.model.precision import trainer_bf16
 
     s = cfg.sft
-    bf16 = resolve_dtype(cfg.model.dtype) == torch.bfloat16 and torch.cuda.is_available()
-    return TrlSFTConfig(
+    return TrainingArguments(
         output_dir=str(Path(out_dir) / "trainer"),
         num_train_epochs=s.epochs,
         max_steps=s.max_steps if s.max_steps > 0 else -1,
@@ -75,11 +165,11 @@ def trl_config(cfg: RunConfig, out_dir: str | Path):
         logging_steps=s.logging_steps,
         save_strategy="no",
         report_to="none",
-        bf16=bf16,
+        bf16=trainer_bf16(cfg.model.dtype),
         fp16=False,
-        activation_checkpointing=False,  # trl defaults to on; tiny models and CPU runs gain nothing
-        completion_only_loss=True,
-        max_length=None,  # sequences are already cut by encode_sft_batch (oldest prompt tokens first)
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        remove_unused_columns=False,  # the collator needs completion_mask, which forward() does not take
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
@@ -92,17 +182,23 @@ def trl_config(cfg: RunConfig, out_dir: str | Path):
 def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -> dict[str, Any]:
     """Fine-tune ``model`` on the prompt/completion dataset ``train_ds`` (loss on completions).
 
+    One path for every backbone: ``transformers.Trainer`` with :class:`CompletionCollator` over
+    :func:`tokenize_sft`'s ids, length-grouped batches, precision from ``model.dtype``.
+
     Args:
         cfg: ``sft`` (steps, lr, batch...), ``model`` (``lora``, ``dtype``) and ``seed`` are used.
-        model: a causal LM holding the SCID tokens; wrapped with LoRA here when ``cfg.model.lora``.
+        model: a causal LM holding the SCID tokens (built by
+            :func:`align3gr_kit.model.backbone.build_backbone`, which records their ids); wrapped
+            with LoRA here when ``cfg.model.lora``.
         tokenizer: its tokenizer.
         train_ds: ``datasets.Dataset`` with ``prompt`` and ``completion`` columns.
         out_dir: where ``log_history.json`` (and the trainer's scratch folder) go.
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
-        "first_loss", "last_loss", "steps", "world_size", "seconds", "log_history": [...], "trainer"}``.
+        "first_loss", "last_loss", "steps", "world_size", "seconds", "padding": {...}, "bf16",
+        "log_history": [...], "trainer"}``.
     """
-    from trl import SFTTrainer
+    from transformers import Trainer
 
     from align3gr_kit.model.lora import apply_lora, trainable_parameters
 
@@ -112,17 +208,23 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     trainable = trainable_parameters(model)
     if not embeddings_trainable(model):
         raise RuntimeError("the SCID token rows are frozen (input embedding or output layer); with LoRA they must be "
-                           "in modules_to_save (align3gr_kit.model.lora.apply_lora does this)")
+                           "trainable tokens (align3gr_kit.model.lora.apply_lora does this)")
     print(f"trainable parameters: {trainable['trainable']:,} of {trainable['total']:,} "
           f"({100 * trainable['share']:.2f}%); embeddings and output layer trainable: yes")
     tokenized = tokenize_sft(train_ds, tokenizer, cfg.sft.max_length)
-    trainer = SFTTrainer(model=model, args=trl_config(cfg, out_dir), train_dataset=tokenized, processing_class=tokenizer)
+    args = training_args(cfg, out_dir)
+    padding = length_grouping_report(tokenized["length"], cfg.sft.batch_size, cfg.sft.batch_size * cfg.sft.grad_accum,
+                                     cfg.seed)
+    print(f"padding share of SFT batches: {padding['padding_random']:.1%} in random order, "
+          f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = CompletionCollator(int(pad_id), logits_to_keep=_accepts(model, "logits_to_keep"))
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer)
     t0 = time.time()
     result = trainer.train()
     seconds = time.time() - t0
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    _remove_fused_head(trainer.model)
     if trainer.is_world_process_zero():
         write_log_history(out_dir, history)
     return {
@@ -134,25 +236,27 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
         "steps": int(trainer.state.global_step),
         "world_size": int(trainer.args.world_size),
         "seconds": round(seconds, 2),
+        "padding": padding,
+        "bf16": bool(args.bf16),
         "log_history": history,
         "trainer": trainer,
     }
 
 
-def _remove_fused_head(model) -> None:
-    """Undo trl's fused-LM-head patch (an instance-level ``forward`` whose closure holds the original
-    bound method): left in place, a ``copy.deepcopy`` of the trained model (e.g. a DPO reference)
-    would keep running the *original* module's forward."""
+def _accepts(model, name: str) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes keyword ``name``."""
+    import inspect
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "forward" in vars(base):
-        del base.forward
+    return name in inspect.signature(base.forward).parameters
 
 
 def embeddings_trainable(model) -> bool:
     """Whether the input embedding and the output layer (SCID rows included) receive gradients.
 
-    Under peft, ``get_input_embeddings()`` returns the ``modules_to_save`` wrapper, whose trainable
-    copy is what trains; a plain LoRA model would fail this check (the known pitfall).
+    Under peft, ``get_input_embeddings()``/``get_output_embeddings()`` return the trainable-token
+    wrappers, whose SCID-row deltas are what trains; a plain LoRA model would fail this check (the
+    known pitfall).
     """
     mods = [model.get_input_embeddings(), model.get_output_embeddings()]
     return all(any(p.requires_grad for p in m.parameters()) for m in mods if m is not None)
