@@ -84,17 +84,13 @@ def build_from_run(args):
 
     Prompts are built and encoded exactly as the evaluation does (``align3gr_kit.evaluate``).
     """
-    from align3gr_kit.data.split import Split
     from align3gr_kit.evaluate import evaluation_prompts
-    from align3gr_kit.model.backbone import load_model
     from align3gr_kit.model.encoding import encode_prompts, left_pad
+    from align3gr_kit.stages.contract import get_stage
 
     run = Path(args.run_dir)
-    model, tokenizer, item_scids, user_scids = load_model(run / "04_sft" / "model", dtype="float32")
-    split_dir = run / "00_data" / "split"
-    if not split_dir.exists():
-        raise FileNotFoundError(f"{split_dir}: no split; run stage 00_data of this run first")
-    samples = Split.load(split_dir).samples("test").head(args.users)
+    model, tokenizer, item_scids, user_scids = get_stage("04_sft").load_artifacts(run / "04_sft").load_model("float32")
+    samples = get_stage("00_data").load_artifacts(run / "00_data").split.samples("test").head(args.users)
     prompts = evaluation_prompts(samples, item_scids, user_scids, user_scid_in_prompt=not args.no_user_scid)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask = left_pad(encode_prompts(tokenizer, prompts), pad)
