@@ -5,7 +5,8 @@ Every example is a dict ``{"prompt", "chosen", "rejected": [...], "user_id", "ta
 strings, prompts the task-A sequential-prediction prompt (with the user SCID when the run injects it).
 
 SP-DPO (self-play): chosen = the ground-truth next item; rejected = the policy's own constrained-beam
-items that differ from it, of the stage's difficulty (see :mod:`align3gr_kit.dpo.negatives`).
+items that differ from it, of the stage's difficulty (see :mod:`align3gr_kit.dpo.negatives`); the
+catalogue fills in only when the beam runs short, and :func:`sp_preference_stats` counts how often.
 
 RF-DPO (real feedback), as in Align3GR: the policy's constrained-beam items for a training prompt
 are "shown" to the user and a :class:`~align3gr_kit.feedback.FeedbackOracle` (``dpo.rf_oracle``: a
@@ -108,18 +109,17 @@ def build_sp_preferences(
         n_rejected: N, rejected responses per prompt (fewer only if the catalogue runs out).
         candidates: ``[n_samples, K]`` the policy's beam items (``-1`` pad); None for ``random``.
     Returns:
-        One example per sample with a non-empty rejected list; extra fields ``overlaps`` (shared SCID
-        levels of each rejected item with the chosen one) and ``from_beams``.
+        One example per sample with a non-empty rejected list; extra fields ``overlaps`` (shared
+        semantic SCID levels of each rejected item with the chosen one) and ``from_beams``.
     """
     rng = stage_rng(seed, difficulty + "/negatives")
-    codes = item_scids.codes
     out = []
     for row, (u, target) in enumerate(zip(samples["user_id"], samples["target"])):
         cand = None if candidates is None else candidates[row]
         rejected, from_beams = sampler.pick(int(target), cand, difficulty, n_rejected, rng)
         if not rejected:
             continue
-        overlaps = [int(np.cumprod(codes[r] == codes[target]).sum()) for r in rejected]
+        overlaps = sampler.overlap(rejected, int(target))  # semantic levels only
         out.append({
             "prompt": prompts[row],
             "chosen": item_scids.string(int(target)),
@@ -132,6 +132,18 @@ def build_sp_preferences(
             "overlaps": overlaps,
         })
     return out
+
+
+def sp_preference_stats(examples: Sequence[dict], n_prompts: int) -> dict[str, float]:
+    """How one SP-DPO stage's negatives were found: ``prompts``, ``examples``, ``rejected``,
+    ``from_beams`` (the policy's own beam), ``from_catalogue`` (the fill), ``from_beams_share``, and
+    ``overlap/<k>``: rejected responses sharing ``k`` semantic levels with the chosen one."""
+    n_rej = sum(len(e["rejected"]) for e in examples)
+    n_beam = sum(int(e["from_beams"]) for e in examples)
+    overlaps = pd.Series([o for e in examples for o in e.get("overlaps", [])], dtype="int64").value_counts()
+    return {"prompts": int(n_prompts), "examples": len(examples), "rejected": n_rej, "from_beams": n_beam,
+            "from_catalogue": n_rej - n_beam, "from_beams_share": round(n_beam / n_rej, 4) if n_rej else 0.0,
+            **{f"overlap/{int(k)}": int(v) for k, v in sorted(overlaps.items())}}
 
 
 class TooFewPreferences(ValueError):
