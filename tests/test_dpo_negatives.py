@@ -99,3 +99,49 @@ def test_build_sp_preferences_strings_and_overlaps():
         assert e["overlaps"] == [0, 0, 0, 0]
     again = build_sp_preferences(samples, prompts, table, NegativeSampler(table.codes), "easy", 4, 0, cands)
     assert again == ex
+
+
+def test_uniqueness_level_never_makes_a_pair_hard():
+    # three semantic levels + the collision-resolving level (append_unique_level): item 1 differs from
+    # item 0 only in that last level, i.e. it IS item 0 to the tokenizer.
+    from align3gr_kit.tokenizer.unique import append_unique_level
+
+    raw = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 0], [1, 0, 0], [0, 0, 0]])
+    codes = append_unique_level(raw)
+    assert codes[:2, 3].tolist() == [0, 1]  # the siblings differ only in the uniqueness digit
+    # counted over all four levels, the sibling would be a "hard" negative (3 shared levels < 4)
+    assert prefix_grades(codes, 0).tolist() == [-1, 2, 2, 1, 0]
+    # over the semantic levels it is no negative at all; item 2 (two shared) is the only hard one
+    assert prefix_grades(codes, 0, semantic_levels=3).tolist() == [-1, -1, 2, 1, 0]
+    sampler = NegativeSampler(codes, semantic_levels=3)
+    neg, from_beams = sampler.pick(0, np.array([1, 2, 3, 4]), "hard", 5, np.random.default_rng(0))
+    assert neg == [2] and from_beams == 1
+    assert sampler.overlap([1, 2, 3, 4], 0) == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match="semantic level"):
+        NegativeSampler(codes, semantic_levels=2)
+
+
+def test_generated_negatives_come_from_the_beam_and_fill_only_when_it_runs_short():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    beam = np.array([5, 0, 9, 12, 40, 41, 42, 43, -1, -1])
+    neg, from_beams = sampler.pick(0, beam, "generated", 4, np.random.default_rng(3))
+    assert from_beams == 4 and set(neg) <= set(beam[beam >= 0].tolist()) - {0}
+    again, _ = sampler.pick(0, beam, "generated", 4, np.random.default_rng(3))
+    assert again == neg  # seeded
+    # a uniform draw from the beam, not its head: over many draws every beam item appears
+    seen = {x for s in range(50) for x in sampler.pick(0, beam, "generated", 4, np.random.default_rng(s))[0]}
+    assert seen == {5, 9, 12, 40, 41, 42, 43}
+    # 7 usable beam items for 10 negatives: 7 from the beam, 3 from the catalogue, counted apart
+    neg, from_beams = sampler.pick(0, beam, "generated", 10, np.random.default_rng(0))
+    assert from_beams == 7 and len(neg) == 10 and 0 not in neg and set(neg[:7]) == {5, 9, 12, 40, 41, 42, 43}
+
+
+def test_sp_preference_stats_counts_the_beam_share():
+    from align3gr_kit.dpo.preferences import sp_preference_stats
+
+    examples = [{"rejected": ["a", "b", "c"], "from_beams": 3, "overlaps": [0, 0, 1]},
+                {"rejected": ["a"], "from_beams": 0, "overlaps": [2]}]
+    st = sp_preference_stats(examples, n_prompts=3)
+    assert st == {"prompts": 3, "examples": 2, "rejected": 4, "from_beams": 3, "from_catalogue": 1,
+                  "from_beams_share": 0.75, "overlap/0": 2, "overlap/1": 1, "overlap/2": 1}

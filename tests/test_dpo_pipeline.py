@@ -114,6 +114,11 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
     for a, b in zip(model.parameters(), final.parameters()):
         assert torch.equal(a, b)
     manifest = read_json(sp_dir / "manifest.json")
+    for name in sp["stages"]:  # the share of negatives from the policy's own beam, per stage, in the manifest
+        rows = [json.loads(x) for x in (sp_dir / name / "preferences.jsonl").read_text().splitlines()]
+        n_rej, n_beam = sum(len(r["rejected"]) for r in rows), sum(r["from_beams"] for r in rows)
+        assert manifest["metrics"][f"{name}/preferences/from_beams_share"] == pytest.approx(round(n_beam / n_rej, 4))
+        assert manifest["metrics"][f"{name}/preferences/from_catalogue"] == n_rej - n_beam
     assert manifest["metrics"]["hard/valid/n_params"] > 0 and "easy/train/rewards/accuracies" in manifest["metrics"]
     hist = read_json(sp_dir / "history.json")
     assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]

@@ -227,7 +227,8 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
             config the cheaper settings of
             :data:`~align3gr_kit.report.benchmark.SMOKE_REPORT_OVERRIDES` are added.
     Returns:
-        The table document written to ``<out_dir>/<name>.json`` (see :func:`write_table`).
+        The table document written to ``<out_dir>/<name>.json`` (see :func:`write_table`), plus
+        ``files`` (``{"json"|"md"|"html": path}``).
     """
     from align3gr_kit.report.benchmark import report_overrides
 
@@ -256,7 +257,7 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         "title": "Ablation ladder" if name == "ladder" else TABLES[name].title,
         "source": "Align3GR Figure 4" if name == "ladder" else TABLES[name].source,
         "dataset": dataset_label(base),
-        "config": str(config_path),
+        "config": _relative(config_path),
         "overrides": base_overrides,
         "fingerprint": config_fingerprint(base),
         "upto": upto or ("rf" if name == "ladder" else TABLES[name].default_upto),
@@ -271,8 +272,17 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
                  for r in runs.to_dict("records")],
         "failed": [r for r in runs.to_dict("records") if isinstance(r.get("error"), str) and r["error"]],
     }
-    write_table(doc, Path(out_dir or tables_dir(base)))
-    return doc
+    paths = write_table(doc, Path(out_dir or tables_dir(base)))
+    return {**doc, "files": {ext: str(path) for ext, path in paths.items()}}
+
+
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it (committed files name no home folder)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 def _cell(mean: Any, sd: Any) -> str:
