@@ -142,3 +142,25 @@ def test_the_committed_benchmarks_agree_with_the_committed_tables():
     for key in keys:  # the .md beside each .json is the one the command wrote
         folder = project_root() / "reports" / "tables" / key
         assert folder.with_suffix(".md").read_text() == table_markdown(json.loads(folder.with_suffix(".json").read_text()))
+
+
+def test_overview_shows_found_tables_and_the_command_for_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    from align3gr_kit.report.tables import tables_overview
+
+    assert "none yet" in tables_overview(base) and "--table dpo --seeds 3" in tables_overview(base)
+    run_table(base, SMOKE, "sft", [0])
+    text = tables_overview(base)
+    assert "Tables in" in text and "### Behaviour level: multi-task SFT" in text and "--table sft" not in text
+
+
+def test_cli_refuses_mixed_or_empty_table_options(capsys):
+    from align3gr_kit.cli import main
+
+    assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--ladder"]) == 2
+    assert "--table runs one table alone" in capsys.readouterr().err
+    assert main(["ablate", "--config", SMOKE, "--upto", "sp", "--ladder"]) == 2
+    assert "--upto goes with --table" in capsys.readouterr().err
+    assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--upto", "sft"]) == 2
+    assert "nothing to compare" in capsys.readouterr().err

@@ -355,6 +355,22 @@ def read_tables(folder: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def ablate_table_command(cfg: RunConfig, name: str, seeds: int = 3) -> str:
-    """The command that makes table ``name`` for this config."""
-    return f"python -m align3gr_kit ablate --config <this run's config> --table {name} --seeds {seeds}"
+def ablate_table_command(name: str, seeds: int = 3, upto: str | None = None) -> str:
+    """The command that makes table ``name`` for a config."""
+    return (f"python -m align3gr_kit ablate --config <this run's config> --table {name} --seeds {seeds}"
+            + (f" --upto {upto}" if upto else ""))
+
+
+def tables_overview(cfg: RunConfig, folder: Path | None = None) -> str:
+    """Markdown of every table found for this config's data (:func:`tables_dir`, or ``folder``), each
+    with its provenance line; for a table not made yet, the command that makes it. Reads files only."""
+    folder = Path(folder or tables_dir(cfg))
+    found = read_tables(folder)
+    where = _relative(folder)
+    parts = [f"Tables in `{where}`: {', '.join(found) if found else 'none yet'}."]
+    for name in TABLE_NAMES:
+        if name in found:
+            parts.append(f"### {found[name]['title']}\n\n{table_markdown(found[name])}")
+        else:
+            parts.append(f"`{name}` not made yet: `{ablate_table_command(name)}`")
+    return "\n\n".join(parts)
