@@ -164,3 +164,28 @@ def test_cli_refuses_mixed_or_empty_table_options(capsys):
     assert "--upto goes with --table" in capsys.readouterr().err
     assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--upto", "sft"]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
+    """The real command on the smoke config with tiny budgets (papermill runs of notebooks 00-05):
+    one SFT model shared by every row, the Softmax-DPO row's negatives from the policy's own beam."""
+    from align3gr_kit.cli import main
+
+    tiny = ["sft.max_steps=3", "prompts.max_per_task=30", "dpo.max_prompts=4", "dpo.n_rejected=3",
+            "decode.max_eval_users=8", f"runs_dir={tmp_path / 'runs'}"]
+    argv = ["ablate", "--config", SMOKE, "--run-name", "e2e", "--table", "dpo", "--upto", "sp", "--seeds", "1"]
+    assert main(argv + [a for s in tiny for a in ("--set", s)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in out["rows"]] == ["SFT", "Softmax-DPO", "SP-DPO w/o progression", "Progressive SP-DPO"]
+    assert not out["failed"] and all(0 <= r["recall@10"] <= 1 for r in out["rows"])
+    doc = json.loads((tmp_path / "runs" / "tables" / "synthetic" / "dpo.json").read_text())
+    assert doc["rows"][1]["budget"]["sft.max_steps"] == 3 and doc["seeds"] == [0]
+    runs = tmp_path / "runs"
+    sft = {json.loads((runs / f"e2e-dpo-{i:02d}-s0" / "04_sft" / "manifest.json").read_text())["metrics"]["test_recall@10"]
+           for i in range(4)}
+    assert len(sft) == 1  # one SFT model (copied by --resume), so the rows differ only in DPO
+    generated = json.loads((runs / "e2e-dpo-01-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
+    assert generated["generated/preferences/from_beams_share"] == 1.0
+    progressive = json.loads((runs / "e2e-dpo-03-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
+    assert {"easy/preferences/from_beams_share", "hard/preferences/from_beams_share"} <= set(progressive)
