@@ -140,8 +140,32 @@ def test_generated_negatives_come_from_the_beam_and_fill_only_when_it_runs_short
 def test_sp_preference_stats_counts_the_beam_share():
     from align3gr_kit.dpo.preferences import sp_preference_stats
 
-    examples = [{"rejected": ["a", "b", "c"], "from_beams": 3, "overlaps": [0, 0, 1]},
+    examples = [{"rejected": ["a", "b", "c"], "from_beams": 2, "from_ranked": 1, "overlaps": [0, 0, 1]},
                 {"rejected": ["a"], "from_beams": 0, "overlaps": [2]}]
     st = sp_preference_stats(examples, n_prompts=3)
-    assert st == {"prompts": 3, "examples": 2, "rejected": 4, "from_beams": 3, "from_catalogue": 1,
-                  "from_beams_share": 0.75, "overlap/0": 2, "overlap/1": 1, "overlap/2": 1}
+    assert st == {"prompts": 3, "examples": 2, "rejected": 4, "from_beams": 2, "from_ranked": 1, "from_catalogue": 1,
+                  "from_beams_share": 0.5, "from_policy_share": 0.75, "overlap/0": 2, "overlap/1": 1, "overlap/2": 1}
+
+
+def test_short_beams_are_completed_by_the_policys_best_scored_items_before_the_catalogue():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    samples = pd.DataFrame({"user_id": [0], "history": [[1, 2]], "target": [0]})
+    medium = np.flatnonzero(prefix_grades(table.codes, 0) == 1)
+    beam = np.array([medium[0], -1])  # the beam found one medium item
+    pool_seen = []
+
+    def rank_fn(row, items):  # the "policy" prefers higher item ids
+        pool_seen.append(list(items))
+        return np.asarray(items, dtype=float)
+
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=100)[0]
+    assert ex["rejected_items"][0] == medium[0] and ex["from_beams"] == 1 and ex["from_ranked"] == 3
+    assert ex["rejected_items"][1:] == sorted(set(medium) - {medium[0]}, reverse=True)[:3]
+    assert medium[0] not in pool_seen[0] and set(pool_seen[0]) == set(medium) - {medium[0]}
+    # a pool of 2 scored items: 2 ranked, then 1 uniform catalogue fill (the last resort)
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=2)[0]
+    assert (ex["from_beams"], ex["from_ranked"], len(ex["rejected"])) == (1, 2, 4)
+    # without a rank function the old rule: beam then catalogue
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :])[0]
+    assert (ex["from_beams"], ex["from_ranked"]) == (1, 0)

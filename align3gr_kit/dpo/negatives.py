@@ -17,10 +17,12 @@ whole catalogue (minus the chosen item): easy = least similar third, medium = mi
 similar third.
 
 Negatives come from the policy's own beam (self-play; its width is ``dpo.sp_beam_width``, wider
-than the evaluation beam so that each difficulty finds enough). Only when the beam holds fewer
-than ``n`` items of a stage's difficulty are the rest drawn from the catalogue items of the same
-difficulty, uniformly without replacement, with the stage's seeded generator (deterministic); the
-share that came from the beam is returned per prompt and reported per stage
+than the evaluation beam so that each difficulty finds enough). When the beam holds fewer than
+``n`` items of a stage's difficulty, the policy's highest-scored catalogue items of that difficulty
+come next (:func:`response_logps`, ``dpo.sp_rank_pool``; what a beam restricted to that difficulty
+would generate); only then are the rest drawn from the catalogue items of the same difficulty,
+uniformly without replacement, with the stage's seeded generator (deterministic); the shares are
+returned per prompt and reported per stage
 (:func:`align3gr_kit.dpo.preferences.sp_preference_stats`). If the catalogue itself holds fewer
 such items, the example keeps fewer negatives: the loss masks the missing slots. Repeats are never
 used because a repeated negative would count twice in Softmax-DPO's sum over rejected responses.
@@ -174,6 +176,35 @@ class NegativeSampler:
 
 
 PromptEncoder = Callable[[str], list[int]]
+
+
+@torch.no_grad()
+def response_logps(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    items: Sequence[int],
+    item_scids: ScidTable,
+    encode_prompt: PromptEncoder | None = None,
+    max_length: int = 256,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``[len(items)]`` log-probability of each item's SCID after ``prompt`` under ``model``: the
+    score the constrained beam search ranks items by, computed exactly (teacher-forced) through the
+    DPO collator, so the policy's best items of a difficulty can be found when its beam holds too few."""
+    from align3gr_kit.dpo.trainer import SoftmaxDPOCollator, score_batch
+
+    collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(items), batch_size):
+        part = [item_scids.string(int(i)) for i in items[start:start + batch_size]]
+        # one example: the first item as "chosen", all of them as "rejected" (needs at least one)
+        batch = {k: v.to(device) for k, v in collator([{"prompt": prompt, "chosen": part[0], "rejected": part}]).items()}
+        _, rejected = score_batch(model, batch)
+        out.extend(rejected[0, :len(part)].float().cpu().tolist())
+    return np.asarray(out, dtype=np.float64)
 
 
 def default_prompt_encoder(tokenizer, max_length: int | None = None) -> PromptEncoder:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from align3gr_kit.config import DPOConfig, RunConfig
-from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates
+from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, response_logps
 from align3gr_kit.dpo.preferences import (
     build_rf_preferences,
     build_sp_preferences,
@@ -152,12 +152,18 @@ def run_dpo(
                 samples = sample_prompts(split.train, n_prompts, cfg.seed, "sp/" + name)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
                 cands = None if name == "random" else proposals(ref, prompts, sp_width)
+
+                def rank(row: int, items: list[int]) -> np.ndarray:
+                    return response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
+                                          cfg.sft.max_length, cfg.decode.batch_size)
+
                 examples = build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected,
-                                                cfg.seed, cands)
+                                                cfg.seed, cands, rank, cfg.dpo.sp_rank_pool)
                 sp_stats[name] = st = sp_preference_stats(examples, len(samples))
-                print(f"SP-DPO {name}: {st['rejected']} negatives for {st['examples']} prompts, "
-                      f"{st['from_beams_share']:.1%} from the policy's own beam (width {sp_width}), "
-                      f"{st['from_catalogue']} filled from the catalogue")
+                print(f"SP-DPO {name}: {st['rejected']} negatives for {st['examples']} prompts: "
+                      f"{st['from_beams']} from the policy's own beam (width {sp_width}), {st['from_ranked']} "
+                      f"the policy's best-scored of the difficulty, {st['from_catalogue']} uniform catalogue fill; "
+                      f"from the policy {st['from_policy_share']:.1%}")
                 return examples
             return StageSpec(name, build)
 

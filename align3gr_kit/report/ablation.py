@@ -91,7 +91,7 @@ def reaching_fields(cfg: RunConfig, stages: tuple[str, ...]) -> dict[str, Any]:
     if not (t.u2i_align or p.user_scid_in_prompt or "B2" in p.tasks):
         d["tokenizer.dual"] = None
     d["prompts.user_scid_in_prompt"] = bool(p.user_scid_in_prompt and t.dual)  # no user SCIDs, none in prompts
-    sp_fields = ("sp_stages", "sp_negatives", "sp_difficulty", "sp_progressive", "sp_beam_width")
+    sp_fields = ("sp_stages", "sp_negatives", "sp_difficulty", "sp_progressive", "sp_beam_width", "sp_rank_pool")
     rf_fields = ("rf_stages", "rf_progressive", "rf_oracle")
     if "05_sp_dpo" not in stages:
         d.update({f"dpo.{k}": None for k in sp_fields})

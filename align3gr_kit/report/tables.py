@@ -62,7 +62,7 @@ VERDICT_KEYS = ("recall@10", "ndcg@10")
 #: The config fields a row's budget is read from (what its training ran with).
 BUDGET_KEYS = ("tokenizer.phase1_max_epochs", "tokenizer.phase2_epochs", "prompts.max_per_task", "sft.max_steps",
                "sft.epochs", "sft.batch_size", "dpo.max_prompts", "dpo.max_steps", "dpo.epochs", "dpo.n_rejected",
-               "dpo.sp_beam_width", "decode.max_eval_users", "model.base")
+               "dpo.sp_beam_width", "dpo.sp_rank_pool", "decode.max_eval_users", "model.base")
 
 
 @dataclass(frozen=True)
