@@ -98,7 +98,7 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     doc = run_table(base, SMOKE, "dpo", [0, 1], upto="sp", base_overrides={"dpo.beta": 0.2})
     assert [c[0] for c in calls] == [f"t-dpo-{i:02d}-s{s}" for s in (0, 1) for i in range(4)]
     folder = tmp_path / "runs" / "tables" / "synthetic"
-    assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html"}
+    assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html", "plotly.min.js"}
     saved = json.loads((folder / "dpo.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["upto"] == "sp" and saved["overrides"]["dpo.beta"] == 0.2
     assert saved["smoke"] and len(saved["fingerprint"]) == 12 and saved["wall_seconds"] >= 0
@@ -110,7 +110,8 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     md = (folder / "dpo.md").read_text()
     assert md == table_markdown(saved) and "0.4550 ± 0.0071" in md and "`sft.max_steps` 10;" in md
     assert saved["config"] == "configs/smoke.yaml"
-    assert "Plotly" in (folder / "dpo.html").read_text()[:5000] or "plotly" in (folder / "dpo.html").read_text()
+    html = (folder / "dpo.html").read_text()
+    assert 'src="plotly.min.js"' in html and '"error_y"' in html and "Softmax-DPO" in html
 
 
 def test_benchmarks_md_is_regenerated_from_the_files_and_a_disagreement_is_caught(tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
     one SFT model shared by every row, the Softmax-DPO row's negatives from the policy's own beam."""
     from align3gr_kit.cli import main
 
-    tiny = ["sft.max_steps=3", "prompts.max_per_task=30", "dpo.max_prompts=4", "dpo.n_rejected=3",
+    tiny = ["sft.max_steps=10", "prompts.max_per_task=30", "dpo.max_prompts=4", "dpo.n_rejected=3",
             "decode.max_eval_users=8", f"runs_dir={tmp_path / 'runs'}"]
     argv = ["ablate", "--config", SMOKE, "--run-name", "e2e", "--table", "dpo", "--upto", "sp", "--seeds", "1"]
     assert main(argv + [a for s in tiny for a in ("--set", s)]) == 0
@@ -180,7 +181,7 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
     assert [r["method"] for r in out["rows"]] == ["SFT", "Softmax-DPO", "SP-DPO w/o progression", "Progressive SP-DPO"]
     assert not out["failed"] and all(0 <= r["recall@10"] <= 1 for r in out["rows"])
     doc = json.loads((tmp_path / "runs" / "tables" / "synthetic" / "dpo.json").read_text())
-    assert doc["rows"][1]["budget"]["sft.max_steps"] == 3 and doc["seeds"] == [0]
+    assert doc["rows"][1]["budget"]["sft.max_steps"] == 10 and doc["seeds"] == [0]
     runs = tmp_path / "runs"
     sft = {json.loads((runs / f"e2e-dpo-{i:02d}-s0" / "04_sft" / "manifest.json").read_text())["metrics"]["test_recall@10"]
            for i in range(4)}

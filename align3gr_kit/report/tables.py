@@ -336,7 +336,8 @@ def table_figure(doc: dict[str, Any]):
 
 
 def write_table(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """``<out_dir>/<table>.json``, ``.md`` (:func:`table_markdown`) and ``.html`` (:func:`table_figure`)."""
+    """``<out_dir>/<table>.json``, ``.md`` (:func:`table_markdown`) and ``.html`` (:func:`table_figure`,
+    with ``plotly.min.js`` beside it)."""
     from align3gr_kit.utils import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,8 @@ def write_table(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     with atomic_path(paths["md"]) as tmp:
         Path(tmp).write_text(table_markdown(doc))
     with atomic_path(paths["html"]) as tmp:
-        table_figure(doc).write_html(str(tmp), include_plotlyjs="cdn")
+        # plotly.js once per folder beside the pages (as the stages' figures), so they open offline
+        table_figure(doc).write_html(str(tmp), include_plotlyjs="directory", full_html=True)
     return paths
 
 
