@@ -188,11 +188,14 @@ def response_logps(
     encode_prompt: PromptEncoder | None = None,
     max_length: int = 256,
     batch_size: int = 64,
+    precision: str = "auto",
 ) -> np.ndarray:
     """``[len(items)]`` log-probability of each item's SCID after ``prompt`` under ``model``: the
     score the constrained beam search ranks items by, computed exactly (teacher-forced) through the
-    DPO collator, so the policy's best items of a difficulty can be found when its beam holds too few."""
+    DPO collator, so the policy's best items of a difficulty can be found when its beam holds too few.
+    ``precision``: ``model.dtype``, as in the beam search (:mod:`align3gr_kit.model.precision`)."""
     from align3gr_kit.dpo.trainer import SoftmaxDPOCollator, score_batch
+    from align3gr_kit.model.precision import autocast
 
     collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
     device = next(model.parameters()).device
@@ -202,7 +205,8 @@ def response_logps(
         part = [item_scids.string(int(i)) for i in items[start:start + batch_size]]
         # one example: the first item as "chosen", all of them as "rejected" (needs at least one)
         batch = {k: v.to(device) for k, v in collator([{"prompt": prompt, "chosen": part[0], "rejected": part}]).items()}
-        _, rejected = score_batch(model, batch)
+        with autocast(precision, device):
+            _, rejected = score_batch(model, batch)
         out.extend(rejected[0, :len(part)].float().cpu().tolist())
     return np.asarray(out, dtype=np.float64)
 

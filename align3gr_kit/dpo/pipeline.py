@@ -155,7 +155,7 @@ def run_dpo(
 
                 def rank(row: int, items: list[int]) -> np.ndarray:
                     return response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
-                                          cfg.sft.max_length, cfg.decode.batch_size)
+                                          cfg.sft.max_length, cfg.decode.batch_size, cfg.model.dtype)
 
                 examples = build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected,
                                                 cfg.seed, cands, rank, cfg.dpo.sp_rank_pool)
