@@ -301,7 +301,8 @@ def table_markdown(doc: dict[str, Any]) -> str:
         f"**{doc['title']}** ({doc['source']}) on `{doc['dataset']}`: config `{doc['config']}`"
         + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
         + f", fingerprint `{doc['fingerprint']}`, chain up to `{doc['upto']}`, {len(seeds)} seed(s) {seeds}, "
-        f"commit `{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:.0f} s.",
+        f"commit `{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:.0f} s "
+        "(this command; stages reused from earlier runs are not counted).",
         "",
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
         if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",
