@@ -8,6 +8,9 @@ Commands:
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
     ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
+              --config C --table token|sft|dpo|tsrec|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR]
+                                                       a paper's table -> reports/tables/<dataset>/<table>.json|md|html
+    report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
 """
 
@@ -134,15 +137,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from align3gr_kit.report.benchmark import run_benchmark
+    from align3gr_kit.report.tables import run_table
 
     cfg = _load_config(args)
     seeds = [cfg.seed + i for i in range(args.seeds)]
-    if not (args.ladder or args.baselines):
-        raise SystemExit("ablate: choose --ladder and/or --baselines")
+    if args.table and (args.ladder or args.baselines):
+        raise SystemExit("ablate: --table runs one table alone; drop --ladder/--baselines (or use --table ladder)")
+    if not (args.table or args.ladder or args.baselines):
+        raise SystemExit("ablate: choose --table NAME, or --ladder and/or --baselines")
+    if args.upto and not args.table:
+        raise SystemExit("ablate: --upto goes with --table")
     base_overrides = {k: v for k, v in cfg_overrides(args).items() if k not in ("run_name", "seed")}
+    if args.table:
+        try:
+            doc = run_table(cfg, args.config, args.table, seeds, upto=args.upto,
+                            out_dir=Path(args.out) if args.out else None, base_overrides=base_overrides)
+        except ValueError as e:
+            raise SystemExit(f"ablate --table {args.table}: {e}") from e
+        _print({k: doc[k] for k in ("table", "dataset", "seeds", "upto", "wall_seconds", "fingerprint", "commit")}
+               | {"rows": [{k: r.get(k) for k in ("method", "seeds", "recall@10", "recall@10 sd", "ndcg@10",
+                                                  "ndcg@10 sd", "recall@10 verdict", "ndcg@10 verdict")}
+                           for r in doc["rows"]], "failed": doc["failed"], "files": doc["files"]})
+        return 1 if doc["failed"] else 0
     _print(run_benchmark(cfg, args.config, seeds, ladder=args.ladder, baselines=args.baselines,
                          base_overrides=base_overrides))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from align3gr_kit.report.benchmarks_md import update_benchmarks
+
+    changed, blocks = update_benchmarks(check=args.check)
+    _print({"benchmarks": str(changed["path"]), "tables": blocks, "changed": changed["changed"], "check": args.check})
+    if args.check and changed["changed"]:
+        print(f"error: {changed['path']} disagrees with reports/tables/ ({', '.join(changed['changed'])}); "
+              "run: python -m align3gr_kit report benchmarks", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -210,7 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", action="store_true", help="the ladder of the paper's Figure 4")
     p.add_argument("--baselines", action="store_true", help="popularity, SASRec, TIGER-/LC-Rec-style, full pipeline")
     p.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed, seed+1, ...")
+    p.add_argument("--table", choices=["token", "sft", "dpo", "tsrec", "ladder"], default=None,
+                   help="one of the papers' tables, written to reports/tables/<dataset>/ (smoke: <runs_dir>/tables/)")
+    p.add_argument("--upto", choices=["sft", "sp", "rf"], default=None,
+                   help="--table: stop the chain after SFT, SP-DPO or RF-DPO (default: the table's own)")
+    p.add_argument("--out", default=None, help="--table: the folder for the table files instead of the default")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="documents made from results files")
+    rsub = p.add_subparsers(dest="report_cmd", required=True)
+    r = rsub.add_parser("benchmarks", help="regenerate the tables inside reports/BENCHMARKS.md from reports/tables/")
+    r.add_argument("--check", action="store_true", help="change nothing; exit 1 when the two disagree")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")
     nsub = p.add_subparsers(dest="nb_cmd", required=True)

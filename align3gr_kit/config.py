@@ -317,9 +317,18 @@ class DPOConfig:
             An empty list skips SP-DPO: RF-DPO then starts from the SFT model.
         rf_stages: real-feedback stages in order, from ``easy`` (liked vs disliked) and ``hard``
             (liked vs neutral).
-        sp_negatives: ``selfplay`` (the policy's own constrained beams, filled from the catalogue when
-            the beams give too few) or ``random`` (ablation: uniformly random catalogue items, no
-            self-play, one stage named ``random``).
+        sp_negatives: ``selfplay`` (the policy's own constrained beams of width ``sp_beam_width``, graded
+            by difficulty; catalogue items of the same difficulty only when the beams give too few),
+            ``generated`` (the Softmax-DPO baseline: ``n_rejected`` items drawn uniformly from the
+            policy's own beam, any difficulty, one stage named ``generated``) or ``random`` (uniformly
+            random catalogue items, no self-play, one stage named ``random``).
+        sp_beam_width: width of the self-play beam that proposes SP-DPO negatives (wider than
+            ``decode.beam_width`` so that each difficulty finds its ``n_rejected`` in the policy's own
+            generations; the share that did is recorded per stage as ``<stage>/preferences/from_beams_share``).
+        sp_rank_pool: when the self-play beam holds fewer than ``n_rejected`` items of a stage's
+            difficulty, up to this many catalogue items of that difficulty are scored by the policy and
+            its highest-scored ones are taken next (``<stage>/preferences/from_ranked``); uniformly
+            drawn catalogue items come only after them. 0: no ranking.
         sp_difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
             ``similarity`` (terciles of the cosine similarity of SC item embeddings to the chosen item:
             easy = least similar third; needs the SC item embeddings of ``01_tokenize``).
@@ -349,7 +358,9 @@ class DPOConfig:
     sp_stages: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"],
                                  metadata={"choices": ("easy", "medium", "hard")})
     rf_stages: list[str] = field(default_factory=lambda: ["easy", "hard"], metadata={"choices": ("easy", "hard")})
-    sp_negatives: str = field(default="selfplay", metadata={"choices": ("selfplay", "random")})
+    sp_negatives: str = field(default="selfplay", metadata={"choices": ("selfplay", "generated", "random")})
+    sp_beam_width: int = field(default=50, metadata={"min": 1})
+    sp_rank_pool: int = field(default=64, metadata={"min": 0})
     sp_difficulty: str = field(default="prefix", metadata={"choices": ("prefix", "similarity")})
     sp_progressive: bool = True
     rf_progressive: bool = True

@@ -99,3 +99,73 @@ def test_build_sp_preferences_strings_and_overlaps():
         assert e["overlaps"] == [0, 0, 0, 0]
     again = build_sp_preferences(samples, prompts, table, NegativeSampler(table.codes), "easy", 4, 0, cands)
     assert again == ex
+
+
+def test_uniqueness_level_never_makes_a_pair_hard():
+    # three semantic levels + the collision-resolving level (append_unique_level): item 1 differs from
+    # item 0 only in that last level, i.e. it IS item 0 to the tokenizer.
+    from align3gr_kit.tokenizer.unique import append_unique_level
+
+    raw = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 0], [1, 0, 0], [0, 0, 0]])
+    codes = append_unique_level(raw)
+    assert codes[:2, 3].tolist() == [0, 1]  # the siblings differ only in the uniqueness digit
+    # counted over all four levels, the sibling would be a "hard" negative (3 shared levels < 4)
+    assert prefix_grades(codes, 0).tolist() == [-1, 2, 2, 1, 0]
+    # over the semantic levels it is no negative at all; item 2 (two shared) is the only hard one
+    assert prefix_grades(codes, 0, semantic_levels=3).tolist() == [-1, -1, 2, 1, 0]
+    sampler = NegativeSampler(codes, semantic_levels=3)
+    neg, from_beams = sampler.pick(0, np.array([1, 2, 3, 4]), "hard", 5, np.random.default_rng(0))
+    assert neg == [2] and from_beams == 1
+    assert sampler.overlap([1, 2, 3, 4], 0) == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match="semantic level"):
+        NegativeSampler(codes, semantic_levels=2)
+
+
+def test_generated_negatives_come_from_the_beam_and_fill_only_when_it_runs_short():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    beam = np.array([5, 0, 9, 12, 40, 41, 42, 43, -1, -1])
+    neg, from_beams = sampler.pick(0, beam, "generated", 4, np.random.default_rng(3))
+    assert from_beams == 4 and set(neg) <= set(beam[beam >= 0].tolist()) - {0}
+    again, _ = sampler.pick(0, beam, "generated", 4, np.random.default_rng(3))
+    assert again == neg  # seeded
+    # a uniform draw from the beam, not its head: over many draws every beam item appears
+    seen = {x for s in range(50) for x in sampler.pick(0, beam, "generated", 4, np.random.default_rng(s))[0]}
+    assert seen == {5, 9, 12, 40, 41, 42, 43}
+    # 7 usable beam items for 10 negatives: 7 from the beam, 3 from the catalogue, counted apart
+    neg, from_beams = sampler.pick(0, beam, "generated", 10, np.random.default_rng(0))
+    assert from_beams == 7 and len(neg) == 10 and 0 not in neg and set(neg[:7]) == {5, 9, 12, 40, 41, 42, 43}
+
+
+def test_sp_preference_stats_counts_the_beam_share():
+    from align3gr_kit.dpo.preferences import sp_preference_stats
+
+    examples = [{"rejected": ["a", "b", "c"], "from_beams": 2, "from_ranked": 1, "overlaps": [0, 0, 1]},
+                {"rejected": ["a"], "from_beams": 0, "overlaps": [2]}]
+    st = sp_preference_stats(examples, n_prompts=3)
+    assert st == {"prompts": 3, "examples": 2, "rejected": 4, "from_beams": 2, "from_ranked": 1, "from_catalogue": 1,
+                  "from_beams_share": 0.5, "from_policy_share": 0.75, "overlap/0": 2, "overlap/1": 1, "overlap/2": 1}
+
+
+def test_short_beams_are_completed_by_the_policys_best_scored_items_before_the_catalogue():
+    table = _catalogue()
+    sampler = NegativeSampler(table.codes)
+    samples = pd.DataFrame({"user_id": [0], "history": [[1, 2]], "target": [0]})
+    medium = np.flatnonzero(prefix_grades(table.codes, 0) == 1)
+    beam = np.array([medium[0], -1])  # the beam found one medium item
+    pool_seen = []
+
+    def rank_fn(row, items):  # the "policy" prefers higher item ids
+        pool_seen.append(list(items))
+        return np.asarray(items, dtype=float)
+
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=100)[0]
+    assert ex["rejected_items"][0] == medium[0] and ex["from_beams"] == 1 and ex["from_ranked"] == 3
+    assert ex["rejected_items"][1:] == sorted(set(medium) - {medium[0]}, reverse=True)[:3]
+    assert medium[0] not in pool_seen[0] and set(pool_seen[0]) == set(medium) - {medium[0]}
+    # a pool of 2 scored items: 2 ranked, then 1 uniform catalogue fill (the last resort)
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=2)[0]
+    assert (ex["from_beams"], ex["from_ranked"], len(ex["rejected"])) == (1, 2, 4)
+    # without a rank function the old rule: beam then catalogue
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :])[0]
+    assert (ex["from_beams"], ex["from_ranked"]) == (1, 0)

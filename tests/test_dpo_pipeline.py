@@ -114,6 +114,13 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
     for a, b in zip(model.parameters(), final.parameters()):
         assert torch.equal(a, b)
     manifest = read_json(sp_dir / "manifest.json")
+    for name in sp["stages"]:  # the share of negatives from the policy's own beam, per stage, in the manifest
+        rows = [json.loads(x) for x in (sp_dir / name / "preferences.jsonl").read_text().splitlines()]
+        n_rej, n_beam = sum(len(r["rejected"]) for r in rows), sum(r["from_beams"] for r in rows)
+        n_ranked = sum(r["from_ranked"] for r in rows)
+        assert manifest["metrics"][f"{name}/preferences/from_beams_share"] == pytest.approx(round(n_beam / n_rej, 4))
+        assert manifest["metrics"][f"{name}/preferences/from_catalogue"] == n_rej - n_beam - n_ranked
+    _check_policy_scores(cfg, sp_dir)
     assert manifest["metrics"]["hard/valid/n_params"] > 0 and "easy/train/rewards/accuracies" in manifest["metrics"]
     hist = read_json(sp_dir / "history.json")
     assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]
@@ -134,6 +141,23 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
         assert rows and all(set(r["rejected_levels"]) == {level} for r in rows)
         assert all(r["chosen_item"] == r["target"] and r["target"] not in r["rejected_items"] for r in rows)
         assert rf["metrics"][f"{name}/preferences/from_beams_share"] == 1.0
+
+
+def _check_policy_scores(cfg, sp_dir):
+    """The scores that rank a short beam's completion are the constrained beam search's own scores."""
+    from align3gr_kit.decoding import constrained_beam_search, trie_from_scids
+    from align3gr_kit.dpo.negatives import response_logps
+    from align3gr_kit.model import prompt_encoder
+    from align3gr_kit.model.encoding import left_pad
+
+    model, tok, items, _ = load_model(sp_dir / "model", "float32")
+    prompt = json.loads((sp_dir / "easy" / "preferences.jsonl").read_text().splitlines()[0])["prompt"]
+    encode = prompt_encoder(tok, cfg.sft.max_length - items.levels - 1)
+    ids, mask = left_pad([encode(prompt)], tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    res = constrained_beam_search(model, ids, mask, trie_from_scids(items, tok), beam_width=5)
+    top = res.items[0].tolist()
+    got = response_logps(model, tok, prompt, top, items, encode, cfg.sft.max_length, batch_size=2)
+    assert np.allclose(got, res.scores[0].float().numpy(), atol=1e-4)
 
 
 def _check_figures(cfg, sp):

@@ -13,9 +13,11 @@ from align3gr_kit.report.ablation import (
     GENERATIVE_BASELINES,
     LADDER,
     SFT_STAGES,
+    Rung,
     config_diff,
     final_metrics,
     manifest_final_metrics,
+    reaching_fields,
     results_table,
     run_rungs,
     summarise,
@@ -27,12 +29,13 @@ from align3gr_kit.utils import project_root
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
 
 # Paper Figure 4, bottom to top: what each rung switches on, read off the figure (independent of
-# the LADDER definition). Keys are the config fields whose effective value changes.
+# the LADDER definition). Keys are the config fields whose effective value changes. One departure:
+# "+U-I align" before "+Dual SCID", whose user side reaches nothing without L_U2I (see the next test).
 FIGURE4 = [
     ("Single+SEQ", None, ()),
     ("+CF", {"tokenizer.use_cf"}, ()),
-    ("+Dual SCID", {"tokenizer.dual"}, ()),
     ("+U-I align", {"tokenizer.u2i_align"}, ()),
+    ("+Dual SCID", {"tokenizer.dual"}, ()),
     ("+B1", {"prompts.tasks"}, ()),
     ("+C1-C3", {"prompts.tasks"}, ()),
     ("+User SCID", {"prompts.user_scid_in_prompt"}, ()),
@@ -66,6 +69,30 @@ def test_ladder_is_cumulative_and_each_rung_changes_exactly_its_delta():
     assert (first.tokenizer.dual, first.tokenizer.use_cf, first.tokenizer.u2i_align) == (False, False, False)
     assert first.prompts.tasks == ["A"] and not first.prompts.user_scid_in_prompt
     assert LADDER[0].stages == SFT_STAGES and "02_codebooks" not in LADDER[-1].stages
+
+
+def _steps_without_effect(rungs) -> list[str]:
+    """Labels of rungs whose model-reaching fields and stages equal the previous rung's."""
+    base = RunConfig.from_yaml(SMOKE)
+    out = []
+    for prev, rung in zip(rungs, rungs[1:]):
+        a = reaching_fields(base.override(prev.overrides), prev.stages)
+        b = reaching_fields(base.override(rung.overrides), rung.stages)
+        if a == b and prev.stages == rung.stages:
+            out.append(rung.label)
+    return out
+
+
+def test_every_ladder_rung_changes_a_field_that_reaches_the_model():
+    assert _steps_without_effect(LADDER) == []
+    # the figure's order: "+Dual SCID" right after "+CF" (no L_U2I, no user SCID in prompts, no B2)
+    # changes nothing the model sees, and the check says so
+    figure_order = [Rung(r.label, {**r.overrides, "tokenizer.u2i_align": False} if r.label == "+Dual SCID" else
+                         r.overrides, r.stages) for r in LADDER]
+    figure_order = [figure_order[i] for i in (0, 1, 3, 2, *range(4, len(LADDER)))]
+    assert _steps_without_effect(figure_order) == ["+Dual SCID"]
+    # the old Softmax-DPO rung (catalogue negatives) is not the paper's: it samples the policy's generations
+    assert LADDER[8].overrides["dpo.sp_negatives"] == "generated"
 
 
 def test_top_of_the_ladder_is_the_full_pipeline_and_rungs_share_upstream_stages():
@@ -191,8 +218,8 @@ def test_run_rungs_names_seeds_overrides_and_failures(cfg, monkeypatch):
     table = results_table(res)
     assert table.loc[6, "error"].startswith("01_tokenize") and np.isnan(table.loc[6, "recall@10"])
     summary = summarise(table)
-    assert summary.set_index("method").loc["+Dual SCID", "seeds"] == 1
+    assert summary.set_index("method").loc["+U-I align", "seeds"] == 1
     assert summary.set_index("method").loc["Single+SEQ", "recall@10"] == pytest.approx(0.0105)
     runs_dir = base.run_dir.parent
     manifest = json.loads((runs_dir / "r-ladder-03-s1" / "05_sp_dpo" / "manifest.json").read_text())
-    assert manifest["parameters"]["dpo"]["sp_negatives"] == "random" and manifest["seed"] == 1
+    assert manifest["parameters"]["dpo"]["sp_negatives"] == "generated" and manifest["seed"] == 1

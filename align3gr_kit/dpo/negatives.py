@@ -1,23 +1,34 @@
 """Rejected responses for SP-DPO: the policy's own constrained-beam proposals, graded by difficulty.
 
 Difficulty of a candidate item relative to the chosen (ground-truth) item, ``prefix`` mode (the
-paper): the number of leading SCID levels the two share.
+paper): the number of leading SEMANTIC SCID levels the two share. Item SCIDs end with a
+collision-resolving level (:func:`align3gr_kit.tokenizer.unique.append_unique_level`) that carries
+no meaning, so it is never counted: two items whose SCIDs differ only there are semantically the
+same item to the tokenizer and are no negative of any graded difficulty.
 
 * ``easy``   - no shared prefix (level 0 differs): overlap 0
 * ``medium`` - exactly the first level shared: overlap 1
-* ``hard``   - the first two levels shared, never identical: overlap >= 2 and < L (with 3 levels
-  that is exactly 2; a 4th, collision-resolving level adds items that share 3)
+* ``hard``   - the first two semantic levels shared, never all of them: 2 <= overlap < S (S semantic
+  levels; with the default 3 that is exactly 2)
 
 ``similarity`` mode (a softer construction): candidates are graded by the cosine similarity of
 their SC item embeddings to the chosen item's, split at the terciles of that similarity over the
 whole catalogue (minus the chosen item): easy = least similar third, medium = middle, hard = most
 similar third.
 
-When the beams give fewer than ``n`` negatives of a stage's difficulty, the rest are drawn from the
-catalogue items of the same difficulty, uniformly without replacement, with the stage's seeded
-generator (deterministic). If the catalogue itself holds fewer such items, the example keeps fewer
-negatives: the loss masks the missing slots. Repeats are never used because a repeated negative
-would count twice in Softmax-DPO's sum over rejected responses.
+Negatives come from the policy's own beam (self-play; its width is ``dpo.sp_beam_width``, wider
+than the evaluation beam so that each difficulty finds enough). When the beam holds fewer than
+``n`` items of a stage's difficulty, the policy's highest-scored catalogue items of that difficulty
+come next (:func:`response_logps`, ``dpo.sp_rank_pool``; what a beam restricted to that difficulty
+would generate); only then are the rest drawn from the catalogue items of the same difficulty,
+uniformly without replacement, with the stage's seeded generator (deterministic); the shares are
+returned per prompt and reported per stage
+(:func:`align3gr_kit.dpo.preferences.sp_preference_stats`). If the catalogue itself holds fewer
+such items, the example keeps fewer negatives: the loss masks the missing slots. Repeats are never
+used because a repeated negative would count twice in Softmax-DPO's sum over rejected responses.
+
+``generated`` (the Softmax-DPO baseline of the paper's Table 5): ``n`` items drawn uniformly from
+the policy's own beam, whatever their difficulty; ``random``: uniformly random catalogue items.
 """
 
 from __future__ import annotations
@@ -31,8 +42,9 @@ from tqdm.auto import tqdm
 from align3gr_kit.scid import ScidTable
 
 DIFFICULTIES = ("easy", "medium", "hard")
-#: ``all`` mixes the three difficulties (progressive off); ``random`` ignores the beams (ablation).
-MIXED = ("all", "random")
+#: ``all`` mixes the three difficulties (progressive off); ``generated`` samples the beam uniformly
+#: (Softmax-DPO baseline); ``random`` ignores the beams (ablation).
+MIXED = ("all", "generated", "random")
 
 
 def shared_prefix(codes: np.ndarray, chosen: np.ndarray) -> np.ndarray:
@@ -41,14 +53,18 @@ def shared_prefix(codes: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return np.cumprod(eq, axis=1).sum(axis=1)
 
 
-def prefix_grades(codes: np.ndarray, chosen: int) -> np.ndarray:
-    """Difficulty grade of every item against item ``chosen``: 0 easy, 1 medium, 2 hard, -1 identical.
+def prefix_grades(codes: np.ndarray, chosen: int, semantic_levels: int | None = None) -> np.ndarray:
+    """Difficulty grade of every item against item ``chosen``: 0 easy, 1 medium, 2 hard, -1 no negative.
 
-    ``codes`` is the ``[n_items, L]`` SCID table; requires ``L >= 3`` for a ``hard`` grade to exist.
+    ``codes`` is the ``[n_items, L]`` SCID table whose first ``semantic_levels`` (default: all L)
+    levels carry meaning; overlap is counted over those only. -1: the chosen item itself and every
+    item sharing all its semantic levels (they differ at most in the collision-resolving level).
+    A ``hard`` grade exists only with ``semantic_levels >= 3``.
     """
-    overlap = shared_prefix(codes, codes[chosen])
+    s = codes.shape[1] if semantic_levels is None else int(semantic_levels)
+    overlap = shared_prefix(np.asarray(codes)[:, :s], np.asarray(codes)[chosen, :s])
     grades = np.minimum(overlap, 2)
-    grades[overlap >= codes.shape[1]] = -1
+    grades[overlap >= s] = -1
     grades[chosen] = -1
     return grades
 
@@ -71,19 +87,26 @@ class NegativeSampler:
 
     Args:
         item_codes: ``[n_items, L]`` item SCID codes (the ``ScidTable.codes``).
-        mode: ``prefix`` (shared SCID levels) or ``similarity`` (terciles of embedding similarity).
+        mode: ``prefix`` (shared semantic SCID levels) or ``similarity`` (terciles of embedding similarity).
         item_embeddings: ``[n_items, d]`` SC item embeddings; required for ``similarity``.
+        semantic_levels: how many leading levels of ``item_codes`` are semantic (the RQ-VAE's levels,
+            ``TokenizeArtifacts.item_raw.shape[1]``); the rest (the uniqueness level) never count.
+            None: all ``L``.
     """
 
-    def __init__(self, item_codes: np.ndarray, mode: str = "prefix", item_embeddings: np.ndarray | None = None):
+    def __init__(self, item_codes: np.ndarray, mode: str = "prefix", item_embeddings: np.ndarray | None = None,
+                 semantic_levels: int | None = None):
         self.codes = np.asarray(item_codes, dtype=np.int64)
         if mode not in ("prefix", "similarity"):
             raise ValueError(f"dpo.sp_difficulty must be 'prefix' or 'similarity', got {mode!r}")
         self.mode = mode
-        if mode == "prefix" and self.codes.shape[1] < 3:
+        self.semantic_levels = self.codes.shape[1] if semantic_levels is None else int(semantic_levels)
+        if not 1 <= self.semantic_levels <= self.codes.shape[1]:
+            raise ValueError(f"semantic_levels={semantic_levels} outside 1..{self.codes.shape[1]} (the SCID levels)")
+        if mode == "prefix" and self.semantic_levels < 3:
             raise ValueError(
-                f"item SCIDs have {self.codes.shape[1]} level(s); the hard SP-DPO stage needs two shared levels and a "
-                "differing one: use tokenizer.levels >= 3 or dpo.sp_difficulty: similarity"
+                f"item SCIDs have {self.semantic_levels} semantic level(s); the hard SP-DPO stage needs two shared "
+                "semantic levels and a differing one: use tokenizer.levels >= 3 or dpo.sp_difficulty: similarity"
             )
         if mode == "similarity":
             if item_embeddings is None:
@@ -96,8 +119,13 @@ class NegativeSampler:
     def grades(self, chosen: int) -> np.ndarray:
         """``[n_items]`` grade of every item for this chosen item (0/1/2, -1 = not a negative)."""
         if self.mode == "prefix":
-            return prefix_grades(self.codes, chosen)
+            return prefix_grades(self.codes, chosen, self.semantic_levels)
         return similarity_grades(self.unit, chosen)
+
+    def overlap(self, items: Sequence[int], chosen: int) -> list[int]:
+        """Shared leading semantic levels of each of ``items`` with item ``chosen``."""
+        s = self.semantic_levels
+        return [int(x) for x in shared_prefix(self.codes[list(items), :s], self.codes[chosen, :s])]
 
     def pick(
         self,
@@ -112,7 +140,8 @@ class NegativeSampler:
         Args:
             chosen: the chosen item id.
             candidates: the policy's beam items, best first (``-1`` = padding); ignored for ``random``.
-            difficulty: ``easy``, ``medium``, ``hard``, ``all`` (any grade) or ``random`` (no beams).
+            difficulty: ``easy``, ``medium``, ``hard``, ``all`` (any grade, beam order), ``generated``
+                (any item but the chosen one, drawn uniformly from the beam) or ``random`` (no beams).
             n: how many to return at most.
             rng: the stage's seeded generator (catalogue fill).
         Returns:
@@ -121,18 +150,21 @@ class NegativeSampler:
         grades = self.grades(chosen)
         if difficulty in DIFFICULTIES:
             ok = grades == DIFFICULTIES.index(difficulty)
-        elif difficulty in MIXED:
+        elif difficulty == "all":
             ok = grades >= 0
+        elif difficulty in MIXED:  # the baselines take any other item, as the paper's Softmax-DPO does
+            ok = np.ones(len(self.codes), dtype=bool)
+            ok[chosen] = False
         else:
             raise ValueError(f"unknown SP-DPO difficulty {difficulty!r}; use one of {DIFFICULTIES + MIXED}")
         picked: list[int] = []
         if difficulty != "random" and candidates is not None:
-            for c in candidates:
-                c = int(c)
-                if c >= 0 and ok[c] and c not in picked:
-                    picked.append(c)
-                    if len(picked) == n:
-                        return picked, n
+            beam = list(dict.fromkeys(int(c) for c in candidates if int(c) >= 0 and ok[int(c)]))
+            if difficulty == "generated" and len(beam) > n:
+                beam = [beam[k] for k in np.sort(rng.choice(len(beam), size=n, replace=False))]
+            picked = beam[:n]
+            if len(picked) == n:
+                return picked, n
         from_beams = len(picked)
         pool = np.flatnonzero(ok)
         if picked:
@@ -144,6 +176,39 @@ class NegativeSampler:
 
 
 PromptEncoder = Callable[[str], list[int]]
+
+
+@torch.no_grad()
+def response_logps(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    items: Sequence[int],
+    item_scids: ScidTable,
+    encode_prompt: PromptEncoder | None = None,
+    max_length: int = 256,
+    batch_size: int = 64,
+    precision: str = "auto",
+) -> np.ndarray:
+    """``[len(items)]`` log-probability of each item's SCID after ``prompt`` under ``model``: the
+    score the constrained beam search ranks items by, computed exactly (teacher-forced) through the
+    DPO collator, so the policy's best items of a difficulty can be found when its beam holds too few.
+    ``precision``: ``model.dtype``, as in the beam search (:mod:`align3gr_kit.model.precision`)."""
+    from align3gr_kit.dpo.trainer import SoftmaxDPOCollator, score_batch
+    from align3gr_kit.model.precision import autocast
+
+    collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(items), batch_size):
+        part = [item_scids.string(int(i)) for i in items[start:start + batch_size]]
+        # one example: the first item as "chosen", all of them as "rejected" (needs at least one)
+        batch = {k: v.to(device) for k, v in collator([{"prompt": prompt, "chosen": part[0], "rejected": part}]).items()}
+        with autocast(precision, device):
+            _, rejected = score_batch(model, batch)
+        out.extend(rejected[0, :len(part)].float().cpu().tolist())
+    return np.asarray(out, dtype=np.float64)
 
 
 def default_prompt_encoder(tokenizer, max_length: int | None = None) -> PromptEncoder:

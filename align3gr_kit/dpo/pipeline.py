@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from align3gr_kit.config import DPOConfig, RunConfig
-from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates
+from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, response_logps
 from align3gr_kit.dpo.preferences import (
     build_rf_preferences,
     build_sp_preferences,
     sample_prompts,
     sequential_prompts,
+    sp_preference_stats,
 )
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
 from align3gr_kit.feedback.evaluation import optional_judge
@@ -37,13 +38,14 @@ STAGE_FOLDERS = {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}
 
 
 def sp_stage_names(dpo: DPOConfig) -> list[str]:
-    """SP-DPO stages: ``dpo.sp_stages`` (progressive), ``["all"]`` (progressive off) or ``["random"]``."""
+    """SP-DPO stages: ``dpo.sp_stages`` (progressive), ``["all"]`` (progressive off), or one stage
+    ``["generated"]`` / ``["random"]`` for the Softmax-DPO baselines (``dpo.sp_negatives``)."""
     if not dpo.sp_stages:
         return []
-    if dpo.sp_negatives not in ("selfplay", "random"):
-        raise ValueError(f"dpo.sp_negatives must be 'selfplay' or 'random', got {dpo.sp_negatives!r}")
-    if dpo.sp_negatives == "random":
-        return ["random"]
+    if dpo.sp_negatives not in ("selfplay", "generated", "random"):
+        raise ValueError(f"dpo.sp_negatives must be 'selfplay', 'generated' or 'random', got {dpo.sp_negatives!r}")
+    if dpo.sp_negatives in ("generated", "random"):
+        return [dpo.sp_negatives]
     if not dpo.sp_progressive:
         return ["all"]
     bad = [s for s in dpo.sp_stages if s not in DIFFICULTIES]
@@ -131,20 +133,38 @@ def run_dpo(
     encode = prompt_encoder(tokenizer, cfg.sft.max_length - item_scids.levels - 1)
     n_prompts = cfg.dpo.max_prompts
 
-    def proposals(model: torch.nn.Module, prompts: list[str]) -> np.ndarray:
-        return beam_candidates(model, tokenizer, prompts, item_scids, beam_width=cfg.decode.beam_width,
+    def proposals(model: torch.nn.Module, prompts: list[str], width: int) -> np.ndarray:
+        return beam_candidates(model, tokenizer, prompts, item_scids, beam_width=width,
                                batch_size=cfg.decode.batch_size, encode_prompt=encode, precision=cfg.model.dtype)
 
     if stage == "sp":
         embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
-        sampler = NegativeSampler(item_scids.codes, cfg.dpo.sp_difficulty, embeddings)
+        # The last item level only resolves collisions (append_unique_level): the RQ-VAE's own levels
+        # are the semantic ones, and only they may make a negative Medium or Hard.
+        semantic = tok.item_raw.shape[1] if tok.item_raw is not None else cfg.tokenizer.levels
+        sampler = NegativeSampler(item_scids.codes, cfg.dpo.sp_difficulty, embeddings, semantic_levels=semantic)
+        sp_stats: dict[str, dict] = {}
+        # the self-play beam: wide enough for each difficulty to find its negatives, capped by the catalogue
+        sp_width = min(cfg.dpo.sp_beam_width, item_scids.n)
 
         def sp_spec(name: str) -> StageSpec:
             def build(ref: torch.nn.Module) -> list[dict]:
                 samples = sample_prompts(split.train, n_prompts, cfg.seed, "sp/" + name)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
-                cands = None if name == "random" else proposals(ref, prompts)
-                return build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected, cfg.seed, cands)
+                cands = None if name == "random" else proposals(ref, prompts, sp_width)
+
+                def rank(row: int, items: list[int]) -> np.ndarray:
+                    return response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
+                                          cfg.sft.max_length, cfg.decode.batch_size, cfg.model.dtype)
+
+                examples = build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected,
+                                                cfg.seed, cands, rank, cfg.dpo.sp_rank_pool)
+                sp_stats[name] = st = sp_preference_stats(examples, len(samples))
+                print(f"SP-DPO {name}: {st['rejected']} negatives for {st['examples']} prompts: "
+                      f"{st['from_beams']} from the policy's own beam (width {sp_width}), {st['from_ranked']} "
+                      f"the policy's best-scored of the difficulty, {st['from_catalogue']} uniform catalogue fill; "
+                      f"from the policy {st['from_policy_share']:.1%}")
+                return examples
             return StageSpec(name, build)
 
         specs = [sp_spec(n) for n in names]
@@ -154,7 +174,7 @@ def run_dpo(
                 samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
                 prefs = build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
-                                             proposals(ref, prompts), observed, held_out)
+                                             proposals(ref, prompts, cfg.decode.beam_width), observed, held_out)
                 rf_stats[name] = prefs.stats
                 return prefs.examples
             return StageSpec(name, build)
@@ -182,6 +202,9 @@ def run_dpo(
         "final_model": history["final_model"],
         "metrics": summary_metrics(history),
     }
+    if stage == "sp":
+        result["preference_stats"] = sp_stats
+        result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in sp_stats.items() for k, v in st.items()})
     if stage == "rf":
         result["preference_stats"] = rf_stats
         result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in rf_stats.items() for k, v in st.items()})

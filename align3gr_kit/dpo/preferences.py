@@ -5,7 +5,8 @@ Every example is a dict ``{"prompt", "chosen", "rejected": [...], "user_id", "ta
 strings, prompts the task-A sequential-prediction prompt (with the user SCID when the run injects it).
 
 SP-DPO (self-play): chosen = the ground-truth next item; rejected = the policy's own constrained-beam
-items that differ from it, of the stage's difficulty (see :mod:`align3gr_kit.dpo.negatives`).
+items that differ from it, of the stage's difficulty (see :mod:`align3gr_kit.dpo.negatives`); the
+catalogue fills in only when the beam runs short, and :func:`sp_preference_stats` counts how often.
 
 RF-DPO (real feedback), as in Align3GR: the policy's constrained-beam items for a training prompt
 are "shown" to the user and a :class:`~align3gr_kit.feedback.FeedbackOracle` (``dpo.rf_oracle``: a
@@ -34,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from align3gr_kit.dpo.negatives import NegativeSampler
+from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler
 from align3gr_kit.feedback.oracle import FeedbackOracle
 from align3gr_kit.scid import ScidTable
 
@@ -97,8 +98,16 @@ def build_sp_preferences(
     n_rejected: int,
     seed: int,
     candidates: np.ndarray | None,
+    rank_fn: Callable[[int, list[int]], np.ndarray] | None = None,
+    rank_pool: int = 0,
 ) -> list[dict]:
     """SP-DPO examples of one stage.
+
+    Negatives are, in this order: the beam's items of the stage's difficulty (beam order); when they
+    are fewer than ``n_rejected`` and ``rank_fn`` is given, the catalogue items of that difficulty
+    the policy itself scores highest (at most ``rank_pool`` of them scored, drawn with the stage's
+    generator when there are more): the items a beam restricted to that difficulty would generate;
+    only then uniformly drawn catalogue items of that difficulty (the last resort).
 
     Args:
         samples: the stage's training samples (``user_id``, ``history``, ``target``).
@@ -107,19 +116,37 @@ def build_sp_preferences(
         difficulty: ``easy``/``medium``/``hard``, ``all`` (progressive off) or ``random`` (ablation).
         n_rejected: N, rejected responses per prompt (fewer only if the catalogue runs out).
         candidates: ``[n_samples, K]`` the policy's beam items (``-1`` pad); None for ``random``.
+        rank_fn: ``(sample row, item ids) -> [n] log-probabilities`` of those items' SCIDs under the
+            policy for that row's prompt (:func:`align3gr_kit.dpo.negatives.response_logps`); used
+            for the graded difficulties only.
+        rank_pool: how many catalogue items ``rank_fn`` scores at most per prompt (0: no ranking).
     Returns:
-        One example per sample with a non-empty rejected list; extra fields ``overlaps`` (shared SCID
-        levels of each rejected item with the chosen one) and ``from_beams``.
+        One example per sample with a non-empty rejected list; extra fields ``overlaps`` (shared
+        semantic SCID levels of each rejected item with the chosen one), ``from_beams`` (from the
+        policy's beam) and ``from_ranked`` (the policy's highest-scored items of the difficulty).
     """
     rng = stage_rng(seed, difficulty + "/negatives")
-    codes = item_scids.codes
     out = []
     for row, (u, target) in enumerate(zip(samples["user_id"], samples["target"])):
         cand = None if candidates is None else candidates[row]
-        rejected, from_beams = sampler.pick(int(target), cand, difficulty, n_rejected, rng)
+        ranked: list[int] = []
+        if rank_fn is not None and rank_pool > 0 and cand is not None and difficulty in DIFFICULTIES:
+            ok = sampler.grades(int(target)) == DIFFICULTIES.index(difficulty)
+            in_beam = [int(c) for c in cand if c >= 0 and ok[int(c)]]
+            if len(set(in_beam)) < n_rejected:
+                pool = np.setdiff1d(np.flatnonzero(ok), in_beam)
+                if len(pool) > rank_pool:
+                    pool = np.sort(rng.choice(pool, size=rank_pool, replace=False))
+                if len(pool):
+                    scores = np.asarray(rank_fn(row, pool.tolist()))
+                    ranked = pool[np.argsort(-scores, kind="stable")].tolist()
+                cand = np.concatenate([np.asarray(cand), np.asarray(ranked, dtype=np.int64)])
+        rejected, from_policy = sampler.pick(int(target), cand, difficulty, n_rejected, rng)
         if not rejected:
             continue
-        overlaps = [int(np.cumprod(codes[r] == codes[target]).sum()) for r in rejected]
+        from_ranked = len(set(rejected[:from_policy]) & set(ranked))
+        from_beams = from_policy - from_ranked
+        overlaps = sampler.overlap(rejected, int(target))  # semantic levels only
         out.append({
             "prompt": prompts[row],
             "chosen": item_scids.string(int(target)),
@@ -129,9 +156,27 @@ def build_sp_preferences(
             "chosen_item": int(target),
             "rejected_items": rejected,
             "from_beams": int(from_beams),
+            "from_ranked": int(from_ranked),
             "overlaps": overlaps,
         })
     return out
+
+
+def sp_preference_stats(examples: Sequence[dict], n_prompts: int) -> dict[str, float]:
+    """How one SP-DPO stage's negatives were found: ``prompts``, ``examples``, ``rejected``,
+    ``from_beams`` (the policy's own beam), ``from_ranked`` (the policy's highest-scored items of the
+    difficulty), ``from_catalogue`` (the uniform fill, the last resort), ``from_beams_share``,
+    ``from_policy_share`` (beam + ranked), and ``overlap/<k>``: rejected responses sharing ``k``
+    semantic levels with the chosen one."""
+    n_rej = sum(len(e["rejected"]) for e in examples)
+    n_beam = sum(int(e["from_beams"]) for e in examples)
+    n_ranked = sum(int(e.get("from_ranked", 0)) for e in examples)
+    overlaps = pd.Series([o for e in examples for o in e.get("overlaps", [])], dtype="int64").value_counts()
+    return {"prompts": int(n_prompts), "examples": len(examples), "rejected": n_rej, "from_beams": n_beam,
+            "from_ranked": n_ranked, "from_catalogue": n_rej - n_beam - n_ranked,
+            "from_beams_share": round(n_beam / n_rej, 4) if n_rej else 0.0,
+            "from_policy_share": round((n_beam + n_ranked) / n_rej, 4) if n_rej else 0.0,
+            **{f"overlap/{int(k)}": int(v) for k, v in sorted(overlaps.items())}}
 
 
 class TooFewPreferences(ValueError):

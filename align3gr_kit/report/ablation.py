@@ -45,21 +45,30 @@ class Rung:
 
 
 def _ladder() -> list[Rung]:
-    # Each rung adds one thing to the previous one (paper Figure 4, read bottom to top).
+    # Each rung adds one thing to the previous one (paper Figure 4, read bottom to top), and each one
+    # changes what the model sees (:func:`reaching_fields`, checked by a test). Two departures from
+    # the figure's order make that true: "+U-I align" comes before "+Dual SCID" (without L_U2I the
+    # user side reaches nothing until user SCIDs enter the prompts; with it, dual SCIDs change the
+    # user features L_U2I aligns items to, hence the item SCIDs), and "+Softmax-DPO" samples its
+    # negatives from the SFT policy's own beam (the paper's baseline), not from the catalogue.
     steps: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
         ("Single+SEQ", {"tokenizer.dual": False, "tokenizer.use_cf": False, "tokenizer.u2i_align": False,
                         "prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False}, SFT_STAGES,
          "item-only semantic IDs from text, sequential task only"),
         ("+CF", {"tokenizer.use_cf": True}, SFT_STAGES, "collaborative features in the item SCIDs"),
-        ("+Dual SCID", {"tokenizer.dual": True}, SFT_STAGES, "users get SCIDs too"),
-        ("+U-I align", {"tokenizer.u2i_align": True}, SFT_STAGES, "L_U2I phase before RQ"),
+        ("+U-I align", {"tokenizer.u2i_align": True}, SFT_STAGES,
+         "L_U2I phase before RQ (item-only: users are their CF features and mean item text); moved before "
+         "+Dual SCID, which changes nothing without it"),
+        ("+Dual SCID", {"tokenizer.dual": True}, SFT_STAGES,
+         "users tokenized from their profile text, which L_U2I aligns the items to (so the item SCIDs change)"),
         ("+B1", {"prompts.tasks": ["A", "B1"]}, SFT_STAGES, "item alignment task"),
         ("+C1-C3", {"prompts.tasks": LC_REC_TASKS}, SFT_STAGES, "asymmetric, intention, preference tasks"),
         ("+User SCID", {"prompts.user_scid_in_prompt": True}, SFT_STAGES, "user SCID in every prompt"),
         ("+B2", {"prompts.tasks": ALL_TASKS}, SFT_STAGES, "user alignment task"),
-        ("+Softmax-DPO", {"dpo.sp_negatives": "random", "dpo.sp_progressive": False}, SFT_STAGES + ("05_sp_dpo",),
-         "random negatives, one stage"),
-        ("+SP-DPO", {"dpo.sp_negatives": "selfplay"}, SFT_STAGES + ("05_sp_dpo",), "self-play negatives, one stage"),
+        ("+Softmax-DPO", {"dpo.sp_negatives": "generated", "dpo.sp_progressive": False},
+         SFT_STAGES + ("05_sp_dpo",), "negatives drawn from the SFT policy's own beam, one stage"),
+        ("+SP-DPO", {"dpo.sp_negatives": "selfplay"}, SFT_STAGES + ("05_sp_dpo",),
+         "self-play negatives of every difficulty, one stage"),
         ("+Progressive", {"dpo.sp_progressive": True}, SFT_STAGES + ("05_sp_dpo",), "Easy -> Medium -> Hard"),
         ("+RF-DPO", {"dpo.rf_progressive": True}, SFT_STAGES + ("05_sp_dpo", "06_rf_dpo"), "real feedback, Easy -> Hard"),
     ]
@@ -68,6 +77,31 @@ def _ladder() -> list[Rung]:
         acc = {**acc, **delta}
         rungs.append(Rung(label, dict(acc), stages, note))
     return rungs
+
+
+def reaching_fields(cfg: RunConfig, stages: tuple[str, ...]) -> dict[str, Any]:
+    """The config fields of a rung that reach its final model, flat and dotted, with every field that
+    cannot matter given the others masked as ``None``: the DPO sections of stages the rung does not
+    run; ``tokenizer.dual`` when neither L_U2I (``u2i_align``), user SCIDs in prompts nor the B2 task
+    reads the user side; ``prompts.user_scid_in_prompt`` without user SCIDs (``dual`` off); the
+    self-play settings of a ``random`` SP stage. Two rungs whose values are equal train the same model
+    up to seed noise."""
+    d = {f"{s}.{k}": v for s, values in cfg.to_dict().items() if isinstance(values, dict) for k, v in values.items()}
+    t, p = cfg.tokenizer, cfg.prompts
+    if not (t.u2i_align or p.user_scid_in_prompt or "B2" in p.tasks):
+        d["tokenizer.dual"] = None
+    d["prompts.user_scid_in_prompt"] = bool(p.user_scid_in_prompt and t.dual)  # no user SCIDs, none in prompts
+    sp_fields = ("sp_stages", "sp_negatives", "sp_difficulty", "sp_progressive", "sp_beam_width", "sp_rank_pool")
+    rf_fields = ("rf_stages", "rf_progressive", "rf_oracle")
+    if "05_sp_dpo" not in stages:
+        d.update({f"dpo.{k}": None for k in sp_fields})
+    elif cfg.dpo.sp_negatives in ("generated", "random"):  # one stage whatever the progression settings
+        d.update({f"dpo.{k}": None for k in ("sp_stages", "sp_difficulty", "sp_progressive")})
+    if "06_rf_dpo" not in stages:
+        d.update({f"dpo.{k}": None for k in rf_fields})
+    if "05_sp_dpo" not in stages and "06_rf_dpo" not in stages:
+        d = {k: (None if k.startswith("dpo.") else v) for k, v in d.items()}
+    return d
 
 
 LADDER: list[Rung] = _ladder()

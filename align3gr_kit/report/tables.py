@@ -1,0 +1,379 @@
+"""The papers' ablation tables as commands: each row a config of the same pipeline, N seeds, written
+to ``reports/tables/<dataset>/<table>.{json,md,html}`` by the command that measured them.
+
+Tables (``python -m align3gr_kit ablate --table NAME``), each holding the levels not under study at
+the full setting of the config, as the papers do:
+
+* ``token``  (Align3GR Table 3): dual vs item-only SCIDs, without CF, without U-I alignment; full
+  SFT tasks and the DPO chain after them.
+* ``sft``    (Align3GR Table 4): A; +B1; +C1-C3; +user SCID in prompts; +B2; full tokenizer.
+* ``dpo``    (Align3GR Table 5): from ONE SFT model shared by every row: Softmax-DPO with
+  ``dpo.n_rejected`` negatives drawn from the SFT policy's own beam; SP-DPO without and with
+  progression; RF-DPO without and with progression (after progressive SP-DPO).
+* ``tsrec``  (TS-Rec Table 3): with/without SA-Init x with/without the TS-Align task.
+* ``ladder`` (Align3GR Figure 4): :data:`align3gr_kit.report.ablation.LADDER`.
+
+``upto`` (``sft``/``sp``/``rf``) stops the chain earlier on small machines: rows that need a later
+stage are dropped, and the remaining rows end at that stage. Rows share every identical upstream
+stage through ``--resume`` (e.g. the DPO table trains one SFT model).
+
+Spread: every row is the mean and sample standard deviation over seeds. A row is compared with its
+reference row (the previous one for cumulative tables, the full setting for "without" tables); a
+difference is called a gain or a loss only when it exceeds the spread of the difference,
+``sqrt(sd_row^2 + sd_ref^2)`` (the standard deviation of the difference of one run of each; with
+one seed it is unmeasured and no verdict is given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.report.ablation import (
+    ALL_TASKS,
+    LADDER,
+    LC_REC_TASKS,
+    METRIC_KEYS,
+    SFT_STAGES,
+    Rung,
+    config_diff,
+    results_table,
+    run_rungs,
+    summarise,
+)
+from align3gr_kit.utils import git_commit, project_root, read_json, resolve_path, write_json
+
+UPTO: dict[str, tuple[str, ...]] = {
+    "sft": SFT_STAGES,
+    "sp": SFT_STAGES + ("05_sp_dpo",),
+    "rf": SFT_STAGES + ("05_sp_dpo", "06_rf_dpo"),
+}
+#: The metrics a verdict is given on.
+VERDICT_KEYS = ("recall@10", "ndcg@10")
+#: The config fields a row's budget is read from (what its training ran with).
+BUDGET_KEYS = ("tokenizer.phase1_max_epochs", "tokenizer.phase2_epochs", "prompts.max_per_task", "sft.max_steps",
+               "sft.epochs", "sft.batch_size", "dpo.max_prompts", "dpo.max_steps", "dpo.epochs", "dpo.n_rejected",
+               "dpo.sp_beam_width", "dpo.sp_rank_pool", "decode.max_eval_users", "model.base")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One ablation table: its rows (rungs without stages: ``upto`` sets them), which row each is
+    compared with (``previous`` or ``first``), the default last stage, and its source in the papers.
+
+    ``rows``: ``(label, overrides, last chain step it needs: "sft"/"sp"/"rf" or None = the table's
+    ``upto``, note)``."""
+
+    name: str
+    title: str
+    source: str
+    rows: tuple[tuple[str, dict[str, Any], str | None, str], ...]
+    compare: str
+    default_upto: str
+
+
+TABLES: dict[str, TableSpec] = {
+    "token": TableSpec(
+        "token", "Token level: dual SCID tokenization", "Align3GR Table 3",
+        (("Dual SCID (full)", {}, None, "users and items tokenized, CF features, L_U2I"),
+         ("Item-only SCID", {"tokenizer.dual": False}, None, "no user SCIDs: no user SCID in prompts, no B2"),
+         ("w/o CF", {"tokenizer.use_cf": False}, None, "text features only"),
+         ("w/o U-I align", {"tokenizer.u2i_align": False}, None, "no L_U2I phase")),
+        "first", "rf"),
+    "sft": TableSpec(
+        "sft", "Behaviour level: multi-task SFT", "Align3GR Table 4",
+        (("A", {"prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False}, None, "sequential prediction only"),
+         ("+B1", {"prompts.tasks": ["A", "B1"], "prompts.user_scid_in_prompt": False}, None, "item alignment"),
+         ("+C1-C3", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": False}, None,
+          "asymmetric, intention and preference tasks"),
+         ("+User SCID", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": True}, None,
+          "the user SCID in every prompt"),
+         ("+B2", {"prompts.tasks": ALL_TASKS, "prompts.user_scid_in_prompt": True}, None, "user alignment task")),
+        "previous", "sft"),
+    "dpo": TableSpec(
+        "dpo", "Preference level: progressive DPO", "Align3GR Table 5",
+        (("SFT", {}, "sft", "the one SFT model every row starts from"),
+         ("Softmax-DPO", {"dpo.sp_negatives": "generated", "dpo.sp_progressive": False}, "sp",
+          "dpo.n_rejected negatives drawn uniformly from the SFT policy's own beam, one stage"),
+         ("SP-DPO w/o progression", {"dpo.sp_progressive": False}, "sp",
+          "self-play negatives of every difficulty, one stage"),
+         ("Progressive SP-DPO", {}, "sp", "Easy -> Medium -> Hard"),
+         ("RF-DPO w/o progression", {"dpo.rf_progressive": False}, "rf",
+          "after progressive SP-DPO; disliked and neutral together, one stage"),
+         ("Progressive RF-DPO", {}, "rf", "after progressive SP-DPO; Easy -> Hard")),
+        "previous", "rf"),
+    "tsrec": TableSpec(
+        "tsrec", "TS-Rec: semantic-aware token initialisation and alignment", "TS-Rec Table 3",
+        (("Base", {"model.sa_init": False}, None, "SCID embeddings seeded normal, no TS-Align"),
+         ("+SA-Init", {"model.sa_init": True}, None, "SCID embeddings from keyword embeddings"),
+         ("+TS-Align", {"model.sa_init": False, "prompts.tasks": ALL_TASKS + ["TS-Align"]}, None,
+          "token <-> description task"),
+         ("+SA-Init +TS-Align", {"model.sa_init": True, "prompts.tasks": ALL_TASKS + ["TS-Align"]}, None, "both")),
+        "first", "sft"),
+}
+TABLE_NAMES = (*TABLES, "ladder")
+
+
+def table_rungs(name: str, upto: str | None = None) -> list[Rung]:
+    """The rows of table ``name`` as :class:`Rung` s ending at ``upto`` (default: the table's own).
+
+    Raises:
+        ValueError: an unknown table or ``upto``, or an ``upto`` that leaves no row under study.
+    """
+    if name not in TABLE_NAMES:
+        raise ValueError(f"unknown table {name!r}; choose one of {list(TABLE_NAMES)}")
+    if upto is not None and upto not in UPTO:
+        raise ValueError(f"--upto must be one of {list(UPTO)}, got {upto!r}")
+    if name == "ladder":
+        last = UPTO[upto or "rf"]
+        return [r for r in LADDER if set(r.stages) <= set(last)]
+    spec = TABLES[name]
+    upto = upto or spec.default_upto
+    order = list(UPTO)
+    rungs = []
+    for label, overrides, needs, note in spec.rows:
+        if needs is not None and order.index(needs) > order.index(upto):
+            continue
+        rungs.append(Rung(label, dict(overrides), UPTO[needs if needs is not None else upto], note))
+    if len(rungs) < 2:
+        raise ValueError(f"table {name!r} with --upto {upto}: {len(rungs)} row(s) left, nothing to compare; "
+                         f"use --upto {spec.default_upto}")
+    return rungs
+
+
+def dataset_label(cfg: RunConfig) -> str:
+    """The folder name of a config's data under ``reports/tables/`` (``synthetic``, ``ml-100k``,
+    ``lcrec-Instruments``)."""
+    return f"{cfg.data.dataset}-{cfg.data.name}" if cfg.data.name else cfg.data.dataset
+
+
+def tables_dir(cfg: RunConfig) -> Path:
+    """Where a config's tables go: ``reports/tables/<dataset>/``; a smoke config's (never committed)
+    go under ``<runs_dir>/tables/<dataset>/``."""
+    root = resolve_path(cfg.runs_dir) / "tables" if cfg.smoke else project_root() / "reports" / "tables"
+    return Path(root) / dataset_label(cfg)
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    """12 hex digits of the SHA-256 of the config's sections (not its run name or seed)."""
+    d = cfg.to_dict()
+    payload = {k: v for k, v in d.items() if isinstance(v, dict)}
+    payload["smoke"] = d["smoke"]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def row_budget(cfg: RunConfig) -> dict[str, Any]:
+    """The :data:`BUDGET_KEYS` values of a row's config."""
+    d = cfg.to_dict()
+    out = {}
+    for key in BUDGET_KEYS:
+        section, field_name = key.split(".")
+        out[key] = d[section][field_name]
+    return out
+
+
+def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
+    """``summary`` (:func:`~align3gr_kit.report.ablation.summarise`) with, per row, its reference row
+    (``vs``), the difference ``d <metric>`` and ``<metric> verdict`` for :data:`VERDICT_KEYS`:
+    ``gain``/``loss`` when ``|d|`` exceeds ``sqrt(sd_row^2 + sd_ref^2)``, ``within spread`` when it
+    does not, ``1 seed`` when either row has no measured spread; the first row is the reference."""
+    out = summary.copy()
+    out["vs"] = ""
+    for k in VERDICT_KEYS:
+        out[f"d {k}"] = float("nan")
+        out[f"{k} verdict"] = ""
+    for i in range(1, len(out)):
+        j = i - 1 if compare == "previous" else 0
+        out.loc[i, "vs"] = out.loc[j, "method"]
+        for k in VERDICT_KEYS:
+            if k not in out:
+                continue
+            d = out.loc[i, k] - out.loc[j, k]
+            out.loc[i, f"d {k}"] = d
+            sd_i, sd_j = out.loc[i].get(f"{k} sd"), out.loc[j].get(f"{k} sd")
+            if pd.isna(d):
+                verdict = "failed"
+            elif sd_i is None or sd_j is None or pd.isna(sd_i) or pd.isna(sd_j):
+                verdict = "1 seed"
+            elif abs(d) > math.hypot(sd_i, sd_j):
+                verdict = "gain" if d > 0 else "loss"
+            else:
+                verdict = "within spread"
+            out.loc[i, f"{k} verdict"] = verdict
+    return out
+
+
+def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], upto: str | None = None,
+              out_dir: Path | None = None, base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every row of table ``name`` for every seed (papermill runs ``<run_name>-<name>-NN-sS``,
+    resuming) and write the table.
+
+    Args:
+        base: the config (its ``run_name`` prefixes the sub-runs; ``runs_dir`` holds them).
+        config_path: the YAML the sub-runs' notebooks load.
+        seeds: one run per seed and row.
+        upto: ``sft``/``sp``/``rf``, the last stage of the chain (default: the table's).
+        out_dir: where the files go (default :func:`tables_dir`).
+        base_overrides: the caller's dotted overrides (``--set``), passed on to every run. On a smoke
+            config the cheaper settings of
+            :data:`~align3gr_kit.report.benchmark.SMOKE_REPORT_OVERRIDES` are added.
+    Returns:
+        The table document written to ``<out_dir>/<name>.json`` (see :func:`write_table`), plus
+        ``files`` (``{"json"|"md"|"html": path}``).
+    """
+    from align3gr_kit.report.benchmark import report_overrides
+
+    rungs = table_rungs(name, upto)
+    reductions = report_overrides(base, config_path, base_overrides)
+    base = base.override(reductions)
+    base_overrides = {**reductions, **(base_overrides or {})}
+    t0 = time.time()
+    results = run_rungs(base, config_path, rungs, seeds, name, base_overrides)
+    wall = round(time.time() - t0, 1)
+    inherited = {**config_diff(base, config_path), **base_overrides}
+    runs = results_table(results)
+    compare = "previous" if name == "ladder" else TABLES[name].compare
+    summary = verdicts(summarise(runs), compare)
+    notes = {r.label: r.note for r in rungs}
+    budgets = {r.label: row_budget(base.override({**inherited, **r.overrides})) for r in rungs}
+    rows = []
+    for rec in summary.to_dict("records"):
+        label = rec["method"]
+        rung = next(r for r in rungs if r.label == label)
+        rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()},
+                     "overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label],
+                     "budget": budgets[label]})
+    doc = {
+        "table": name,
+        "title": "Ablation ladder" if name == "ladder" else TABLES[name].title,
+        "source": "Align3GR Figure 4" if name == "ladder" else TABLES[name].source,
+        "dataset": dataset_label(base),
+        "config": _relative(config_path),
+        "overrides": base_overrides,
+        "fingerprint": config_fingerprint(base),
+        "upto": upto or ("rf" if name == "ladder" else TABLES[name].default_upto),
+        "compare": compare,
+        "seeds": list(seeds),
+        "commit": git_commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_seconds": wall,
+        "smoke": base.smoke,
+        "rows": rows,
+        "runs": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                 for r in runs.to_dict("records")],
+        "failed": [r for r in runs.to_dict("records") if isinstance(r.get("error"), str) and r["error"]],
+    }
+    paths = write_table(doc, Path(out_dir or tables_dir(base)))
+    return {**doc, "files": {ext: str(path) for ext, path in paths.items()}}
+
+
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it (committed files name no home folder)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
+def _cell(mean: Any, sd: Any) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "failed"
+    return f"{mean:.4f}" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{mean:.4f} ± {sd:.4f}"
+
+
+def table_markdown(doc: dict[str, Any]) -> str:
+    """The markdown of a table document (the ``.md`` file and the BENCHMARKS.md block): a line of
+    provenance, the budget, then one row per variant (mean ± sd over seeds, the step against its
+    reference row and its verdict)."""
+    seeds = doc["seeds"]
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"]}
+    lines = [
+        f"**{doc['title']}** ({doc['source']}) on `{doc['dataset']}`: config `{doc['config']}`"
+        + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
+        + f", fingerprint `{doc['fingerprint']}`, chain up to `{doc['upto']}`, {len(seeds)} seed(s) {seeds}, "
+        f"commit `{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:.0f} s "
+        "(this command; stages reused from earlier runs are not counted).",
+        "",
+        "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
+        if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",
+        "",
+        "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | vs | Δ Recall@10 | Δ NDCG@10 | verdict (R@10 / N@10) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        cells = [_cell(r.get(k), r.get(f"{k} sd")) for k in METRIC_KEYS]
+        deltas = [("" if r.get(f"d {k}") is None else f"{r[f'd {k}']:+.4f}") for k in VERDICT_KEYS]
+        verdict = " / ".join(r.get(f"{k} verdict", "") for k in VERDICT_KEYS).strip(" /")
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
+                     + f" | {r.get('vs', '')} | {deltas[0]} | {deltas[1]} | {verdict} |")
+    lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
+    if doc["failed"]:
+        lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
+    return "\n".join(lines) + "\n"
+
+
+def table_figure(doc: dict[str, Any]):
+    """A plotly figure: Recall@10 and NDCG@10 per variant, bars at the mean, error bars one sd."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    names = [r["method"] for r in doc["rows"]]
+    for k in VERDICT_KEYS:
+        fig.add_bar(name=k, x=names, y=[r.get(k) for r in doc["rows"]],
+                    error_y={"type": "data", "array": [r.get(f"{k} sd") or 0.0 for r in doc["rows"]], "visible": True})
+    fig.update_layout(barmode="group", title=f"{doc['title']} ({doc['source']}), {doc['dataset']}, "
+                      f"{len(doc['seeds'])} seed(s): mean ± sd", yaxis_title="test metric")
+    return fig
+
+
+def write_table(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """``<out_dir>/<table>.json``, ``.md`` (:func:`table_markdown`) and ``.html`` (:func:`table_figure`,
+    with ``plotly.min.js`` beside it)."""
+    from align3gr_kit.utils import atomic_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{doc['table']}.{ext}" for ext in ("json", "md", "html")}
+    write_json(paths["json"], doc)
+    with atomic_path(paths["md"]) as tmp:
+        Path(tmp).write_text(table_markdown(doc))
+    with atomic_path(paths["html"]) as tmp:
+        # plotly.js once per folder beside the pages (as the stages' figures), so they open offline
+        table_figure(doc).write_html(str(tmp), include_plotlyjs="directory", full_html=True)
+    return paths
+
+
+def read_tables(folder: Path) -> dict[str, dict[str, Any]]:
+    """``table name -> document`` of every ``<table>.json`` in ``folder`` (empty when there is none)."""
+    folder = Path(folder)
+    return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def ablate_table_command(name: str, seeds: int = 3, upto: str | None = None) -> str:
+    """The command that makes table ``name`` for a config."""
+    return (f"python -m align3gr_kit ablate --config <this run's config> --table {name} --seeds {seeds}"
+            + (f" --upto {upto}" if upto else ""))
+
+
+def tables_overview(cfg: RunConfig, folder: Path | None = None) -> str:
+    """Markdown of every table found for this config's data (:func:`tables_dir`, or ``folder``), each
+    with its provenance line; for a table not made yet, the command that makes it. Reads files only."""
+    folder = Path(folder or tables_dir(cfg))
+    found = read_tables(folder)
+    where = _relative(folder)
+    parts = [f"Tables in `{where}`: {', '.join(found) if found else 'none yet'}."]
+    for name in TABLE_NAMES:
+        if name in found:
+            parts.append(f"### {found[name]['title']}\n\n{table_markdown(found[name])}")
+        else:
+            parts.append(f"`{name}` not made yet: `{ablate_table_command(name)}`")
+    return "\n\n".join(parts)

@@ -1,0 +1,192 @@
+"""The papers' tables as configs (rows, shared stages, --upto), verdicts against the spread, the
+files a table run writes (against a fake pipeline), and BENCHMARKS.md regenerated from them."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.report import benchmarks_md
+from align3gr_kit.report.ablation import reaching_fields, summarise
+from align3gr_kit.report.tables import TABLES, run_table, table_markdown, table_rungs, tables_dir, verdicts
+from align3gr_kit.stages import runner
+from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.utils import project_root
+
+SMOKE = str(project_root() / "configs" / "smoke.yaml")
+SFT_SECTIONS = ("tokenizer", "prompts", "model", "sft", "decode")
+
+
+def _cfgs(name, upto=None):
+    base = RunConfig.from_yaml(SMOKE)
+    return [(r, base.override(r.overrides)) for r in table_rungs(name, upto)]
+
+
+def test_every_row_differs_from_every_other_in_what_reaches_the_model():
+    for name in TABLES:
+        rows = [(reaching_fields(c, r.stages), r.stages) for r, c in _cfgs(name)]
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                assert a != b, name
+
+
+def test_levels_not_under_study_stay_at_the_full_setting():
+    base = RunConfig.from_yaml(SMOKE)
+    # DPO table: one SFT model for every row (same tokenizer, prompts, model, SFT sections)
+    dpo = _cfgs("dpo")
+    assert len({c.section_hash(*SFT_SECTIONS) for _, c in dpo}) == 1
+    assert dpo[0][1].section_hash(*SFT_SECTIONS) == base.section_hash(*SFT_SECTIONS)
+    assert [r.last_stage for r, _ in dpo] == ["04_sft"] + ["05_sp_dpo"] * 3 + ["06_rf_dpo"] * 2
+    gen = dpo[1][1].dpo
+    assert gen.sp_negatives == "generated" and gen.n_rejected == 20  # the paper's 20 generated negatives
+    # token table: full SFT tasks and the full DPO chain; only the tokenizer varies
+    token = _cfgs("token")
+    assert len({c.section_hash("prompts", "sft", "dpo") for _, c in token}) == 1
+    assert all(r.last_stage == "06_rf_dpo" for r, _ in token) and token[0][1].to_dict() == base.to_dict()
+    # SFT and TS-Rec tables: the full tokenizer, SFT only
+    for name in ("sft", "tsrec"):
+        rows = _cfgs(name)
+        assert len({c.section_hash("tokenizer") for _, c in rows}) == 1 and rows[0][1].tokenizer == base.tokenizer
+        assert all(r.last_stage == "04_sft" for r, _ in rows)
+    assert _cfgs("sft")[-1][1].to_dict() == base.to_dict()  # its last row is the full SFT
+
+
+def test_upto_drops_later_rows_and_ends_the_chain_earlier():
+    assert [r.label for r in table_rungs("dpo", "sp")] == ["SFT", "Softmax-DPO", "SP-DPO w/o progression",
+                                                           "Progressive SP-DPO"]
+    assert {r.last_stage for r in table_rungs("token", "sp")} == {"05_sp_dpo"}
+    assert [r.last_stage for r in table_rungs("ladder", "sft")] == ["04_sft"] * 8
+    with pytest.raises(ValueError, match="nothing to compare"):
+        table_rungs("dpo", "sft")
+    with pytest.raises(ValueError, match="unknown table"):
+        table_rungs("tokens")
+
+
+def test_verdicts_call_a_difference_within_the_spread_what_it_is():
+    runs = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+                         "seed": [0, 1, 2] * 3,
+                         "recall@10": [0.10, 0.12, 0.14, 0.13, 0.11, 0.15, 0.30, 0.31, 0.32],
+                         "ndcg@10": [0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.01, 0.01, 0.01]})
+    out = verdicts(summarise(runs), "previous").set_index("method")
+    # b - a = +0.01 with sd 0.02 each: the spread of the difference is 0.0283 -> not a gain
+    assert out.loc["b", "d recall@10"] == pytest.approx(0.01)
+    assert out.loc["b", "recall@10 verdict"] == "within spread" and out.loc["b", "vs"] == "a"
+    assert out.loc["c", "recall@10 verdict"] == "gain" and out.loc["c", "ndcg@10 verdict"] == "loss"
+    assert out.loc["a", "recall@10 verdict"] == ""
+    one = verdicts(summarise(runs[runs.seed == 0]), "first").set_index("method")
+    assert one.loc["c", "recall@10 verdict"] == "1 seed" and one.loc["c", "vs"] == "a"
+
+
+def _fake_pipeline(calls):
+    def fake(cfg, config_path, stages=None, resume=False, overrides=None, kernel_name="python3", render=True,
+             reports_dir=None):
+        calls.append((cfg.run_name, tuple(stages)))
+        value = 0.1 * len(stages) + 0.01 * cfg.seed + (0.05 if cfg.dpo.sp_progressive else 0)
+        StageRun(cfg, stages[-1]).finish({s: {"recall@5": value, "recall@10": value, "ndcg@5": value / 2,
+                                              "ndcg@10": value / 2} for s in ("valid", "test")})
+        return {"ok": True, "stages": []}
+    return fake
+
+
+def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline(calls))
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    assert tables_dir(base) == tmp_path / "runs" / "tables" / "synthetic"  # smoke tables stay out of reports/
+    doc = run_table(base, SMOKE, "dpo", [0, 1], upto="sp", base_overrides={"dpo.beta": 0.2})
+    assert [c[0] for c in calls] == [f"t-dpo-{i:02d}-s{s}" for s in (0, 1) for i in range(4)]
+    folder = tmp_path / "runs" / "tables" / "synthetic"
+    assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html", "plotly.min.js"}
+    saved = json.loads((folder / "dpo.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["upto"] == "sp" and saved["overrides"]["dpo.beta"] == 0.2
+    assert saved["smoke"] and len(saved["fingerprint"]) == 12 and saved["wall_seconds"] >= 0
+    rows = {r["method"]: r for r in saved["rows"]}
+    assert rows["SFT"]["recall@10"] == pytest.approx(0.4 + 0.005 + 0.05)
+    assert rows["SFT"]["recall@10 sd"] == pytest.approx(math.sqrt(0.01 ** 2 / 2))
+    assert rows["Softmax-DPO"]["budget"]["dpo.max_steps"] == 2 and rows["SFT"]["budget"]["sft.max_steps"] == 10
+    assert rows["Progressive SP-DPO"]["recall@10 verdict"] == "gain"
+    md = (folder / "dpo.md").read_text()
+    assert md == table_markdown(saved) and "0.4550 ± 0.0071" in md and "`sft.max_steps` 10;" in md
+    assert saved["config"] == "configs/smoke.yaml"
+    html = (folder / "dpo.html").read_text()
+    assert 'src="plotly.min.js"' in html and '"error_y"' in html and "Softmax-DPO" in html
+
+
+def test_benchmarks_md_is_regenerated_from_the_files_and_a_disagreement_is_caught(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    root = tmp_path / "tables"
+    run_table(base, SMOKE, "tsrec", [0], out_dir=root / "synthetic")
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\nhand-written reading stays.\n")
+    state, keys = benchmarks_md.update_benchmarks(bench, root)
+    assert keys == ["synthetic/tsrec"] and state["changed"] == ["synthetic/tsrec"]
+    text = bench.read_text()
+    assert "hand-written reading stays." in text and "<!-- table:synthetic/tsrec -->" in text
+    assert (root / "synthetic" / "tsrec.md").read_text() in text
+    assert benchmarks_md.update_benchmarks(bench, root, check=True)[0]["changed"] == []  # idempotent
+    tampered = text.replace("| Base | 1 | 0.4500", "| Base | 1 | 0.9000")  # a number typed by hand
+    assert tampered != text
+    bench.write_text(tampered)
+    assert benchmarks_md.update_benchmarks(bench, root, check=True)[0]["changed"] == ["synthetic/tsrec"]
+    (root / "synthetic" / "tsrec.json").unlink()
+    with pytest.raises(FileNotFoundError, match="synthetic/tsrec"):
+        benchmarks_md.update_benchmarks(bench, root, check=True)
+
+
+def test_the_committed_benchmarks_agree_with_the_committed_tables():
+    state, keys = benchmarks_md.update_benchmarks(check=True)
+    assert state["changed"] == [], (f"reports/BENCHMARKS.md disagrees with reports/tables/ on {state['changed']}; "
+                                    "run: python -m align3gr_kit report benchmarks")
+    for key in keys:  # the .md beside each .json is the one the command wrote
+        folder = project_root() / "reports" / "tables" / key
+        assert folder.with_suffix(".md").read_text() == table_markdown(json.loads(folder.with_suffix(".json").read_text()))
+
+
+def test_overview_shows_found_tables_and_the_command_for_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    from align3gr_kit.report.tables import tables_overview
+
+    assert "none yet" in tables_overview(base) and "--table dpo --seeds 3" in tables_overview(base)
+    run_table(base, SMOKE, "sft", [0])
+    text = tables_overview(base)
+    assert "Tables in" in text and "### Behaviour level: multi-task SFT" in text and "--table sft" not in text
+
+
+def test_cli_refuses_mixed_or_empty_table_options(capsys):
+    from align3gr_kit.cli import main
+
+    assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--ladder"]) == 2
+    assert "--table runs one table alone" in capsys.readouterr().err
+    assert main(["ablate", "--config", SMOKE, "--upto", "sp", "--ladder"]) == 2
+    assert "--upto goes with --table" in capsys.readouterr().err
+    assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--upto", "sft"]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
+    """The real command on the smoke config with tiny budgets (papermill runs of notebooks 00-05):
+    one SFT model shared by every row, the Softmax-DPO row's negatives from the policy's own beam."""
+    from align3gr_kit.cli import main
+
+    tiny = ["sft.max_steps=10", "prompts.max_per_task=30", "dpo.max_prompts=4", "dpo.n_rejected=3",
+            "decode.max_eval_users=8", f"runs_dir={tmp_path / 'runs'}"]
+    argv = ["ablate", "--config", SMOKE, "--run-name", "e2e", "--table", "dpo", "--upto", "sp", "--seeds", "1"]
+    assert main(argv + [a for s in tiny for a in ("--set", s)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in out["rows"]] == ["SFT", "Softmax-DPO", "SP-DPO w/o progression", "Progressive SP-DPO"]
+    assert not out["failed"] and all(0 <= r["recall@10"] <= 1 for r in out["rows"])
+    doc = json.loads((tmp_path / "runs" / "tables" / "synthetic" / "dpo.json").read_text())
+    assert doc["rows"][1]["budget"]["sft.max_steps"] == 10 and doc["seeds"] == [0]
+    runs = tmp_path / "runs"
+    sft = {json.loads((runs / f"e2e-dpo-{i:02d}-s0" / "04_sft" / "manifest.json").read_text())["metrics"]["test_recall@10"]
+           for i in range(4)}
+    assert len(sft) == 1  # one SFT model (copied by --resume), so the rows differ only in DPO
+    generated = json.loads((runs / "e2e-dpo-01-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
+    assert generated["generated/preferences/from_beams_share"] == 1.0
+    progressive = json.loads((runs / "e2e-dpo-03-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
+    assert {"easy/preferences/from_beams_share", "hard/preferences/from_beams_share"} <= set(progressive)
