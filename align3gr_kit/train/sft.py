@@ -163,6 +163,7 @@ def training_args(cfg: RunConfig, out_dir: str | Path):
         warmup_steps=s.warmup_steps,
         weight_decay=s.weight_decay,
         logging_steps=s.logging_steps,
+        logging_first_step=True,  # a loss curve even when max_steps < logging_steps
         save_strategy="no",
         report_to="none",
         bf16=trainer_bf16(cfg.model.dtype),
