@@ -5,7 +5,7 @@ Public API::
     build_tokenizer(model_cfg, corpus_texts, scid_tokens) -> tokenizer
     build_backbone(model_cfg, corpus_texts, scid_tokens, seed, tokenizer=None, keywords=None) -> (model, tokenizer)
     scid_keywords(ds, item_scids, user_scids, k) -> {token: keywords}    (SA-Init input)
-    sa_init(model, tokenizer, keywords, new_ids), normal_init(model, new_ids, seed)
+    sa_init(model, tokenizer, keywords, new_ids), normal_init / mean_resizing_init(model, new_ids, seed)
     apply_lora(model, model_cfg) -> PeftModel; trainable_parameters(model) -> dict
     save_model(model, tokenizer, folder, item_scids, user_scids); load_model(folder) -> (model, tok, items, users)
     encode_prompts / prompt_encoder / encode_sft_batch / left_pad        (one prompt encoding everywhere)
@@ -34,7 +34,7 @@ from align3gr_kit.model.encoding import (
 from align3gr_kit.model.lora import apply_lora, embedding_module_names, scid_token_ids, trainable_parameters
 from align3gr_kit.model.precision import autocast, autocast_dtype
 from align3gr_kit.model.pretrained import pretrained_folder
-from align3gr_kit.model.sa_init import normal_init, sa_init, scid_keywords
+from align3gr_kit.model.sa_init import mean_resizing_init, normal_init, sa_init, scid_keywords
 
 __all__ = [
     "add_scid_tokens",
@@ -50,6 +50,7 @@ __all__ = [
     "fit_prompt",
     "left_pad",
     "load_model",
+    "mean_resizing_init",
     "minilm_path",
     "normal_init",
     "pretrained_folder",

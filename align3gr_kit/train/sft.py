@@ -267,6 +267,7 @@ def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer):
     from align3gr_kit.model.backbone import build_backbone
     from align3gr_kit.model.sa_init import scid_keywords
 
-    keywords = scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords) if cfg.model.sa_init else None
+    keywords = (scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords, levels=cfg.model.sa_init_levels)
+                if cfg.model.sa_init else None)
     return build_backbone(cfg.model, [], scid_vocabulary(item_scids, user_scids), cfg.seed, tokenizer=tokenizer,
                           keywords=keywords)
