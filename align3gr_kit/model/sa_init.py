@@ -25,10 +25,13 @@ Why by hand: transformers' ``resize_token_embeddings(mean_resizing=True)`` gives
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from align3gr_kit.config import ModelConfig
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.prompts.keywords import KeywordExtractor, token_keywords
 from align3gr_kit.scid import ScidTable
@@ -57,6 +60,37 @@ def scid_keywords(
     if user_scids is not None:
         out.update(token_keywords(user_scids, ds.users.profile.tolist(), k, extractor, levels=levels))
     return out
+
+
+def keyword_extractor(model_cfg: ModelConfig, cache_dir: str | Path | None) -> KeywordExtractor | None:
+    """The extractor of ``model.sa_init_extractor``: ``None`` (TF-IDF, the default) or an
+    :class:`~align3gr_kit.prompts.llm_keywords.LLMKeywords` on the backbone ``model.base`` (loaded on the
+    first token not in ``cache_dir``'s cache; the SCID rows play no part in the answers).
+
+    A stage passes its own folder as ``cache_dir``; a later stage handed a copy of that cache asks the
+    model nothing.
+    """
+    if model_cfg.sa_init_extractor == "tfidf":
+        return None
+    from align3gr_kit.model.pretrained import SOURCE_MANIFEST, WHEEL_MODELS, resolve_base
+    from align3gr_kit.prompts.llm_keywords import LLMKeywords
+
+    if model_cfg.base in ("tiny-llama", "minilm"):
+        raise ValueError(f"model.sa_init_extractor = llm needs an instruct LLM, not model.base = {model_cfg.base!r}; "
+                         "use sa_init_extractor: tfidf")
+    folder = resolve_base(model_cfg.base)
+    model_id = model_cfg.base
+    if model_cfg.base in WHEEL_MODELS:  # the converted folder's source hash names the exact weights
+        model_id += "@" + json.loads((Path(folder) / SOURCE_MANIFEST).read_text())["sha256"]
+
+    def load():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+        return model, tok
+
+    return LLMKeywords(load=load, model_id=model_id, cache_dir=cache_dir, precision=model_cfg.dtype)
 
 
 def _embedding_matrices(model) -> list[torch.Tensor]:
