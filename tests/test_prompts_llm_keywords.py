@@ -164,3 +164,8 @@ def test_smollm2_writes_keywords_for_three_tokens(tmp_path):
             assert note.description and 1 <= len(note.keywords) <= 20
             assert all(kw == kw.lower().strip() and kw for kw in note.keywords)
     print(f"SmolLM2 keywords for 3 tokens in {time.time() - t0:.1f}s:", notes)
+    # The next stage, handed this folder to reuse, reads every answer and loads no model.
+    later = keyword_extractor(ModelConfig(base="smollm2-135m", sa_init_extractor="llm"), tmp_path / "s04", reuse=tmp_path)
+    later.max_items, later.max_words, later.max_description_tokens, later.max_keyword_tokens = 3, 8, 16, 20
+    later.load = None  # calling it would fail
+    assert later.annotate(DOCS) == notes and later.stats["cached"] == 3 and later.stats["generated"] == 0

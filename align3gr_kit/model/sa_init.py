@@ -26,6 +26,7 @@ Why by hand: transformers' ``resize_token_embeddings(mean_resizing=True)`` gives
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -62,13 +63,18 @@ def scid_keywords(
     return out
 
 
-def keyword_extractor(model_cfg: ModelConfig, cache_dir: str | Path | None) -> KeywordExtractor | None:
+def keyword_extractor(
+    model_cfg: ModelConfig, cache_dir: str | Path | None, reuse: str | Path | None = None
+) -> KeywordExtractor | None:
     """The extractor of ``model.sa_init_extractor``: ``None`` (TF-IDF, the default) or an
     :class:`~align3gr_kit.prompts.llm_keywords.LLMKeywords` on the backbone ``model.base`` (loaded on the
-    first token not in ``cache_dir``'s cache; the SCID rows play no part in the answers).
+    first token not in the cache; the SCID rows play no part in the answers).
 
-    A stage passes its own folder as ``cache_dir``; a later stage handed a copy of that cache asks the
-    model nothing.
+    Args:
+        model_cfg: ``base``, ``sa_init_extractor``, ``dtype``.
+        cache_dir: the stage's own folder for ``llm_keywords.json``.
+        reuse: an earlier stage's cache folder; its answers are copied in when ``cache_dir`` has none,
+            so stage 04 asks the model nothing about tokens stage 03 already described.
     """
     if model_cfg.sa_init_extractor == "tfidf":
         return None
@@ -90,6 +96,13 @@ def keyword_extractor(model_cfg: ModelConfig, cache_dir: str | Path | None) -> K
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
         return model, tok
 
+    if cache_dir is not None and reuse is not None:
+        from align3gr_kit.prompts.llm_keywords import CACHE_FILE
+
+        source, target = Path(reuse) / CACHE_FILE, Path(cache_dir) / CACHE_FILE
+        if source.exists() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
     return LLMKeywords(load=load, model_id=model_id, cache_dir=cache_dir, precision=model_cfg.dtype)
 
 
