@@ -17,6 +17,7 @@ from align3gr_kit.prompts.llm_keywords import (
     parse_description,
     parse_keywords,
     sample_lines,
+    token_annotations,
     user_message,
 )
 
@@ -140,6 +141,14 @@ def test_ts_align_uses_the_llm_descriptions(tmp_path):
         token = next(t for t in items.vocabulary() + users.vocabulary() if t in prompt)
         assert completion.startswith(f"Group {token}. Keywords: alpha, beta")
     assert ex.stats["llm"] == len(cache) and ex.stats["fallback"] == 0
+    # The notebook table: every item token, LLM descriptions from the cache; TF-IDF without an extractor.
+    texts = [ds.item_text(i) for i in range(ds.n_items)]
+    notes = token_annotations(ex, items, texts, k=1)
+    assert list(notes.token) == items.vocabulary() and set(notes.source) == {"llm"}
+    assert notes.description[0] == f"Group {notes.token[0]}." and set(notes.keywords) == {"alpha"}
+    assert notes.rows.sum() == items.n * items.levels and set(notes.level) == {1, 2, 3}
+    plain = token_annotations(None, items, texts, k=2)
+    assert list(plain.keywords) == [", ".join(kw) for kw in TfidfKeywords().extract(token_groups(items).documents(texts), 2)]
 
 
 @pytest.mark.slow

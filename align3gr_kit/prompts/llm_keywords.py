@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -279,9 +279,26 @@ def _ids_decoding_to(tok, text: str) -> list[int]:
     return [i for i in range(len(tok)) if text in tok.decode([i])]
 
 
-def annotations_table(tokens: Sequence[str], annotations: Sequence[TokenAnnotation]):
-    """A ``pandas.DataFrame`` (token, source, description, keywords) for notebooks."""
+def token_annotations(extractor, table, texts: Sequence[str], k: int = MAX_KEYWORDS):
+    """What an extractor says about every token of ``table`` (``texts[i]`` describes row ``i``), as a
+    ``pandas.DataFrame`` with columns ``token``, ``level`` (1-based), ``rows``, ``source``, ``description``
+    and ``keywords`` (first ``k``, comma-joined), for notebooks.
+
+    ``extractor``: an :class:`LLMKeywords` (after stage 03 its cache answers at once) or ``None``/any
+    other extractor (TF-IDF keywords, no description).
+    """
     import pandas as pd
 
-    return pd.DataFrame([{"token": t, **{k: (", ".join(v) if isinstance(v, list) else v) for k, v in asdict(a).items()}}
-                         for t, a in zip(tokens, annotations)])
+    from align3gr_kit.prompts.keywords import token_groups
+
+    groups = token_groups(table)
+    docs = groups.documents(texts)
+    if hasattr(extractor, "annotate"):
+        notes = extractor.annotate(docs, kind=table.kind)
+    else:
+        kws = (extractor or TfidfKeywords()).extract(docs, k, kind=table.kind)
+        notes = [TokenAnnotation("", kw, "tfidf") for kw in kws]
+    return pd.DataFrame({"token": groups.tokens, "level": [lv + 1 for lv in groups.levels],
+                         "rows": [len(r) for r in groups.rows], "source": [n.source for n in notes],
+                         "description": [n.description for n in notes],
+                         "keywords": [", ".join(n.keywords[:k]) for n in notes]})
