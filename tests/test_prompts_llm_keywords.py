@@ -36,6 +36,7 @@ def test_parse_keywords_hand_examples():
     assert parse_keywords("strings, bronze, gu") == ["strings", "bronze", "gu"]
     assert parse_keywords(", , 1. 2. 3.") == []
     assert parse_keywords("electric guitars (vintage), [maple]") == ["electric guitars", "vintage", "maple"]
+    assert parse_keywords("drums, category: film category") == ["drums"]
     assert len(parse_keywords(", ".join(f"word{chr(97 + i)}" for i in range(26)))) == 20
 
 

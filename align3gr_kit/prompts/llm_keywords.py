@@ -7,7 +7,7 @@ SA-Init averages and for the description TS-Align teaches. Here the teacher is t
 1. a sample of the rows carrying it (up to ``max_items`` lines, evenly spaced over the rows, each
    cut to ``max_words`` words: titles and categories come first in an item's text) goes into one
    user turn of the chat template (:func:`align3gr_kit.model.encoding.prompt_frame`);
-2. the answer is prefilled with ``Description:`` and the model writes one sentence; then the
+2. the answer is prefilled with ``Description: These items are`` and the model ends the sentence; then the
    prompt plus that line is prefilled with ``Keywords:`` and it writes a comma-separated list.
    Prefilling the labels is what keeps a 135M model on the format; decoding is greedy (with
    ``no_repeat_ngram_size=2`` and a mild repetition penalty on the keyword list, which stop small
@@ -37,7 +37,7 @@ from align3gr_kit.prompts.keywords import TfidfKeywords
 
 CACHE_FILE = "llm_keywords.json"
 # Part of every cache key: change it when the prompt or the parsing changes what an answer means.
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 MAX_KEYWORDS = 20
 
 _LABEL = re.compile(r"^\s*[*_#\s]*(keywords?|key words|description)\s*[*_]*\s*:\s*[*_]*", re.IGNORECASE)
@@ -70,7 +70,7 @@ def parse_keywords(text: str, truncated: bool = False, limit: int = MAX_KEYWORDS
     """Keywords from an answer line: split on commas, semicolons, newlines, bullets and list numbers.
 
     Each piece is lower-cased and stripped of quotes and punctuation at its ends; kept when it has a
-    letter, at most 4 words and 40 characters, and a word that is not a stop word; duplicates are
+    letter, no colon (a label), at most 4 words and 40 characters, and a word that is not a stop word; duplicates are
     dropped (first kept). ``truncated``: the answer hit the token budget, so its last piece may be a
     cut word and is dropped.
     """
@@ -83,7 +83,7 @@ def parse_keywords(text: str, truncated: bool = False, limit: int = MAX_KEYWORDS
     for piece in pieces:
         kw = " ".join(_EDGE.sub("", _LABEL.sub("", piece)).lower().split())
         words = kw.split()
-        if (not kw or len(words) > 4 or len(kw) > 40 or not re.search(r"[^\W\d_]", kw)
+        if (not kw or len(words) > 4 or len(kw) > 40 or ":" in kw or not re.search(r"[^\W\d_]", kw)
                 or all(w in stop for w in words) or kw in out):
             continue
         out.append(kw)
@@ -111,9 +111,13 @@ def sample_lines(document: str, max_items: int, max_words: int) -> list[str]:
     return [" ".join(ln.split()[:max_words]) for ln in lines]
 
 
+def _noun(kind: str) -> str:
+    return "users" if kind == "user" else "items"
+
+
 def user_message(lines: Sequence[str], kind: str) -> str:
     """The user turn that shows a token's sample rows and asks for a description and keywords."""
-    noun = "users" if kind == "user" else "items"
+    noun = _noun(kind)
     body = "\n".join(f"- {ln}" for ln in lines)
     return (f"These {noun} belong to one group:\n{body}\n\n"
             "Write a one-sentence description of the group, then 10 to 20 keywords for it, separated by commas.")
@@ -160,7 +164,7 @@ class LLMKeywords:
         """One :class:`TokenAnnotation` per document; ``[]`` keywords only where TF-IDF has none either."""
         messages = [user_message(sample_lines(d, self.max_items, self.max_words), kind) if d.strip() else ""
                     for d in documents]
-        answers = self._answers(messages)
+        answers = self._answers(messages, kind)
         tfidf: list[list[str]] | None = None
         out = []
         for doc, ans in zip(documents, answers):
@@ -180,14 +184,14 @@ class LLMKeywords:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     # ------------------------------------------------------------------ generation
-    def _answers(self, messages: Sequence[str]) -> list[dict]:
+    def _answers(self, messages: Sequence[str], kind: str = "item") -> list[dict]:
         cache = self._read_cache()
         keys = [self.cache_key(m) for m in messages]
         todo = [i for i, (m, key) in enumerate(zip(messages, keys)) if m and key not in cache]
         self.stats["cached"] += sum(1 for m, key in zip(messages, keys) if m and key in cache)
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            for i, ans in zip(batch, self._generate([messages[i] for i in batch])):
+            for i, ans in zip(batch, self._generate([messages[i] for i in batch], kind)):
                 cache[keys[i]] = ans
             self.stats["generated"] += len(batch)
             self._write_cache(cache)  # after every batch: an interrupted run keeps what it paid for
@@ -203,13 +207,15 @@ class LLMKeywords:
             self._list_stops = _ids_decoding_to(tokenizer, "\n\n") + eos
         return self._loaded
 
-    def _generate(self, messages: Sequence[str]) -> list[dict]:
+    def _generate(self, messages: Sequence[str], kind: str) -> list[dict]:
         model, tok = self._model()
         prompts = self._prompt_ids(tok, messages)
-        desc_pre = tok("Description:", add_special_tokens=False)["input_ids"]
+        # The sentence is started for the model: small models otherwise echo the instruction.
+        start = f"These {_noun(kind)} are"
+        desc_pre = tok(f"Description: {start}", add_special_tokens=False)["input_ids"]
         descs, _ = self._complete(model, tok, [p + desc_pre for p in prompts], self.max_description_tokens,
                                   self._line_stops, {})
-        descs = [parse_description(d) for d in descs]
+        descs = [parse_description(start + d) if parse_description(d) else "" for d in descs]
         kw_pre = tok("Keywords:", add_special_tokens=False)["input_ids"]
         with_desc = [p + tok(f"Description: {d}\n" if d else "", add_special_tokens=False)["input_ids"] + kw_pre
                      for p, d in zip(prompts, descs)]
