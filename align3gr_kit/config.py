@@ -217,7 +217,19 @@ class ModelConfig:
             Meant for pretrained backbones (``minilm``, hub models): on ``tiny-llama`` the keyword rows are
             random, their means are small and alike, and short SFT runs do worse (Recall@10 0.03 vs 0.2
             on the default data after 200 steps), hence off by default.
-        sa_init_keywords: TF-IDF keywords per SCID token for SA-Init.
+        sa_init_keywords: keywords per SCID token for SA-Init (the first ones of the extractor's list).
+        sa_init_levels: SA-Init only the SCID tokens of the first N levels of each table (the TS-Rec
+            depth ablation: 1, 2 = levels 1-2, 3 = levels 1-3); 0 = every level. The other levels' rows
+            keep ``new_token_init``. The random-init arm of that ablation is ``sa_init: false``.
+        sa_init_extractor: where SA-Init's (and TS-Align's) keywords come from: ``tfidf`` (TF-IDF over the
+            text of the rows carrying a token) or ``llm`` (the backbone, an instruct model, writes a short
+            description and 10-20 keywords from a sample of those rows; greedy, cached per token, TF-IDF
+            for a token whose answer has none: :mod:`align3gr_kit.prompts.llm_keywords`). ``llm`` needs a
+            pretrained instruct backbone (not ``tiny-llama``/``minilm``).
+        new_token_init: rows of new SCID tokens that SA-Init does not set: ``normal`` (a seeded normal
+            with the old rows' mean and std: distinct rows) or ``mean_resizing`` (transformers'
+            ``resize_token_embeddings(mean_resizing=True)``: N(mean, 1e-9 cov), nearly identical rows,
+            the "random init" baseline TS-Rec compares SA-Init with).
         trust_remote_code: allow a hub model's own code (off by default: safety).
         dtype: ``auto`` (bf16 autocast with fp32 weights on a GPU that supports it and on CPUs with
             AMX/avx512_bf16, fp32 elsewhere; :mod:`align3gr_kit.model.precision`), ``float32`` or
@@ -238,11 +250,17 @@ class ModelConfig:
     lora_target_modules: str = "all-linear"
     sa_init: bool = False
     sa_init_keywords: int = field(default=10, metadata={"min": 1})
+    sa_init_levels: int = field(default=0, metadata={"min": 0})
+    sa_init_extractor: str = field(default="tfidf", metadata={"choices": ("tfidf", "llm")})
+    new_token_init: str = field(default="normal", metadata={"choices": ("normal", "mean_resizing")})
     trust_remote_code: bool = False
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "fp32", "bfloat16", "bf16",
                                                             "float16", "fp16")})
 
     def check(self, where: str) -> None:
+        if self.sa_init_extractor == "llm" and self.base in ("tiny-llama", "minilm"):
+            raise ConfigError(f"{where}: model.sa_init_extractor = llm needs an instruct LLM backbone, but model.base = "
+                              f"{self.base!r} writes no text; use sa_init_extractor: tfidf or base: smollm2-135m")
         if self.base == "tiny-llama" and self.hidden_size % self.num_heads:
             raise ConfigError(f"{where}: model.hidden_size = {self.hidden_size} must be divisible by "
                               f"model.num_heads = {self.num_heads}")

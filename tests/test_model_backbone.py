@@ -96,9 +96,9 @@ def test_sa_init_is_the_mean_of_keyword_embeddings(tables):
     for get in ("get_input_embeddings", "get_output_embeddings"):
         w = getattr(model, get)().weight.detach()
         for token, words in kw.items():
-            # Independent path: the raw `tokenizers` object, one mean per keyword, then the mean.
-            per_kw = [w[tok.backend_tokenizer.encode(" " + word, add_special_tokens=False).ids].mean(0) for word in words]
-            expected = torch.stack(per_kw).mean(0)
+            # Independent path: the raw `tokenizers` object; eq. 9 = one mean over all sub-tokens.
+            sub = [i for word in words for i in tok.backend_tokenizer.encode(" " + word, add_special_tokens=False).ids]
+            expected = w[sub].mean(0)
             assert torch.allclose(w[tok.convert_tokens_to_ids(token)], expected, atol=1e-6), token
 
 

@@ -26,9 +26,9 @@ def test_sa_init_on_a_pretrained_table(minilm):
     w = model.get_input_embeddings().weight.detach()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # BERT ties them
     for token, words in KEYWORDS.items():
-        # Independent path: the raw `tokenizers` object, mean per keyword, then the mean of keywords.
-        per_kw = [w[tok.backend_tokenizer.encode(" " + kw, add_special_tokens=False).ids].mean(0) for kw in words]
-        assert torch.allclose(w[tok.convert_tokens_to_ids(token)], torch.stack(per_kw).mean(0), atol=1e-6)
+        # Independent path: the raw `tokenizers` object; eq. 9 = one mean over all sub-tokens.
+        sub = [i for kw in words for i in tok.backend_tokenizer.encode(" " + kw, add_special_tokens=False).ids]
+        assert torch.allclose(w[tok.convert_tokens_to_ids(token)], w[sub].mean(0), atol=1e-6)
     # The pretrained geometry carries over: <a_1> (piano, keyboard) sits closer to "piano" than to "drum".
     def row(word):
         return w[tok.convert_tokens_to_ids(word)]

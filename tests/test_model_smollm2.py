@@ -169,10 +169,10 @@ def test_smollm2_end_to_end_sa_init_sft_decoding_dpo(smollm2_folder, tmp_path):
     keywords.update(token_keywords(USERS, ["guitarist who likes vintage gear", "drummer in a rock band"], 3))
     model, tok = build_backbone(cfg.model, [], TOKENS, cfg.seed, keywords=keywords)
     assert model.align3gr_init_stats["sa_init"] == len(TOKENS)
-    # SA-Init: <a_0> (items 0-2, guitars) starts as the mean of its keywords' pretrained rows
+    # SA-Init (eq. 9): <a_0> (items 0-2, guitars) starts as the mean of its keywords' pretrained sub-token rows
     emb = model.get_input_embeddings().weight
-    kw_rows = [emb[tok(" " + k, add_special_tokens=False)["input_ids"]].mean(0) for k in keywords["<a_0>"]]
-    assert torch.allclose(emb[tok.convert_tokens_to_ids("<a_0>")], torch.stack(kw_rows).mean(0), atol=1e-6)
+    sub = [i for k in keywords["<a_0>"] for i in tok(" " + k, add_special_tokens=False)["input_ids"]]
+    assert torch.allclose(emb[tok.convert_tokens_to_ids("<a_0>")], emb[sub].mean(0), atol=1e-6)
 
     res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "sft")
     assert res["steps"] == 4 and np.isfinite(res["last_loss"])

@@ -4,8 +4,9 @@ Public API::
 
     build_tokenizer(model_cfg, corpus_texts, scid_tokens) -> tokenizer
     build_backbone(model_cfg, corpus_texts, scid_tokens, seed, tokenizer=None, keywords=None) -> (model, tokenizer)
-    scid_keywords(ds, item_scids, user_scids, k) -> {token: keywords}    (SA-Init input)
-    sa_init(model, tokenizer, keywords, new_ids), normal_init(model, new_ids, seed)
+    scid_keywords(ds, item_scids, user_scids, k, extractor=None, levels=0) -> {token: keywords}  (SA-Init input)
+    keyword_extractor(model_cfg, cache_dir, reuse=None) -> None (TF-IDF) | LLMKeywords  (model.sa_init_extractor)
+    sa_init(model, tokenizer, keywords, new_ids), normal_init / mean_resizing_init(model, new_ids, seed)
     apply_lora(model, model_cfg) -> PeftModel; trainable_parameters(model) -> dict
     save_model(model, tokenizer, folder, item_scids, user_scids); load_model(folder) -> (model, tok, items, users)
     encode_prompts / prompt_encoder / encode_sft_batch / left_pad        (one prompt encoding everywhere)
@@ -34,7 +35,7 @@ from align3gr_kit.model.encoding import (
 from align3gr_kit.model.lora import apply_lora, embedding_module_names, scid_token_ids, trainable_parameters
 from align3gr_kit.model.precision import autocast, autocast_dtype
 from align3gr_kit.model.pretrained import pretrained_folder
-from align3gr_kit.model.sa_init import normal_init, sa_init, scid_keywords
+from align3gr_kit.model.sa_init import keyword_extractor, mean_resizing_init, normal_init, sa_init, scid_keywords
 
 __all__ = [
     "add_scid_tokens",
@@ -48,8 +49,10 @@ __all__ = [
     "encode_prompts",
     "encode_sft_batch",
     "fit_prompt",
+    "keyword_extractor",
     "left_pad",
     "load_model",
+    "mean_resizing_init",
     "minilm_path",
     "normal_init",
     "pretrained_folder",

@@ -14,8 +14,8 @@
   so LoRA and SA-Init can be exercised on a real embedding table.
 
 Every user and item SCID token is added as one whole token (never split by the sub-word model)
-and the embedding matrices are resized; the new rows are set by SA-Init or a seeded normal
-(:mod:`align3gr_kit.model.sa_init`).
+and the embedding matrices are resized; the new rows are set by SA-Init, and the rest by a seeded normal
+or transformers' mean resizing (``model.new_token_init``; :mod:`align3gr_kit.model.sa_init`).
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ def build_backbone(
         seed: model weights (``tiny-llama``) and the normal init of new rows.
         tokenizer: a tokenizer already holding the SCID tokens (e.g. the one stage 03 saved); built
             with :func:`build_tokenizer` when ``None``.
-        keywords: ``{token: keywords}`` for SA-Init (:func:`align3gr_kit.model.sa_init.scid_keywords`);
-            required when ``model_cfg.sa_init``.
+        keywords: ``{token: keywords}`` for SA-Init (:func:`align3gr_kit.model.sa_init.scid_keywords`, which
+            also applies ``model_cfg.sa_init_levels``); required when ``model_cfg.sa_init``.
     Returns:
         ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows. ``model.align3gr_init_stats``
         says how many rows were set by SA-Init; ``model.config.align3gr_scid_token_ids`` lists the SCID ids.
     """
-    from align3gr_kit.model.sa_init import normal_init, sa_init
+    from align3gr_kit.model.sa_init import init_new_rows, sa_init
 
     if tokenizer is None:
         tokenizer = build_tokenizer(model_cfg, corpus_texts, scid_tokens)
@@ -181,7 +181,7 @@ def build_backbone(
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     # No backbone knows SCID tokens, so every SCID row is new, whatever its id.
     new_ids = sorted(set(tokenizer.convert_tokens_to_ids(list(scid_tokens))))
-    normal_init(model, new_ids, seed)
+    init_new_rows(model, new_ids, seed, model_cfg.new_token_init)
     stats = {"new_tokens": len(new_ids), "sa_init": 0}
     if model_cfg.sa_init:
         if keywords is None:

@@ -19,8 +19,9 @@ from align3gr_kit.scid import ScidTable
 class KeywordExtractor(Protocol):
     """Anything that turns documents into ranked keywords."""
 
-    def extract(self, documents: Sequence[str], k: int) -> list[list[str]]:
-        """Up to ``k`` keywords per document, most descriptive first (``[]`` for an empty document)."""
+    def extract(self, documents: Sequence[str], k: int, kind: str = "item") -> list[list[str]]:
+        """Up to ``k`` keywords per document, most descriptive first (``[]`` for an empty document);
+        ``kind`` (``item``/``user``) says what the document's lines describe."""
         ...
 
 
@@ -38,7 +39,8 @@ class TfidfKeywords:
     stop_words: str | None = "english"
     min_token_chars: int = 3
 
-    def extract(self, documents: Sequence[str], k: int) -> list[list[str]]:
+    def extract(self, documents: Sequence[str], k: int, kind: str = "item") -> list[list[str]]:
+        """Top-``k`` TF-IDF terms of each document (``kind`` plays no part)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         docs = [d or "" for d in documents]
@@ -85,24 +87,27 @@ class TokenGroups:
         return ["\n".join(texts[i] for i in r) for r in self.rows]
 
 
-def token_groups(table: ScidTable) -> TokenGroups:
-    """Group the rows of ``table`` by each of their SCID tokens (level, code)."""
-    tokens, levels, rows = [], [], []
-    for lv in range(table.levels):
+def token_groups(table: ScidTable, levels: int = 0) -> TokenGroups:
+    """Group the rows of ``table`` by each of their SCID tokens (level, code); only the first ``levels``
+    levels when ``levels > 0``."""
+    n_levels = min(levels, table.levels) if levels > 0 else table.levels
+    tokens, levels_, rows = [], [], []
+    for lv in range(n_levels):
         col = table.codes[:, lv]
         for code in np.unique(col):
             tokens.append(table.level_token(lv, int(code)))
-            levels.append(lv)
+            levels_.append(lv)
             rows.append(np.flatnonzero(col == code))
-    return TokenGroups(tokens, levels, rows)
+    return TokenGroups(tokens, levels_, rows)
 
 
 def token_keywords(
-    table: ScidTable, texts: Sequence[str], k: int, extractor: KeywordExtractor | None = None
+    table: ScidTable, texts: Sequence[str], k: int, extractor: KeywordExtractor | None = None, levels: int = 0
 ) -> dict[str, list[str]]:
-    """``{token: keywords}`` for every token of ``table``; ``texts[i]`` describes row ``i``."""
+    """``{token: keywords}`` for every token of ``table`` (of its first ``levels`` levels when > 0);
+    ``texts[i]`` describes row ``i``."""
     if len(texts) != table.n:
         raise ValueError(f"token_keywords: {len(texts)} texts for {table.n} {table.kind}s; give one text per row")
-    groups = token_groups(table)
-    kws = (extractor or TfidfKeywords()).extract(groups.documents(texts), k)
+    groups = token_groups(table, levels)
+    kws = (extractor or TfidfKeywords()).extract(groups.documents(texts), k, kind=table.kind)
     return dict(zip(groups.tokens, kws))

@@ -53,7 +53,9 @@ class PromptContext:
         item_scids: item SCID table.
         user_scids: user SCID table, ``None`` for item-only tokenization.
         cfg: prompt settings.
-        keyword_extractor: for TS-Align token descriptions (TF-IDF when ``None``).
+        keyword_extractor: for TS-Align token descriptions (TF-IDF when ``None``; an extractor with an
+            ``annotate`` method, :class:`~align3gr_kit.prompts.llm_keywords.LLMKeywords`, also gives each
+            token a description).
     """
 
     ds: RecDataset
@@ -258,11 +260,18 @@ def _ts_groups(ctx: PromptContext):
     if ctx.inject_user:
         tables.append((ctx.user_scids, ctx.ds.users.profile.tolist()))
     out = []
+    annotate = getattr(ctx.keyword_extractor, "annotate", None)
+    k = ctx.cfg.ts_align_keywords
     for table, texts in tables:
         groups = token_groups(table)
-        kws = token_keywords(table, texts, ctx.cfg.ts_align_keywords, ctx.keyword_extractor)
-        for tok, lv, rows in zip(groups.tokens, groups.levels, groups.rows):
-            out.append((tok, lv, table.kind, kws[tok], rows))
+        if annotate is not None:  # an LLM extractor also writes each token's description
+            notes = annotate(groups.documents(texts), kind=table.kind)
+            kws, descs = [a.keywords[:k] for a in notes], [a.description for a in notes]
+        else:
+            found = token_keywords(table, texts, k, ctx.keyword_extractor)
+            kws, descs = [found[t] for t in groups.tokens], [""] * len(groups.tokens)
+        for tok, lv, rows, kw, desc in zip(groups.tokens, groups.levels, groups.rows, kws, descs):
+            out.append((tok, lv, table.kind, kw, desc, rows))
     return out
 
 
@@ -276,14 +285,15 @@ def _build_ts(ctx: PromptContext, idx: np.ndarray, rng: np.random.Generator) -> 
     rows = []
     for j in idx:
         g, kind = divmod(int(j), 2)
-        tok, lv, table_kind, kws, members = groups[g]
+        tok, lv, table_kind, kws, llm_description, members = groups[g]
         key = "TS-Align:token->text" if kind == 0 else "TS-Align:text->token"
         t, tpl = _pick(rng, key)
         if not kws:
             continue
         noun = "users" if table_kind == "user" else "items"
         about = ", ".join(kws)
-        description = f"{noun} about {about}"
+        # The LLM extractor's sentence when it wrote one (TS-Rec's token description), else the keywords.
+        description = f"{llm_description} Keywords: {about}" if llm_description else f"{noun} about {about}"
         if table_kind == "item":
             examples = [ctx.titles[i] for i in members[:2] if ctx.titles[i]]
             if examples:

@@ -13,7 +13,8 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.evaluate import evaluate
 from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.model.backbone import save_model
-from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.stages.contract import StageRun, stage_dir
+from align3gr_kit.stages.s03_sft_prompts import KEYWORDS
 from align3gr_kit.train.artifacts import MODEL, write_metrics
 from align3gr_kit.train.sft import build_sft_model, train_sft
 from align3gr_kit.utils import process_state, seed_everything
@@ -30,7 +31,8 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     state = process_state()
     seed_everything(cfg.seed)
     data, tok, prompts = stage.input("00_data"), stage.input("01_tokenize"), stage.input("03_sft_prompts")
-    model, tokenizer = build_sft_model(cfg, data.dataset, tok.items, tok.users, prompts.tokenizer)
+    model, tokenizer = build_sft_model(cfg, data.dataset, tok.items, tok.users, prompts.tokenizer,
+                                       keyword_cache=stage.dir / KEYWORDS, reuse_keywords=stage_dir(cfg, "03_sft_prompts") / KEYWORDS)
     res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir)
     train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds")}
     train["trainable"] = res["trainable"]["trainable"]

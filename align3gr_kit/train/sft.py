@@ -263,11 +263,24 @@ def embeddings_trainable(model) -> bool:
     return all(any(p.requires_grad for p in m.parameters()) for m in mods if m is not None)
 
 
-def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer):
-    """The backbone for SFT with the stage-03 tokenizer and SA-Init keywords when enabled."""
-    from align3gr_kit.model.backbone import build_backbone
-    from align3gr_kit.model.sa_init import scid_keywords
+def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer, keyword_cache=None, reuse_keywords=None):
+    """The backbone for SFT with the stage-03 tokenizer and SA-Init keywords when enabled.
 
-    keywords = scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords) if cfg.model.sa_init else None
-    return build_backbone(cfg.model, [], scid_vocabulary(item_scids, user_scids), cfg.seed, tokenizer=tokenizer,
-                          keywords=keywords)
+    ``keyword_cache``/``reuse_keywords``: folders of the LLM keyword cache (``model.sa_init_extractor: llm``;
+    :func:`align3gr_kit.model.sa_init.keyword_extractor`). With the LLM extractor, the model's
+    ``align3gr_init_stats`` also counts ``keywords_llm`` and ``keywords_fallback`` (TF-IDF) tokens.
+    """
+    from align3gr_kit.model.backbone import build_backbone
+    from align3gr_kit.model.sa_init import keyword_extractor, scid_keywords
+
+    keywords = extractor = None
+    if cfg.model.sa_init:
+        extractor = keyword_extractor(cfg.model, keyword_cache, reuse_keywords)
+        keywords = scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords, extractor,
+                                 levels=cfg.model.sa_init_levels)
+    model, tokenizer = build_backbone(cfg.model, [], scid_vocabulary(item_scids, user_scids), cfg.seed,
+                                      tokenizer=tokenizer, keywords=keywords)
+    if extractor is not None:
+        model.align3gr_init_stats.update({"keywords_llm": extractor.stats["llm"],
+                                          "keywords_fallback": extractor.stats["fallback"]})
+    return model, tokenizer
