@@ -92,10 +92,9 @@ def pack_shared(
         input_ids[r, off:] = torch.tensor(ids)
         position_ids[r, off:] = torch.tensor(pos)
         segment_ids[r, off:] = torch.tensor(seg)
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids,
-            "score_row": as_long(s_row), "score_pos": as_long(s_pos), "score_token": as_long(s_tok),
-            "score_seq": as_long(s_seq)}
+    scores = {name: torch.tensor(xs, dtype=torch.long) for name, xs in
+              (("score_row", s_row), ("score_pos", s_pos), ("score_token", s_tok), ("score_seq", s_seq))}
+    return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids, **scores}
 
 
 def tree_mask(segment_ids: torch.Tensor) -> torch.Tensor:
