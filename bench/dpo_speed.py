@@ -24,7 +24,9 @@ Output: ``*_step_s`` the mean step time (over steps 2..N when ``--steps`` > 1, s
 kernels and the optimiser state; the one step otherwise), ``speedup`` = full / shared,
 ``*_tokens`` the tokens (padding included) one step feeds each model, ``loss_max_abs_diff`` the
 largest |loss_full - loss_shared| over the steps, ``logps_max_abs_diff`` the largest difference of the
-policy's response log-probs at step 1 (same weights in both layouts). The reference equals the starting
+policy's response log-probs at step 1 (same weights in both layouts), ``*_peak_rss_gb`` the process's
+peak resident memory after each layout (the shared layout runs first, so its peak is its own; the
+full layout's includes everything before it). The reference equals the starting
 policy, so the step-1 loss is ``log(1 + N)`` in both layouts; later steps differ from it.
 
 Run: ``.venv/bin/python bench/dpo_speed.py`` (tiny, seconds) and
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import time
 
 import numpy as np
@@ -136,13 +139,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     start = apply_lora(model, cfg) if lora else model
 
-    results, tokens = {}, {}
-    for layout, share in (("full", False), ("shared", True)):
+    results, tokens, peak_gb = {}, {}, {}
+    for layout, share in (("shared", True), ("full", False)):
         collator = SoftmaxDPOCollator(tok, max_length=2 * args.prompt_len, encode_prompt=prompt_ids.__getitem__,
                                       share_prompt=share)
         batches = [collator(b) for b in examples]
         tokens[layout] = int(batches[0]["input_ids"].numel())
         results[layout] = run(copy.deepcopy(start), ref, batches, args.lr, args.beta, args.precision)
+        peak_gb[layout] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     timed = slice(1, None) if args.steps > 1 else slice(None)
     step_s = {k: float(np.mean(v["seconds"][timed])) for k, v in results.items()}
     full, shared = results["full"], results["shared"]
@@ -159,6 +163,8 @@ def main() -> None:
         "load_s": round(load_s, 2),
         "full_tokens": tokens["full"],
         "shared_tokens": tokens["shared"],
+        "shared_peak_rss_gb": round(peak_gb["shared"], 2),
+        "full_peak_rss_gb": round(peak_gb["full"], 2),
         "full_step_s": round(step_s["full"], 3),
         "shared_step_s": round(step_s["shared"], 3),
         "speedup": round(step_s["full"] / step_s["shared"], 2),
