@@ -93,11 +93,6 @@ class SoftmaxDPOCollator:
         head, tail = prompt_frame(self.tokenizer)
         return fit_prompt(list(prompt_ids), len(head), len(tail), room), list(resp)
 
-    def encode_pair(self, prompt_ids: list[int], response: str) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one full sequence (:meth:`fit_pair`, labels on the response)."""
-        p, resp = self.fit_pair(prompt_ids, response)
-        return p + resp, [IGNORE_INDEX] * len(p) + resp
-
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         encode = self.encode_prompt or default_prompt_encoder(self.tokenizer)
         pairs, n_rej = [], []  # pairs[b] = [(prompt ids, response ids)], chosen first
