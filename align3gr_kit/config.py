@@ -368,6 +368,10 @@ class DPOConfig:
             Prompts are encoded as in SFT and evaluation, cut to ``sft.max_length``.
         precompute_ref: score the reference once per stage before training (off: on the fly under
             ``no_grad`` at every step, keeping the reference in memory).
+        share_prompt: score a prompt's chosen and N rejected responses against one pass over the prompt
+            (one packed row, tree attention mask; policy, reference and precomputed reference alike);
+            off: N + 1 full ``prompt + response`` sequences. Same log-probs; backbones whose attention
+            takes no custom 4D mask (flash-attention, sliding windows) use full sequences either way.
         logging_steps: log loss / rewards / accuracy every this many steps.
     """
 
@@ -391,6 +395,7 @@ class DPOConfig:
     grad_accum: int = field(default=1, metadata={"min": 1})
     max_prompts: int = field(default=0, metadata={"min": 0})
     precompute_ref: bool = True
+    share_prompt: bool = True
     logging_steps: int = field(default=5, metadata={"min": 1})
 
 

@@ -88,7 +88,7 @@ def world():
 def test_collator_layout_and_labels(world):
     items, users, tok, _ = world
     ex = examples_for(items, users)
-    batch = SoftmaxDPOCollator(tok, max_length=64)(ex)
+    batch = SoftmaxDPOCollator(tok, max_length=64, share_prompt=False)(ex)
     n_seq = len(ex) + sum(len(e["rejected"]) for e in ex)
     assert batch["input_ids"].shape[0] == n_seq
     assert batch["rejected_mask"].tolist() == [[True, True, True], [True, True, False]] * 3
@@ -99,7 +99,7 @@ def test_collator_layout_and_labels(world):
     assert tok.convert_ids_to_tokens(batch["labels"][0, -3:].tolist()) == items.tokens(target)
     assert tok.convert_ids_to_tokens(batch["labels"][len(ex), -3:].tolist()) == tok.tokenize(ex[0]["rejected"][0])
     # the prompt is left-truncated when too long, never the response
-    short = SoftmaxDPOCollator(tok, max_length=6)(ex[:1])
+    short = SoftmaxDPOCollator(tok, max_length=6, share_prompt=False)(ex[:1])
     assert short["input_ids"].shape[1] == 6 and (short["labels"] != -100).sum(1).tolist() == [3] * 4
     assert (short["input_ids"][:, 0] == tok.bos_token_id).all()  # BOS survives the cut
     assert short["input_ids"][0, 1:3].tolist() == batch["input_ids"][0, -5:-3].tolist()  # the newest prompt tokens
@@ -109,7 +109,7 @@ def test_batched_logps_equal_per_sequence_teacher_forcing(world):
     items, users, tok, model = world
     model.eval()
     ex = examples_for(items, users)
-    batch = SoftmaxDPOCollator(tok, max_length=64)(ex)
+    batch = SoftmaxDPOCollator(tok, max_length=64, share_prompt=False)(ex)
     with torch.no_grad():
         got = batched_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         want = []

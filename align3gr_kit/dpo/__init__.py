@@ -4,7 +4,8 @@ Public API::
 
     softmax_dpo_loss(policy_chosen_logps [B], policy_rejected_logps [B, N], ref_chosen_logps [B],
                      ref_rejected_logps [B, N], beta, rejected_mask=None) -> loss [B]
-    SoftmaxDPOCollator(tokenizer, max_length)     prompt + chosen + N rejected -> one padded batch
+    SoftmaxDPOCollator(tokenizer, max_length, share_prompt=True)   prompt + chosen + N rejected -> one batch
+                                                  (one packed row per prompt, or 1 + N full sequences)
     SoftmaxDPOTrainer(model, args, beta, ref_model=None, **trainer_kwargs)   a transformers.Trainer
     NegativeSampler(item_codes, mode, item_embeddings)   Easy/Medium/Hard negatives
     build_sp_preferences(...) -> list[dict], build_rf_preferences(...) -> RFPreferences   preference data per stage

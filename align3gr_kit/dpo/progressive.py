@@ -40,6 +40,7 @@ from align3gr_kit.dpo.trainer import (
     precompute_reference_logps,
 )
 from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
+from align3gr_kit.dpo.shared_prompt import shared_prompt_supported
 from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
 from align3gr_kit.model.precision import trainer_bf16
 from align3gr_kit.utils import atomic_path, process_state, write_json
@@ -82,7 +83,7 @@ def run_progressive(
         policy: the starting policy (a Hugging Face causal LM), trained in place stage after stage.
         tokenizer: its tokenizer (saved beside every stage's model).
         stages: the stages, in order.
-        cfg: the DPO settings (beta, batch size, lr, epochs/steps, precompute_ref...).
+        cfg: the DPO settings (beta, batch size, lr, epochs/steps, precompute_ref, share_prompt...).
         out_dir: where ``<stage>/`` folders and ``history.json`` go.
         evaluate_fn: ``evaluate_fn(model) -> dict`` of metrics, run before the first stage
             (``start``) and after every stage, on the main process; None skips evaluation.
@@ -119,7 +120,8 @@ def run_progressive(
             )
         if state.is_main_process:
             _write_jsonl(stage_dir / PREFERENCES, examples)
-        collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
+        collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt,
+                                      share_prompt=cfg.share_prompt and shared_prompt_supported(policy))
         ref_fp = parameter_fingerprint(ref)
         if cfg.precompute_ref:
             examples = precompute_reference_logps(ref, examples, collator, batch_size=cfg.batch_size,

@@ -8,10 +8,17 @@ support for several rejected responses per prompt (huggingface/trl issue 1831). 
 gives (optimiser, scheduler, gradient accumulation, ``accelerate launch`` / DDP / DeepSpeed, logging,
 saving) and leaves only the method's own parts here.
 
-One prompt with one chosen and N rejected responses becomes ``1 + N`` sequences
-``prompt + response``; a batch of B prompts is one left-padded batch of ``B + sum(N_b)`` sequences
-(chosen rows first, then each prompt's rejected rows), scored in ONE forward pass per model, labels
-masked to the response tokens.
+One prompt with one chosen and N rejected responses is scored in ONE forward pass per model, in one
+of two layouts (``DPOConfig.share_prompt``):
+
+* shared prompt (default): one packed row per prompt, ``prompt + response_0 + ... + response_N``,
+  with a tree attention mask, so the prompt is run once for its ``1 + N`` responses
+  (:mod:`align3gr_kit.dpo.shared_prompt`);
+* full sequences: ``1 + N`` sequences ``prompt + response``; a batch of B prompts is one left-padded
+  batch of ``B + sum(N_b)`` sequences, labels masked to the response tokens.
+
+Both give the same log-probs; in both the flat order of the ``B + sum(N_b)`` responses is the chosen
+ones first, then each prompt's rejected ones.
 
 Reference log-probs are precomputed once per stage by default (:func:`precompute_reference_logps`):
 the reference is frozen, so its log-probs never change during a stage; scoring them once costs one
@@ -35,6 +42,7 @@ from transformers import PreTrainedTokenizerBase, Trainer
 from align3gr_kit.dpo.negatives import default_prompt_encoder
 from align3gr_kit.model.encoding import fit_prompt, prompt_frame
 from align3gr_kit.model.precision import autocast
+from align3gr_kit.dpo.shared_prompt import pack_shared, shared_prompt_logps
 from align3gr_kit.dpo.softmax_dpo import (
     IGNORE_INDEX,
     batched_logps,
@@ -46,7 +54,7 @@ from align3gr_kit.dpo.softmax_dpo import (
 
 @dataclass
 class SoftmaxDPOCollator:
-    """Turn preference examples into one left-padded batch of ``B + sum(N_b)`` sequences.
+    """Turn preference examples into one batch: packed rows (``share_prompt``) or ``B + sum(N_b)`` sequences.
 
     Each example is a dict with ``prompt`` (str), ``chosen`` (str) and ``rejected`` (list[str], at
     least one), optionally ``ref_chosen_logps`` (float) and ``ref_rejected_logps`` (list[float]).
@@ -57,18 +65,25 @@ class SoftmaxDPOCollator:
     EOS that SFT completions end with: the log-probability DPO moves is then exactly the score the
     constrained beam search ranks items by.
 
-    Returns a dict of tensors: ``input_ids``, ``attention_mask``, ``position_ids``, ``labels``
-    (``[S, T]``, S = B + sum(N_b), chosen rows first), ``rejected_mask`` (``[B, N_max]`` bool), and
+    With ``share_prompt`` (default) the batch holds one packed row per prompt
+    (:func:`align3gr_kit.dpo.shared_prompt.pack_shared`): ``input_ids``, ``position_ids``,
+    ``segment_ids`` ``[R, L]`` and the flat ``score_row``/``score_pos``/``score_token``/``score_seq``
+    ``[K]``. Responses of one prompt share a row when their cut prompts are equal (always, unless a
+    too-long prompt is cut differently for responses of different lengths).
+    Without it: ``input_ids``, ``attention_mask``, ``position_ids``, ``labels`` (``[S, T]``,
+    S = B + sum(N_b), chosen rows first). Both: ``rejected_mask`` (``[B, N_max]`` bool), and
     ``ref_chosen_logps`` ``[B]`` / ``ref_rejected_logps`` ``[B, N_max]`` when the examples carry them.
     """
 
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 256
     encode_prompt: Callable[[str], list[int]] | None = None
+    share_prompt: bool = True
 
-    def encode_pair(self, prompt_ids: list[int], response: str) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one sequence; a too-long prompt loses its oldest text tokens (its
-        frame, BOS or the chat template's head and assistant header, is kept)."""
+    def fit_pair(self, prompt_ids: list[int], response: str) -> tuple[list[int], list[int]]:
+        """``(prompt ids, response ids)`` of one sequence of at most ``max_length`` tokens; a too-long
+        prompt loses its oldest text tokens (its frame, BOS or the chat template's head and assistant
+        header, is kept)."""
         resp = self.tokenizer(response, add_special_tokens=False)["input_ids"]
         if not resp:
             raise ValueError(f"response {response!r} tokenizes to nothing; the tokenizer lacks its SCID tokens")
@@ -76,21 +91,33 @@ class SoftmaxDPOCollator:
         if room < 2:
             raise ValueError(f"max_length={self.max_length} leaves no room for a prompt before {len(resp)} response tokens")
         head, tail = prompt_frame(self.tokenizer)
-        p = fit_prompt(list(prompt_ids), len(head), len(tail), room)
-        return p + resp, [IGNORE_INDEX] * len(p) + resp
+        return fit_prompt(list(prompt_ids), len(head), len(tail), room), list(resp)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         encode = self.encode_prompt or default_prompt_encoder(self.tokenizer)
-        chosen_rows, rejected_rows, n_rej = [], [], []
+        pairs, n_rej = [], []  # pairs[b] = [(prompt ids, response ids)], chosen first
         for ex in examples:
             if len(ex["rejected"]) == 0:
                 raise ValueError(f"preference example for prompt {ex['prompt'][:60]!r} has no rejected response")
             prompt_ids = encode(ex["prompt"])
-            chosen_rows.append(self.encode_pair(prompt_ids, ex["chosen"]))
-            rejected_rows.extend(self.encode_pair(prompt_ids, r) for r in ex["rejected"])
+            pairs.append([self.fit_pair(prompt_ids, y) for y in [ex["chosen"], *ex["rejected"]]])
             n_rej.append(len(ex["rejected"]))
-        rows = chosen_rows + rejected_rows
-        batch = _left_pad(rows, self._pad_id())
+        B = len(examples)
+        # flat output slot of each response: the chosen ones first, then every prompt's rejected ones
+        first_rej = B + torch.tensor([0] + n_rej[:-1]).cumsum(0)
+        slots = [[b] + [int(first_rej[b]) + j for j in range(n_rej[b])] for b in range(B)]
+        if self.share_prompt:
+            rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+            for b in range(B):
+                for slot, (p, resp) in zip(slots[b], pairs[b]):
+                    rows.setdefault(tuple(p), []).append((slot, resp))
+            batch = pack_shared([(list(p), resp) for p, resp in rows.items()], self._pad_id())
+        else:
+            flat = [None] * (B + sum(n_rej))
+            for b in range(B):
+                for slot, (p, resp) in zip(slots[b], pairs[b]):
+                    flat[slot] = (p + resp, [IGNORE_INDEX] * len(p) + resp)
+            batch = _left_pad(flat, self._pad_id())
         n_max = max(n_rej)
         mask = torch.zeros(len(examples), n_max, dtype=torch.bool)
         for b, n in enumerate(n_rej):
@@ -142,9 +169,14 @@ def split_logps(logps: torch.Tensor, rejected_mask: torch.Tensor) -> tuple[torch
 
 
 def score_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen ``[B]`` and rejected ``[B, N_max]`` response log-probs of a collated batch, one forward."""
-    logps = batched_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"])
-    return split_logps(logps, batch["rejected_mask"])
+    """Chosen ``[B]`` and rejected ``[B, N_max]`` response log-probs of a collated batch, one forward
+    (packed rows when the collator shared the prompt, else full sequences)."""
+    mask = batch["rejected_mask"]
+    if "segment_ids" in batch:
+        logps = shared_prompt_logps(model, batch, mask.shape[0] + int(mask.sum()))
+    else:
+        logps = batched_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"])
+    return split_logps(logps, mask)
 
 
 def make_reference(policy: torch.nn.Module) -> torch.nn.Module:
