@@ -113,7 +113,7 @@ def response_logps(model, tok, prompts: list[str], responses: list[str]) -> torc
     from align3gr_kit.dpo import SoftmaxDPOCollator
     from align3gr_kit.dpo.softmax_dpo import batched_logps
 
-    coll = SoftmaxDPOCollator(tok, max_length=128)
+    coll = SoftmaxDPOCollator(tok, max_length=128, share_prompt=False)  # the full-sequence layout: its keys are read below
     b = coll([{"prompt": p, "chosen": r, "rejected": [r]} for p, r in zip(prompts, responses)])
     with torch.no_grad():
         return batched_logps(model.eval(), b["input_ids"], b["attention_mask"], b["labels"], b["position_ids"])[: len(prompts)]
