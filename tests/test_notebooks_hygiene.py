@@ -41,3 +41,13 @@ def test_notebook_shape(path):
     closing = "".join(code[-1]["source"])
     assert "stage.finish(" in closing or "_stage(stage" in closing, "the closing cell saves the stage (manifest)"
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "strip notebook metadata"
+
+
+def test_committed_outputs_carry_no_machine_path():
+    """Outputs print paths relative to the runs folder, never this checkout's absolute path."""
+    from align3gr_kit.utils import project_root
+
+    root = str(project_root())
+    for nb in sorted((project_root() / "notebooks").glob("*.ipynb")):
+        outputs = [json.dumps(c.get("outputs", [])) for c in json.loads(nb.read_text())["cells"]]
+        assert not any(root in o for o in outputs), nb.name
