@@ -115,19 +115,26 @@ def _embedding_matrices(model) -> list[torch.Tensor]:
     return mats
 
 
+def _new_rows(model, new_ids: Sequence[int], seed: int):
+    """For each embedding matrix: ``(matrix, new ids, the rows before the first new id, a generator
+    seeded with seed)``; nothing when there are no new ids."""
+    ids = torch.as_tensor(list(new_ids), dtype=torch.long)
+    if not len(ids):
+        return
+    first_new = int(ids.min())
+    gen = torch.Generator().manual_seed(int(seed))
+    for w in _embedding_matrices(model):
+        yield w, ids, w[:first_new], gen
+
+
 @torch.no_grad()
 def normal_init(model, new_ids: Sequence[int], seed: int) -> None:
     """New rows ~ N(mean of old rows, std of old rows), per matrix, from a seeded generator.
 
     The statistics come from the rows before the first new id (the backbone's own vocabulary).
     """
-    new_ids = torch.as_tensor(list(new_ids), dtype=torch.long)
-    if not len(new_ids):
-        return
-    first_new = int(new_ids.min())
-    gen = torch.Generator().manual_seed(int(seed))
-    for w in _embedding_matrices(model):
-        old = w[:first_new].float()
+    for w, new_ids, old, gen in _new_rows(model, new_ids, seed):
+        old = old.float()
         mean, std = old.mean(0), old.std()
         noise = torch.randn(len(new_ids), w.shape[1], generator=gen) * std + mean
         w[new_ids] = noise.to(w.dtype).to(w.device)
@@ -144,13 +151,8 @@ def mean_resizing_init(model, new_ids: Sequence[int], seed: int) -> None:
     Why by hand: transformers applies it only to rows it appends while growing a matrix (SCID ids
     can fall inside a hub model's padded matrix, e.g. Qwen2.5) and samples from the global RNG.
     """
-    new_ids = torch.as_tensor(list(new_ids), dtype=torch.long)
-    if not len(new_ids):
-        return
-    first_new = int(new_ids.min())
-    gen = torch.Generator().manual_seed(int(seed))
-    for w in _embedding_matrices(model):
-        old = w[:first_new].double()
+    for w, new_ids, old, gen in _new_rows(model, new_ids, seed):
+        old = old.double()
         mean = old.mean(0)
         centered = old - mean
         cov = 1e-9 * (centered.T @ centered) / len(old)
