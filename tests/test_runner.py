@@ -133,6 +133,22 @@ def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_
     assert m["parameters"]["sft"]["max_steps"] == 40 == m["metrics"]["train_steps"]  # the smoke cap, recorded
     m = json.loads((cfg.run_dir / "01_tokenize" / "manifest.json").read_text())
     assert m["parameters"]["tokenizer"]["sasrec"]["epochs"] == 3
+    # each DPO stage's starting metrics are the upstream stage's last evaluation of the same model...
+    sft = json.loads((cfg.run_dir / "04_sft" / "results.json").read_text())
+    sp = json.loads((cfg.run_dir / "05_sp_dpo" / "history.json").read_text())
+    rf = json.loads((cfg.run_dir / "06_rf_dpo" / "history.json").read_text())
+    assert sp["start"] == {s: sft[s] for s in ("valid", "test")}
+    assert rf["start"] == sp["stages"][-1]["metrics"]
+    # ...and evaluating the saved SFT model again gives those numbers (the reuse is not a shortcut)
+    from align3gr_kit.dpo.pipeline import make_evaluator
+    from align3gr_kit.feedback.evaluation import optional_judge
+    from align3gr_kit.stages.contract import stage_artifacts
+
+    data, tok = stage_artifacts(cfg, "00_data"), stage_artifacts(cfg, "01_tokenize")
+    model, tokenizer, _, _ = stage_artifacts(cfg, "04_sft").load_model(cfg.model.dtype)
+    users = tok.users if cfg.prompts.user_scid_in_prompt else None
+    again = make_evaluator(cfg, tokenizer, tok.items, users, data.split, judge=optional_judge(data.dataset, cfg.seed))(model)
+    assert json.loads(json.dumps(again)) == sp["start"]
     assert all(is_current(cfg, s) for s in STAGES)
     res = run_pipeline(cfg, SMOKE, resume=True, render=False)
     assert [r["status"] for r in res["stages"]] == ["skipped (unchanged)"] * len(STAGES)

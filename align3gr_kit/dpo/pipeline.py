@@ -181,8 +181,10 @@ def run_dpo(
 
         specs = [rf_spec(n) for n in names]
 
+    start_metrics = None
     if evaluate_fn == "default":
         evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split, judge=optional_judge(dataset, cfg.seed))
+        start_metrics = upstream_metrics(stage_run, stage, cfg)
     out_dir = stage_run.dir
     history = run_progressive(
         policy, tokenizer, specs, cfg.dpo, out_dir, evaluate_fn=evaluate_fn, seed=cfg.seed,
@@ -190,6 +192,7 @@ def run_dpo(
         wrap_fn=(lambda m: apply_lora(m, cfg.model)) if cfg.model.lora else None,
         save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, item_scids, user_scids),
         precision=cfg.model.dtype,
+        start_metrics=start_metrics,
     )
     history.pop("policy")
     _link_final_model(out_dir, names[-1])
@@ -227,6 +230,23 @@ def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
         for k, v in e.get("train", {}).items():
             out[f"{e['stage']}/train/{k}"] = round(float(v), 6)
     return out
+
+
+def upstream_metrics(stage_run, stage: str, cfg: RunConfig, splits: tuple[str, ...] = ("valid", "test")) -> dict | None:
+    """The starting model's metrics as the upstream stage measured them, or None to measure again.
+
+    The starting model is the upstream stage's final model, and the upstream stage evaluated it with
+    the same evaluator (its fingerprint covers ``decode``; the judge and the splits are the run's), so
+    evaluating it again here would repeat minutes of beam search for the same numbers.
+    """
+    if stage == "sp" or not sp_stage_names(cfg.dpo):
+        measured = stage_run.input("04_sft").metrics
+    else:
+        stages = stage_run.input("05_sp_dpo").history.get("stages") or [{}]
+        measured = stages[-1].get("metrics") or {}
+    if not all(isinstance(measured.get(s), dict) for s in splits):
+        return None
+    return {s: measured[s] for s in splits}
 
 
 def _start_model_dir(cfg: RunConfig, stage_run, stage: str) -> Path:

@@ -76,6 +76,7 @@ def run_progressive(
     wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     save_fn: Callable[[torch.nn.Module, Any, Path], Any] | None = None,
     precision: str = "auto",
+    start_metrics: dict | None = None,
 ) -> dict[str, Any]:
     """Train the stages in order (see the module docstring).
 
@@ -96,6 +97,8 @@ def run_progressive(
         save_fn: ``save_fn(model, tokenizer, folder)``; default ``save_pretrained`` of both.
         precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`): training (``bf16``
             autocast where the hardware has it) and the reference log-probs alike.
+        start_metrics: the starting policy's metrics when they were already measured by the same
+            ``evaluate_fn`` (the upstream stage's last evaluation); None = evaluate it here.
     Returns:
         ``{"start": metrics|None, "stages": [per-stage entries], "final_model": path, "policy": model}``.
     """
@@ -108,7 +111,9 @@ def run_progressive(
     state = process_state()
     policy.to(device)
     disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
-    history: dict[str, Any] = {"start": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None, "stages": []}
+    if start_metrics is None and evaluate_fn and state.is_main_process:
+        start_metrics = evaluate_fn(policy)
+    history: dict[str, Any] = {"start": start_metrics if evaluate_fn else None, "stages": []}
     for spec in stages:
         stage_dir = out_dir / spec.name
         ref = make_reference(policy)
