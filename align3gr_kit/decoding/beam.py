@@ -27,18 +27,21 @@ checked against teacher forcing.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from align3gr_kit.decoding.trie import ItemTrie
+from align3gr_kit.model.attention import (
+    TREE_ATTENTION,
+    as_model_mask,
+    attention_impl,
+    forward_accepts,
+    tree_attention_supported,
+)
 from align3gr_kit.model.precision import autocast
 
-# attention implementations that apply a custom 4D mask as given (bool for sdpa, additive for eager)
-_TREE_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass
@@ -63,12 +66,6 @@ class BeamResult:
         items = [F.pad(p.items, (0, k - p.items.shape[1]), value=-1) for p in parts]
         scores = [F.pad(p.scores, (0, k - p.scores.shape[1]), value=float("-inf")) for p in parts]
         return BeamResult(torch.cat(items), torch.cat(scores))
-
-
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    """Whether the (possibly PEFT-wrapped) model's forward takes keyword ``name``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(base.forward).parameters
 
 
 def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_width: int) -> None:
@@ -96,15 +93,6 @@ def finalize(items: torch.Tensor, scores: torch.Tensor, topk: int | None) -> Bea
     items = torch.where(finite, items, -1)[:, :k]
     scores = torch.where(finite, scores, float("-inf"))[:, :k]
     return BeamResult(items, scores.float())
-
-
-def _as_model_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean ``[B, 1, Q, K]`` (True = attend) in the form the attention implementation adds/uses."""
-    if impl == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min
-    )
 
 
 @torch.inference_mode()
@@ -140,16 +128,15 @@ def constrained_beam_search(
         final beams are distinct items); ``-1``/``-inf`` where a user has fewer valid beams.
     """
     _check_inputs(input_ids, attention_mask, beam_width)
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    impl = attention_impl(model)
     # A custom 4D mask replaces every layer's own mask, so it needs an attention implementation
     # that applies it (sdpa, eager) and only full-attention layers (sliding-window caches are cut).
-    full = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
-    supported = impl in _TREE_ATTENTION and full
+    supported = tree_attention_supported(model)
     if tree_attention is None:
         tree_attention = supported
     elif tree_attention and not supported:
         raise ValueError(
-            f"tree_attention=True needs attention implementation {_TREE_ATTENTION} (model: {impl!r}) and "
+            f"tree_attention=True needs attention implementation {TREE_ATTENTION} (model: {impl!r}) and "
             "full-attention layers only (no sliding window); pass tree_attention=None to choose automatically"
         )
     device = next(model.parameters()).device
@@ -167,7 +154,7 @@ def constrained_beam_search(
         try:
             # Position ids from the mask (as generate does) so left padding does not shift positions.
             position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-            extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+            extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
             out = model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
             )
@@ -207,7 +194,7 @@ def constrained_beam_search(
                     mask = torch.cat([prompt_mask, ancestors[:, None]], dim=3)  # [B, 1, k, T + slots]
                     out = model(
                         input_ids=chosen,
-                        attention_mask=_as_model_mask(mask, impl, dtype),
+                        attention_mask=as_model_mask(mask, impl, dtype),
                         position_ids=pos,
                         past_key_values=cache,
                         use_cache=True,

@@ -30,12 +30,17 @@ layers cannot use it (:func:`shared_prompt_supported`); they keep the full-seque
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
 from trl.trainer.utils import selective_log_softmax
 
-# The beam search's mask conventions: bool for sdpa, additive float for eager; shared so both
-# tree-attention users hand the model the same form.
-from align3gr_kit.decoding.beam import _TREE_ATTENTION, _accepts, _as_model_mask
+# The beam search's mask conventions (bool for sdpa, additive float for eager) and checks, shared so
+# both tree-attention users hand the model the same form.
+from align3gr_kit.model.attention import (
+    TREE_ATTENTION,
+    as_model_mask,
+    attention_impl,
+    forward_accepts,
+    tree_attention_supported,
+)
 
 SEGMENT_PAD, SEGMENT_PROMPT = -1, 0
 
@@ -43,14 +48,7 @@ SEGMENT_PAD, SEGMENT_PROMPT = -1, 0
 def shared_prompt_supported(model: torch.nn.Module) -> bool:
     """Whether ``model`` (plain or peft-wrapped) can score with a packed row and a custom 4D mask:
     sdpa or eager attention, full-attention layers only (no sliding window), and ``position_ids``."""
-    base = getattr(model, "module", model)  # DistributedDataParallel
-    config = base.config
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    try:
-        full = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return impl in _TREE_ATTENTION and full and _accepts(base, "position_ids")
+    return tree_attention_supported(model) and forward_accepts(model, "position_ids")
 
 
 def pack_shared(
@@ -117,20 +115,19 @@ def shared_prompt_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], 
     """Summed response log-probs ``[S]`` (``S = n_sequences``) of a packed batch (:func:`pack_shared`),
     one forward over ``[R, L]``; differentiable with respect to the model's parameters."""
     if not shared_prompt_supported(model):
-        impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
         raise ValueError(
-            f"shared-prompt scoring needs attention {_TREE_ATTENTION} without sliding windows (model: {impl!r}); "
+            f"shared-prompt scoring needs attention {TREE_ATTENTION} without sliding windows "
+            f"(model: {attention_impl(model)!r}); "
             "set dpo.share_prompt: false (SoftmaxDPOCollator(share_prompt=False)) for this backbone"
         )
     seg = batch["segment_ids"]
     L = seg.shape[1]
     params = next(model.parameters())
-    impl = getattr(model, "module", model).config._attn_implementation or "eager"
-    mask = _as_model_mask(tree_mask(seg), impl, params.dtype)
+    mask = as_model_mask(tree_mask(seg), attention_impl(model), params.dtype)
     # Only the last prompt token and the response tokens need logits, and they all sit at the end of
     # the left-padded rows: skip the [R, L, V] logits of the rest of the prompt.
     keep = L - int(batch["score_pos"].min())
-    kwargs = {"logits_to_keep": keep} if _accepts(getattr(model, "module", model), "logits_to_keep") else {}
+    kwargs = {"logits_to_keep": keep} if forward_accepts(model, "logits_to_keep") else {}
     logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
                    use_cache=False, **kwargs).logits
     picked = logits[batch["score_row"], batch["score_pos"] - (L - logits.shape[1])]  # [K, V]

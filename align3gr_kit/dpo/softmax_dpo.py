@@ -14,11 +14,11 @@ exactly Softmax-DPO over the smaller set.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from trl.trainer.utils import selective_log_softmax
+
+from align3gr_kit.model.attention import forward_accepts
 
 IGNORE_INDEX = -100
 
@@ -129,16 +129,8 @@ def batched_logps(
     labelled = (labels != IGNORE_INDEX).any(0).nonzero()
     keep = int(labels.shape[1] - labelled.min()) + 1 if len(labelled) else 1
     keep = min(keep, labels.shape[1])
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if forward_accepts(model, "logits_to_keep") else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs).logits
     return sequence_logps(logits, labels[:, -logits.shape[1]:])
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = getattr(model, "module", model)  # DistributedDataParallel
-    if hasattr(base, "get_base_model"):  # peft forwards **kwargs to the wrapped model
-        base = base.get_base_model()
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from align3gr_kit.config import RunConfig
+from align3gr_kit.model.attention import forward_accepts
 from align3gr_kit.train.artifacts import write_log_history
 
 IGNORE_INDEX = -100  # label of tokens without loss (transformers' causal-LM loss ignores it)
@@ -219,7 +220,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     print(f"padding share of SFT batches: {padding['padding_random']:.1%} in random order, "
           f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = CompletionCollator(int(pad_id), logits_to_keep=_accepts(model, "logits_to_keep"))
+    collator = CompletionCollator(int(pad_id), logits_to_keep=forward_accepts(model, "logits_to_keep"))
     trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer)
     t0 = time.time()
     result = trainer.train()
@@ -242,14 +243,6 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
         "log_history": history,
         "trainer": trainer,
     }
-
-
-def _accepts(model, name: str) -> bool:
-    """Whether the (possibly PEFT-wrapped) model's forward takes keyword ``name``."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(base.forward).parameters
 
 
 def embeddings_trainable(model) -> bool:
