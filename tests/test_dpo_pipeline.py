@@ -231,3 +231,13 @@ def test_similarity_difficulty_reads_sc_embeddings(tmp_path):
     assert len(rows) == 4
     for r in rows:  # every negative lies in the most similar third of the catalogue
         assert set(r["rejected_items"]) <= set(np.flatnonzero(similarity_grades(emb, r["chosen_item"]) == 2).tolist())
+
+
+def test_preference_stats_table_has_one_row_per_stage_and_only_preference_statistics():
+    from align3gr_kit.dpo.figures import preference_stats_table
+
+    metrics = {"easy/preferences/examples": 3.0, "easy/preferences/skipped": 1.0, "hard/preferences/examples": 2.0,
+               "easy/valid/recall@10": 0.5, "start/test/ndcg@10": 0.1}
+    t = preference_stats_table(metrics).set_index("stage")
+    assert list(t.index) == ["easy", "hard"] and sorted(t.columns) == ["examples", "skipped"]
+    assert t.loc["easy", "examples"] == 3.0 and t.loc["hard", "examples"] == 2.0 and t.loc["hard"].isna()["skipped"]

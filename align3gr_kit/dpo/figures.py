@@ -59,6 +59,17 @@ def negatives_table(art: DPOArtifacts) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def preference_stats_table(metrics: dict[str, float]) -> pd.DataFrame:
+    """One row per stage from the stage's flat ``<stage>/preferences/<statistic>`` metrics (how the
+    pairs were built: prompts used and skipped, where the rejected responses came from)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1] == "preferences":
+            rows.setdefault(parts[0], {})[parts[2]] = value
+    return pd.DataFrame.from_dict(rows, orient="index").reset_index(names="stage")
+
+
 def training_curves(art: DPOArtifacts) -> pd.DataFrame:
     """Logged training statistics of every stage, long form: ``stage, step, run_step, metric, value``.
 
