@@ -178,3 +178,33 @@ def test_report_overrides_only_on_smoke_and_never_over_the_callers(tmp_path):
     assert report_overrides(cfg.override({"smoke": False}), SMOKE) == {}
     mine = report_overrides(cfg.override({"decode.max_eval_users": 7}), SMOKE, {"dpo.n_rejected": 2})
     assert "decode.max_eval_users" not in mine and "dpo.n_rejected" not in mine and mine["sft.max_steps"] == 10
+
+
+def test_baselines_are_scored_on_the_users_the_generative_model_is_scored_on(synthetic_small):
+    """With decode.max_eval_users = N the SASRec row reads stage 01's per-user ranks of the first N
+    test users, and popularity counts those N users too, not every user."""
+    from types import SimpleNamespace
+
+    from align3gr_kit.baselines.popularity import popularity_counts, popularity_ranks
+    from align3gr_kit.data.split import leave_one_out
+    from align3gr_kit.report.pipeline_report import baseline_rows
+
+    split = leave_one_out(synthetic_small)
+    data = SimpleNamespace(dataset=synthetic_small, split=split)
+    n_test = len(split.test)
+    ranks = [0, 20, 3, -1, 7] + [0] * (n_test - 5)  # the first 5: two in the top 5, three in the top 10
+    summary = {"sasrec": {"test": {"recall@5": 0.9, "recall@10": 0.9, "ndcg@5": 0.9, "ndcg@10": 0.9},
+                          "ranks": {"valid": ranks, "test": ranks}}}
+    cfg = RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 5})
+    rows = baseline_rows(cfg, data, summary).set_index("method")
+    assert rows.loc["SASRec", "recall@5"] == pytest.approx(2 / 5)
+    assert rows.loc["SASRec", "recall@10"] == pytest.approx(3 / 5)
+    assert rows.loc["SASRec", "ndcg@10"] == pytest.approx((1 + 1 / np.log2(5) + 1 / np.log2(9)) / 5)
+    assert "first 5 test users" in rows.loc["SASRec", "source"]
+    # popularity by hand on the same 5 users
+    counts = popularity_counts(split, synthetic_small.n_items)
+    r = popularity_ranks(counts, split.test.target.to_numpy()[:5])
+    assert rows.loc["Popularity", "recall@10"] == pytest.approx(np.mean((r >= 0) & (r < 10)))
+    # all users: the summary's own numbers when no subset is asked for
+    full = baseline_rows(RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 0}), data, summary)
+    assert full.set_index("method").loc["SASRec", "recall@5"] == pytest.approx(sum(1 for x in ranks if 0 <= x < 5) / n_test)

@@ -148,12 +148,17 @@ class SASRec(nn.Module):
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
+def sasrec_ranks(model: "SASRec", split: Split, which: str) -> np.ndarray:
+    """0-based full-ranking rank of each ``split.valid``/``split.test`` row's target, in row order."""
+    samples = split.samples(which)
+    with torch.no_grad():
+        return model.target_ranks(samples.history.tolist(), samples.target.to_numpy())
+
+
 def split_metrics(model: "SASRec", split: Split, which: str) -> dict[str, float]:
     """Recall@{5,10} / NDCG@{5,10} of ``model`` on ``split.valid`` or ``split.test`` (full ranking):
     the SASRec baseline's scores, also reported by the tokenizer whose CF encoder it is."""
-    samples = split.samples(which)
-    with torch.no_grad():
-        return metrics_from_ranks(model.target_ranks(samples.history.tolist(), samples.target.to_numpy()))
+    return metrics_from_ranks(sasrec_ranks(model, split, which))
 
 
 def pad_histories(histories: list, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

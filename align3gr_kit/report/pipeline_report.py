@@ -38,16 +38,28 @@ def benchmark_results(cfg: RunConfig, reports_dir: Path | None = None) -> dict[s
 
 
 def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:
-    """Popularity and SASRec, test metrics on every test user (full ranking), one row each."""
+    """Popularity and SASRec, test metrics (full ranking) on the test users the generative models are
+    scored on: all of them, or the first ``decode.max_eval_users`` (the same rows
+    :func:`align3gr_kit.evaluate.evaluate` takes), so that every ratio compares the same users."""
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
+    from align3gr_kit.metrics import metrics_from_ranks
+    from align3gr_kit.report.benchmark import evaluation_split
 
-    pop = run_popularity_baseline(cfg, data.dataset, data.split)["test"]
-    sasrec = (tokenize_summary or {}).get("sasrec")
-    source = "stage 01's collaborative encoder"
-    if not sasrec:
-        sasrec, source = run_sasrec_baseline(cfg, data.dataset, data.split, progress=False), "trained here"
-    return pd.DataFrame([{"method": "Popularity", "source": "training counts", **{k: pop[k] for k in METRIC_KEYS}},
-                         {"method": "SASRec", "source": source, **{k: sasrec["test"][k] for k in METRIC_KEYS}}])
+    n = cfg.decode.max_eval_users
+    split = evaluation_split(data.split, n)
+    users = f"first {len(split.test):,} test users" if n else "all test users"
+    pop = run_popularity_baseline(cfg, data.dataset, split)["test"]
+    sasrec = (tokenize_summary or {}).get("sasrec") or {}
+    if "ranks" in sasrec:  # stage 01's SASRec, each user's rank kept: score the same users
+        test = metrics_from_ranks(sasrec["ranks"]["test"][: len(split.test)])
+        source = f"stage 01's collaborative encoder; {users}"
+    elif sasrec and not n:
+        test, source = sasrec["test"], f"stage 01's collaborative encoder; {users}"
+    else:  # given CF embeddings, or a stage 01 that kept no ranks: train it here
+        test = run_sasrec_baseline(cfg, data.dataset, split, progress=False)["test"]
+        source = f"trained here; {users}"
+    return pd.DataFrame([{"method": "Popularity", "source": f"training counts; {users}", **{k: pop[k] for k in METRIC_KEYS}},
+                         {"method": "SASRec", "source": source, **{k: test[k] for k in METRIC_KEYS}}])
 
 
 def full_model_row(cfg: RunConfig) -> pd.DataFrame:

@@ -21,10 +21,11 @@ from align3gr_kit.data.split import Split, leave_one_out
 from align3gr_kit.encoders.sasrec import (
     load_item_cf,
     mean_item_embedding,
-    split_metrics,
+    sasrec_ranks,
     train_sasrec,
 )
 from align3gr_kit.encoders.semantic import check_texts, semantic_features
+from align3gr_kit.metrics import metrics_from_ranks
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.artifacts import FEATURES, TokenizeArtifacts
 from align3gr_kit.tokenizer.sc_encoder import fuse_features
@@ -95,8 +96,12 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
     with torch.no_grad():
         item = model.item_embeddings().float().cpu().numpy()
         user = model.represent([seqs[u].tolist() for u in range(ds.n_users)]).float().cpu().numpy()
-    # The CF encoder is the SASRec baseline itself: its scores cost one full ranking per split.
-    scores = {name: split_metrics(model, split, name) for name in ("valid", "test")}
+    # The CF encoder is the SASRec baseline itself: its scores cost one full ranking per split. The
+    # per-user target ranks are kept so that a report can score SASRec on exactly the users a
+    # generative model was evaluated on (decode.max_eval_users), without training it again.
+    ranks = {name: sasrec_ranks(model, split, name) for name in ("valid", "test")}
+    scores: dict = {name: metrics_from_ranks(r) for name, r in ranks.items()}
+    scores["ranks"] = {name: [int(x) for x in r] for name, r in ranks.items()}
     return item, user, result.history, scores
 
 
