@@ -8,7 +8,7 @@ Commands:
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
     ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
-              --config C --table token|sft|dpo|tsrec|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR]
+              --config C --table token|sft|dpo|tsrec|backbone|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR]
                                                        a paper's table -> reports/tables/<dataset>/<table>.json|md|html
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", action="store_true", help="the ladder of the paper's Figure 4")
     p.add_argument("--baselines", action="store_true", help="popularity, SASRec, TIGER-/LC-Rec-style, full pipeline")
     p.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed, seed+1, ...")
-    p.add_argument("--table", choices=["token", "sft", "dpo", "tsrec", "ladder"], default=None,
+    p.add_argument("--table", choices=["token", "sft", "dpo", "tsrec", "backbone", "ladder"], default=None,
                    help="one of the papers' tables, written to reports/tables/<dataset>/ (smoke: <runs_dir>/tables/)")
     p.add_argument("--upto", choices=["sft", "sp", "rf"], default=None,
                    help="--table: stop the chain after SFT, SP-DPO or RF-DPO (default: the table's own)")

@@ -114,6 +114,33 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     assert 'src="plotly.min.js"' in html and '"error_y"' in html and "Softmax-DPO" in html
 
 
+def test_backbone_table_leads_with_sasrec_and_gives_every_row_its_ratio(tmp_path, monkeypatch):
+    from align3gr_kit.report import benchmark
+
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
+    seen = {}
+
+    def fake_baselines(cfg, seeds):
+        seen["users"] = cfg.decode.max_eval_users
+        return pd.DataFrame([{"method": m, "seed": s, "run": "b", "seconds": 1.0, "recall@5": v, "recall@10": v,
+                              "ndcg@5": v / 2, "ndcg@10": v / 2}
+                             for s in seeds for m, v in (("Popularity", 0.05), ("SASRec", 0.2 + 0.01 * s))])
+
+    monkeypatch.setattr(benchmark, "classic_baselines", fake_baselines)
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    doc = run_table(base, SMOKE, "backbone", [0, 1])
+    assert seen["users"] == base.override(benchmark.report_overrides(base, SMOKE)).decode.max_eval_users
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert list(rows) == ["SASRec", "tiny-llama SFT", "Pretrained SFT, random SCID init", "Pretrained SFT, SA-Init",
+                          "Pretrained after SP-DPO"]  # no Popularity row: the table asks for SASRec only
+    sft = rows["Pretrained SFT, SA-Init"]
+    assert sft["recall@10 / SASRec"] == pytest.approx(sft["recall@10"] / 0.205)
+    assert rows["SASRec"]["recall@10 / SASRec"] == pytest.approx(1.0) and rows["SASRec"]["last_stage"] == "baseline"
+    assert sft["vs"] == "SASRec" and rows["tiny-llama SFT"]["budget"]["model.base"] == "tiny-llama"
+    md = table_markdown(doc)
+    assert "R@10 / SASRec" in md and f"{sft['recall@10'] / 0.205:.2f}x" in md
+
+
 def test_benchmarks_md_is_regenerated_from_the_files_and_a_disagreement_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
     base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))

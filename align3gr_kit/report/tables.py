@@ -11,6 +11,9 @@ the full setting of the config, as the papers do:
   ``dpo.n_rejected`` negatives drawn from the SFT policy's own beam; SP-DPO without and with
   progression; RF-DPO without and with progression (after progressive SP-DPO).
 * ``tsrec``  (TS-Rec Table 3): with/without SA-Init x with/without the TS-Align task.
+* ``backbone`` (what a pretrained LLM brings): SASRec; tiny-llama (from scratch) SFT; the config's
+  pretrained backbone SFT with random (mean-resizing) SCID rows and with SA-Init; after SP-DPO. Every
+  row carries its ratio to SASRec, scored on the same users.
 * ``ladder`` (Align3GR Figure 4): :data:`align3gr_kit.report.ablation.LADDER`.
 
 ``upto`` (``sft``/``sp``/``rf``) stops the chain earlier on small machines: rows that need a later
@@ -26,6 +29,7 @@ one seed it is unmeasured and no verdict is given).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -79,6 +83,14 @@ class TableSpec:
     rows: tuple[tuple[str, dict[str, Any], str | None, str], ...]
     compare: str
     default_upto: str
+    baselines: tuple[str, ...] = ()  # classic baselines (``Popularity``, ``SASRec``) as the first rows
+
+
+#: tiny-llama's from-scratch budget (configs/ml-100k-tiny.yaml): full fine-tuning, 1,500 steps of 32.
+TINY_LLAMA = {"model.base": "tiny-llama", "model.lora": False, "model.sa_init": False, "model.new_token_init": "normal",
+              "sft.max_steps": 1500, "sft.batch_size": 32, "sft.lr": 1e-3}
+#: The baseline every row of a table with ``baselines`` is divided by.
+RATIO_TO = "SASRec"
 
 
 TABLES: dict[str, TableSpec] = {
@@ -119,6 +131,14 @@ TABLES: dict[str, TableSpec] = {
           "token <-> description task"),
          ("+SA-Init +TS-Align", {"model.sa_init": True, "prompts.tasks": ALL_TASKS + ["TS-Align"]}, None, "both")),
         "first", "sft"),
+    "backbone": TableSpec(
+        "backbone", "What a pretrained LLM brings", "align3gr-kit (issue 9)",
+        (("tiny-llama SFT", TINY_LLAMA, "sft", "1.1 M-parameter Llama trained from scratch on the run's text, full fine-tuning"),
+         ("Pretrained SFT, random SCID init", {"model.sa_init": False, "model.new_token_init": "mean_resizing"}, "sft",
+          "the config's backbone; new SCID rows from transformers' mean resizing"),
+         ("Pretrained SFT, SA-Init", {"model.sa_init": True}, "sft", "new SCID rows from their keywords' pretrained rows"),
+         ("Pretrained after SP-DPO", {"model.sa_init": True}, "sp", "SA-Init SFT, then Easy -> Medium -> Hard")),
+        "first", "sp", baselines=("SASRec",)),
 }
 TABLE_NAMES = (*TABLES, "ladder")
 
@@ -212,6 +232,18 @@ def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
     return out
 
 
+def with_ratios(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with ``<metric> / SASRec`` for :data:`VERDICT_KEYS` when it has a SASRec row
+    (above 1: ahead of SASRec); unchanged otherwise."""
+    if RATIO_TO not in set(summary["method"]):
+        return summary
+    out = summary.copy()
+    ref = out.set_index("method").loc[RATIO_TO]
+    for k in VERDICT_KEYS:
+        out[f"{k} / {RATIO_TO}"] = out[k] / ref[k] if ref[k] else float("nan")
+    return out
+
+
 def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], upto: str | None = None,
               out_dir: Path | None = None, base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every row of table ``name`` for every seed (papermill runs ``<run_name>-<name>-NN-sS``,
@@ -238,20 +270,28 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
     base_overrides = {**reductions, **(base_overrides or {})}
     t0 = time.time()
     results = run_rungs(base, config_path, rungs, seeds, name, base_overrides)
-    wall = round(time.time() - t0, 1)
     inherited = {**config_diff(base, config_path), **base_overrides}
     runs = results_table(results)
+    baselines = () if name == "ladder" else TABLES[name].baselines
+    if baselines:  # scored on the users the generative rows are scored on (decode.max_eval_users)
+        from align3gr_kit.report.benchmark import classic_baselines
+
+        classic = classic_baselines(base, seeds)
+        runs = pd.concat([classic[classic["method"].isin(baselines)], runs], ignore_index=True)
+    wall = round(time.time() - t0, 1)
     compare = "previous" if name == "ladder" else TABLES[name].compare
-    summary = verdicts(summarise(runs), compare)
+    summary = with_ratios(verdicts(summarise(runs), compare))
     notes = {r.label: r.note for r in rungs}
     budgets = {r.label: row_budget(base.override({**inherited, **r.overrides})) for r in rungs}
     rows = []
     for rec in summary.to_dict("records"):
         label = rec["method"]
-        rung = next(r for r in rungs if r.label == label)
-        rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()},
-                     "overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label],
-                     "budget": budgets[label]})
+        rung = next((r for r in rungs if r.label == label), None)
+        extra = ({"overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label], "budget": budgets[label]}
+                 if rung else {"overrides": {}, "last_stage": "baseline", "budget": {"tokenizer.sasrec": dataclasses.asdict(base.tokenizer.sasrec)}
+                               if label == "SASRec" else {},
+                               "note": "full ranking of every item; trained on the run's split, scored on the same users"})
+        rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}, **extra})
     doc = {
         "table": name,
         "title": "Ablation ladder" if name == "ladder" else TABLES[name].title,
@@ -291,12 +331,17 @@ def _cell(mean: Any, sd: Any) -> str:
     return f"{mean:.4f}" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{mean:.4f} ± {sd:.4f}"
 
 
+def _ratio(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}x"
+
+
 def table_markdown(doc: dict[str, Any]) -> str:
     """The markdown of a table document (the ``.md`` file and the BENCHMARKS.md block): a line of
     provenance, the budget, then one row per variant (mean ± sd over seeds, the step against its
     reference row and its verdict)."""
     seeds = doc["seeds"]
-    budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"]}
+    ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"] if r.get("last_stage") != "baseline"}
     lines = [
         f"**{doc['title']}** ({doc['source']}) on `{doc['dataset']}`: config `{doc['config']}`"
         + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
@@ -307,15 +352,19 @@ def table_markdown(doc: dict[str, Any]) -> str:
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
         if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",
         "",
-        "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | vs | Δ Recall@10 | Δ NDCG@10 | verdict (R@10 / N@10) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | vs | Δ Recall@10 | Δ NDCG@10 | verdict (R@10 / N@10) |"
+        + (f" R@10 / {RATIO_TO} | N@10 / {RATIO_TO} |" if ratios else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if ratios else ""),
     ]
     for r in doc["rows"]:
         cells = [_cell(r.get(k), r.get(f"{k} sd")) for k in METRIC_KEYS]
         deltas = [("" if r.get(f"d {k}") is None else f"{r[f'd {k}']:+.4f}") for k in VERDICT_KEYS]
         verdict = " / ".join(r.get(f"{k} verdict", "") for k in VERDICT_KEYS).strip(" /")
-        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
-                     + f" | {r.get('vs', '')} | {deltas[0]} | {deltas[1]} | {verdict} |")
+        line = (f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
+                + f" | {r.get('vs', '')} | {deltas[0]} | {deltas[1]} | {verdict} |")
+        if ratios:
+            line += "".join(f" {_ratio(r.get(f'{k} / {RATIO_TO}'))} |" for k in VERDICT_KEYS)
+        lines.append(line)
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
