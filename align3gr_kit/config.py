@@ -179,6 +179,9 @@ class PromptConfig:
             them within the model's context.
         max_text_words: descriptions and profiles are cut to this many words in prompts/completions.
         ts_align_keywords: keywords per token in ``TS-Align`` descriptions.
+        b2_holdout: share of users whose ``B2`` rows are left out of SFT (a seeded set,
+            :func:`align3gr_kit.user_alignment.b2_heldout_users`), so that user alignment can be
+            measured on users the model never saw paired with their profile; 0 = none.
     """
 
     tasks: list[str] = field(default_factory=lambda: ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"])
@@ -188,6 +191,7 @@ class PromptConfig:
     max_title_history: int = field(default=10, metadata={"min": 1})
     max_text_words: int = field(default=40, metadata={"min": 1})
     ts_align_keywords: int = field(default=5, metadata={"min": 1})
+    b2_holdout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
 
 
 @dataclass

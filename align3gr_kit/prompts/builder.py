@@ -76,7 +76,10 @@ def build_sft_dataset(
     if cfg.user_scid_in_prompt and user_scids is None:
         warnings.warn("prompts.user_scid_in_prompt is on but there are no user SCIDs (item-only tokenization): "
                       "prompts carry no user SCID and B2 is skipped", stacklevel=2)
-    ctx = PromptContext(ds, split, item_scids, user_scids, cfg, keyword_extractor)
+    from align3gr_kit.user_alignment import b2_heldout_users
+
+    heldout = frozenset(b2_heldout_users(ds.n_users, cfg.b2_holdout, seed).tolist())
+    ctx = PromptContext(ds, split, item_scids, user_scids, cfg, keyword_extractor, heldout)
     frames = []
     for name in tqdm(cfg.tasks, desc="SFT tasks", disable=not progress):
         task = TASKS[name]

@@ -64,6 +64,7 @@ class PromptContext:
     user_scids: ScidTable | None
     cfg: PromptConfig
     keyword_extractor: KeywordExtractor | None = None
+    b2_heldout: frozenset[int] = frozenset()  # users with no B2 rows (prompts.b2_holdout)
     item_str: list[str] = field(init=False)
     user_str: list[str] | None = field(init=False)
     titles: list[str] = field(init=False)
@@ -244,7 +245,7 @@ def _build_b2(ctx: PromptContext, idx: np.ndarray, rng: np.random.Generator) -> 
         u, kind = divmod(int(j), 2)
         key = "B2:profile->scid" if kind == 0 else "B2:scid->profile"
         t, tpl = _pick(rng, key)
-        if not profiles[u]:
+        if not profiles[u] or u in ctx.b2_heldout:
             continue
         profile = cut_words(profiles[u], ctx.cfg.max_text_words)
         if kind == 0:
