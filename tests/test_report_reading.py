@@ -193,10 +193,10 @@ def test_baselines_are_scored_on_the_users_the_generative_model_is_scored_on(syn
     data = SimpleNamespace(dataset=synthetic_small, split=split)
     n_test = len(split.test)
     ranks = [0, 20, 3, -1, 7] + [0] * (n_test - 5)  # the first 5: two in the top 5, three in the top 10
-    summary = {"sasrec": {"test": {"recall@5": 0.9, "recall@10": 0.9, "ndcg@5": 0.9, "ndcg@10": 0.9},
-                          "ranks": {"valid": ranks, "test": ranks}}}
+    summary = {"sasrec": {"test": {"recall@5": 0.9, "recall@10": 0.9, "ndcg@5": 0.9, "ndcg@10": 0.9}}}
+    kept = {"valid": np.array(ranks), "test": np.array(ranks)}  # stage 01's sasrec_ranks_*.npy
     cfg = RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 5})
-    rows = baseline_rows(cfg, data, summary).set_index("method")
+    rows = baseline_rows(cfg, data, summary, kept).set_index("method")
     assert rows.loc["SASRec", "recall@5"] == pytest.approx(2 / 5)
     assert rows.loc["SASRec", "recall@10"] == pytest.approx(3 / 5)
     assert rows.loc["SASRec", "ndcg@10"] == pytest.approx((1 + 1 / np.log2(5) + 1 / np.log2(9)) / 5)
@@ -206,5 +206,5 @@ def test_baselines_are_scored_on_the_users_the_generative_model_is_scored_on(syn
     r = popularity_ranks(counts, split.test.target.to_numpy()[:5])
     assert rows.loc["Popularity", "recall@10"] == pytest.approx(np.mean((r >= 0) & (r < 10)))
     # all users: the summary's own numbers when no subset is asked for
-    full = baseline_rows(RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 0}), data, summary)
+    full = baseline_rows(RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 0}), data, summary, kept)
     assert full.set_index("method").loc["SASRec", "recall@5"] == pytest.approx(sum(1 for x in ranks if 0 <= x < 5) / n_test)

@@ -37,10 +37,12 @@ def benchmark_results(cfg: RunConfig, reports_dir: Path | None = None) -> dict[s
     return read_json(path) if path.exists() else None
 
 
-def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:
+def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None,
+                  sasrec_ranks: dict[str, Any] | None = None) -> pd.DataFrame:
     """Popularity and SASRec, test metrics (full ranking) on the test users the generative models are
     scored on: all of them, or the first ``decode.max_eval_users`` (the same rows
-    :func:`align3gr_kit.evaluate.evaluate` takes), so that every ratio compares the same users."""
+    :func:`align3gr_kit.evaluate.evaluate` takes), so that every ratio compares the same users.
+    ``sasrec_ranks``: stage 01's per-row SASRec ranks (:class:`~align3gr_kit.tokenizer.artifacts.TokenizeArtifacts`)."""
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
     from align3gr_kit.metrics import metrics_from_ranks
     from align3gr_kit.report.benchmark import evaluation_split
@@ -50,8 +52,8 @@ def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None)
     users = f"first {len(split.test):,} test users" if n else "all test users"
     pop = run_popularity_baseline(cfg, data.dataset, split)["test"]
     sasrec = (tokenize_summary or {}).get("sasrec") or {}
-    if "ranks" in sasrec:  # stage 01's SASRec, each user's rank kept: score the same users
-        test = metrics_from_ranks(sasrec["ranks"]["test"][: len(split.test)])
+    if sasrec_ranks and "test" in sasrec_ranks:  # stage 01's SASRec, each user's rank kept: the same users
+        test = metrics_from_ranks(sasrec_ranks["test"][: len(split.test)])
         source = f"stage 01's collaborative encoder; {users}"
     elif sasrec and not n:
         test, source = sasrec["test"], f"stage 01's collaborative encoder; {users}"
@@ -74,14 +76,14 @@ def full_model_row(cfg: RunConfig) -> pd.DataFrame:
                           **{k: last[f"test {k}"] for k in METRIC_KEYS + ("liked_share@10",)}}])
 
 
-def comparison(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None) -> pd.DataFrame:
+def comparison(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None,
+               sasrec_ranks: dict[str, Any] | None = None) -> pd.DataFrame:
     """Popularity, SASRec and the run's final model, with each row's ratio to SASRec on Recall@10 and
-    NDCG@10 (above 1: better than SASRec)."""
-    table = pd.concat([baseline_rows(cfg, data, tokenize_summary), full_model_row(cfg)], ignore_index=True)
-    ref = table.set_index("method").loc["SASRec"]
-    for k in ("recall@10", "ndcg@10"):
-        table[f"{k} / SASRec"] = table[k] / ref[k] if ref[k] else float("nan")
-    return table
+    NDCG@10 (above 1: better than SASRec; :func:`align3gr_kit.report.tables.with_ratios`)."""
+    from align3gr_kit.report.tables import with_ratios
+
+    rows = [baseline_rows(cfg, data, tokenize_summary, sasrec_ranks), full_model_row(cfg)]
+    return with_ratios(pd.concat(rows, ignore_index=True))
 
 
 def save_comparison(folder: str | Path, table: pd.DataFrame) -> Path:

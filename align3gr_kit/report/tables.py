@@ -287,10 +287,13 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
     for rec in summary.to_dict("records"):
         label = rec["method"]
         rung = next((r for r in rungs if r.label == label), None)
-        extra = ({"overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label], "budget": budgets[label]}
-                 if rung else {"overrides": {}, "last_stage": "baseline", "budget": {"tokenizer.sasrec": dataclasses.asdict(base.tokenizer.sasrec)}
-                               if label == "SASRec" else {},
-                               "note": "full ranking of every item; trained on the run's split, scored on the same users"})
+        if rung:
+            extra = {"overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label],
+                     "budget": budgets[label]}
+        else:  # a classic baseline (Popularity counts; SASRec trains with tokenizer.sasrec)
+            extra = {"overrides": {}, "last_stage": "baseline",
+                     "budget": {"tokenizer.sasrec": dataclasses.asdict(base.tokenizer.sasrec)} if label == "SASRec" else {},
+                     "note": "full ranking of every item; trained on the run's split, scored on the same users"}
         rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}, **extra})
     doc = {
         "table": name,

@@ -15,10 +15,11 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True) -> dict[str, Any
     whether the ``ablate`` results exist. Returns the metrics."""
     data = stage.input("00_data")
     try:
-        summary = stage.input("01_tokenize").summary
+        tok = stage.input("01_tokenize")
+        summary, ranks = tok.summary, tok.sasrec_ranks
     except FileNotFoundError:
-        summary = None
-    table = comparison(cfg, data, summary)
+        summary = ranks = None
+    table = comparison(cfg, data, summary, ranks)
     save_comparison(stage.dir, table)
     bench = benchmark_results(cfg)
     metrics: dict[str, Any] = {r["method"]: {k: round(float(r[k]), 6) for k in ("recall@10", "ndcg@10",

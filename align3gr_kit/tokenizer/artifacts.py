@@ -37,6 +37,8 @@ class TokenizeArtifacts:
         item_codebooks / user_codebooks: ``[levels, K, code_dim]``.
         features: the frozen input features by name (:data:`FEATURES`).
         sasrec_history: SASRec's epoch log when it was trained.
+        sasrec_ranks: ``{"valid", "test": [rows] int}``, that SASRec's 0-based full-ranking rank of
+            each split row's target (row order), so a report can score it on any user subset.
         state_dict: the tokenizer's weights (written by :meth:`save`, not read back by :meth:`load`;
             :meth:`load_state_dict` reads them).
     """
@@ -54,6 +56,7 @@ class TokenizeArtifacts:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     sasrec_history: list | None = None
     state_dict: dict | None = None
+    sasrec_ranks: dict[str, np.ndarray] | None = None
 
     def save(self, folder: str | Path) -> None:
         import torch
@@ -63,7 +66,8 @@ class TokenizeArtifacts:
         save_scid_tables(f, self.items, self.users)
         arrays = {"item_codes_raw": self.item_raw, "user_codes_raw": self.user_raw, "item_sc": self.item_sc,
                   "user_sc": self.user_sc, "item_codebooks": self.item_codebooks,
-                  "user_codebooks": self.user_codebooks, **self.features}
+                  "user_codebooks": self.user_codebooks, **self.features,
+                  **{f"sasrec_ranks_{k}": np.asarray(v) for k, v in (self.sasrec_ranks or {}).items()}}
         for name, arr in arrays.items():
             if arr is not None:
                 with atomic_path(f / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
@@ -89,7 +93,8 @@ class TokenizeArtifacts:
                    opt("user_sc"), read_json(f / "tokenizer_history.json"), read_json(f / "summary.json"),
                    opt("item_codebooks"), opt("user_codebooks"),
                    {n: a for n in FEATURES if (a := opt(n)) is not None},
-                   read_json(sasrec) if sasrec.exists() else None)
+                   read_json(sasrec) if sasrec.exists() else None,
+                   sasrec_ranks={k: a for k in ("valid", "test") if (a := opt(f"sasrec_ranks_{k}")) is not None} or None)
 
     @staticmethod
     def load_state_dict(folder: str | Path) -> dict:

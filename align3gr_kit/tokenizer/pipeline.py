@@ -101,7 +101,7 @@ def cf_features(tcfg: TokenizerConfig, ds: RecDataset, split: Split, seed: int,
     # generative model was evaluated on (decode.max_eval_users), without training it again.
     ranks = {name: sasrec_ranks(model, split, name) for name in ("valid", "test")}
     scores: dict = {name: metrics_from_ranks(r) for name, r in ranks.items()}
-    scores["ranks"] = {name: [int(x) for x in r] for name, r in ranks.items()}
+    scores["ranks"] = ranks  # saved beside the summary (TokenizeArtifacts.sasrec_ranks), not in it
     return item, user, result.history, scores
 
 
@@ -193,6 +193,7 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         item_codebooks=model.item_rq.quantizer.codebooks.detach().cpu().numpy(),
         features={n: getattr(feats, n) for n in FEATURES if getattr(feats, n) is not None},
         sasrec_history=feats.sasrec_history, state_dict=model.state_dict(),
+        sasrec_ranks=(feats.sasrec_metrics or {}).get("ranks"),
     )
     user_stats: dict = {k: None for k in ("collisions_before", "collisions", "utilisation", "perplexity", "codebook_size")}
     user_levels = None
@@ -222,7 +223,7 @@ def run_tokenize(cfg: RunConfig, dataset: RecDataset, split: Split, out_dir: str
         "u2i_auc": None if catalogue else round(result.history[-1]["auc"], 4),
         "phase_switch_epoch": result.switch_epoch,
         "epochs": len(result.history),
-        "sasrec": feats.sasrec_metrics,
+        "sasrec": {k: v for k, v in feats.sasrec_metrics.items() if k != "ranks"} if feats.sasrec_metrics else None,
         "seconds": round(time.time() - t0, 2),
     }
     art.summary = summary
