@@ -287,6 +287,10 @@ class SFTConfig:
         lr_scheduler: transformers scheduler name (``cosine``, ``linear``, ``constant``...).
         weight_decay: AdamW weight decay.
         logging_steps: log the training loss every this many steps (the loss curve's resolution).
+        save_steps: write a resumable checkpoint (weights, optimiser, scheduler, RNG states) every
+            this many steps into ``<run>/.checkpoints/``; a killed SFT stage re-run with ``run
+            --resume`` (or ``ablate``) continues from the last one, and a finished stage deletes it.
+            0 = never. It cannot change the result, so it is not part of the stage's fingerprint.
     """
 
     epochs: float = field(default=3.0, metadata={"min_exclusive": 0.0})
@@ -301,6 +305,7 @@ class SFTConfig:
         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     logging_steps: int = field(default=10, metadata={"min": 1})
+    save_steps: int = field(default=50, metadata={"min": 0, "fingerprint": False})
 
 
 @dataclass
@@ -493,6 +498,12 @@ class RunConfig:
         """A stable hash of the named sections (plus seed and smoke), for ``--resume`` decisions."""
         d = self.to_dict()
         payload = {s: d[s] for s in sections}
+        for s in sections:  # fields that cannot change a result (metadata "fingerprint": False)
+            section = getattr(self, s)
+            if dataclasses.is_dataclass(section):
+                for f in fields(section):
+                    if f.metadata.get("fingerprint", True) is False:
+                        payload[s].pop(f.name)
         payload["seed"] = self.seed
         payload["smoke"] = self.smoke
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

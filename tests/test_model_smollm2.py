@@ -174,8 +174,24 @@ def test_smollm2_end_to_end_sa_init_sft_decoding_dpo(smollm2_folder, tmp_path):
     sub = [i for k in keywords["<a_0>"] for i in tok(" " + k, add_special_tokens=False)["input_ids"]]
     assert torch.allclose(emb[tok.convert_tokens_to_ids("<a_0>")], emb[sub].mean(0), atol=1e-6)
 
-    res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "sft")
-    assert res["steps"] == 4 and np.isfinite(res["last_loss"])
+    # killed after step 3, resumed from its step-2 checkpoint: peft's adapter (LoRA, the SCID rows of
+    # the tied matrix, and, since the vocabulary was resized, the embedding matrix in both roles:
+    # 2 x 49,170 x 576 fp32) comes back, not a copy of the whole model (538 MB in fp32)
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    cfg = cfg.override({"sft.save_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(cfg, model, tok, toy_sft(), tmp_path / "sft", checkpoint_dir=tmp_path / "ck", callbacks=[Kill()])
+    saved = sum(p.stat().st_size for p in (tmp_path / "ck" / "checkpoint-2").rglob("*.safetensors"))
+    assert 0 < saved < 300e6, saved
+    model, tok = build_backbone(cfg.model, [], TOKENS, cfg.seed, keywords=keywords)
+    res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "sft", checkpoint_dir=tmp_path / "ck")
+    assert res["resumed_from_step"] == 2 and res["steps"] == 4 and np.isfinite(res["last_loss"])
     save_model(res["model"], tok, tmp_path / "sft_model", ITEMS, USERS)
     policy, tok, items, users = load_model(tmp_path / "sft_model", dtype="float32")
 

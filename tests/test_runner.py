@@ -11,6 +11,7 @@ from align3gr_kit.config import ConfigError, RunConfig
 from align3gr_kit.stages.contract import (
     STAGES,
     StageRun,
+    checkpoint_dir,
     clean_leftovers,
     fingerprint,
     get_stage,
@@ -96,6 +97,30 @@ def test_killed_rerun_leaves_the_finished_stage_whole(cfg):
     assert clean_leftovers(cfg.run_dir) == [killed.dir] and not killed.dir.exists()
     run_stage(changed, "00_data")  # --resume with the new settings re-runs it
     assert is_current(changed, get_stage("00")) and _sha(folder) != before
+
+
+def test_checkpoints_outlive_a_kill_follow_the_fingerprint_and_go_with_finish_or_a_plain_run(cfg, tmp_path):
+    """A killed stage's checkpoints survive the clean-up (the re-run continues from them); they are
+    keyed by the fingerprint, deleted when the stage finishes, and a run without --resume starts afresh."""
+    stage = get_stage("00")
+    killed = StageRun(cfg, "00_data")
+    ck = killed.checkpoint_dir
+    assert ck == checkpoint_dir(cfg, stage) and ck.parent == cfg.run_dir / ".checkpoints"
+    assert ck.name == f"00_data-{fingerprint(cfg, stage)}"
+    assert checkpoint_dir(cfg.override({"data.max_history": 5}), stage) != ck  # other settings, other folder
+    assert checkpoint_dir(cfg.override({"sft.save_steps": 7}), stage) == ck  # how often it saves: same result
+    (ck / "checkpoint-3").mkdir(parents=True)
+    assert clean_leftovers(cfg.run_dir) == [killed.dir] and ck.is_dir()  # the kill's leftovers go, not these
+    run_stage(cfg, "00_data")  # the re-run finishes the stage, and its checkpoints are gone
+    assert not (cfg.run_dir / ".checkpoints").exists()
+
+    (ck / "checkpoint-3").mkdir(parents=True)
+    fails = {"data.dataset": "ml-100k", "data.data_path": str(tmp_path / "nowhere")}  # a stage that fails
+    bad = cfg.override(fails)
+    assert not run_pipeline(bad, SMOKE, stages=["00"], resume=True, render=False, overrides=fails)["ok"]
+    assert ck.is_dir()  # --resume keeps them for the re-run
+    assert not run_pipeline(bad, SMOKE, stages=["00"], render=False, overrides=fails)["ok"]
+    assert not ck.exists()  # a plain run deleted them before it started
 
 
 def test_reuse_copies_so_other_runs_never_change(cfg):

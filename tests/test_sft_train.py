@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from datasets import Dataset
 
@@ -179,3 +180,59 @@ def test_trainer_bf16_autocasts_on_cpu(tmp_path):
     res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "out")
     assert res["bf16"] and seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in res["model"].parameters())
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step: int):
+    """A callback that stops training like a kill would, once ``step`` optimiser steps are done."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Killed
+
+    return Kill()
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_killed_sft_resumes_from_its_checkpoint(tmp_path, lora):
+    """Killed after step 4 with a checkpoint at step 3, the re-run continues from step 3 and ends
+    with the weights (SCID rows included), loss curve and step count of an uninterrupted run."""
+    cfg = run_cfg(tmp_path, max_steps=6, save_steps=3, lr=1e-2).override(
+        {"model.lora": lora, "model.lora_r": 4, "model.lora_dropout": 0.1})
+
+    def fresh():
+        return build_backbone(cfg.model, corpus(), TOKENS, cfg.seed)
+
+    model, tok = fresh()
+    straight = train_sft(cfg, model, tok, toy_sft(), tmp_path / "a", checkpoint_dir=tmp_path / "ck_a")
+    assert straight["resumed_from_step"] == 0 and straight["steps"] == 6
+    assert sorted(p.name for p in (tmp_path / "ck_a").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-6"]
+
+    model, tok = fresh()
+    with pytest.raises(_Killed):
+        train_sft(cfg, model, tok, toy_sft(), tmp_path / "b", checkpoint_dir=tmp_path / "ck_b", callbacks=[_kill_at(4)])
+    assert (tmp_path / "ck_b" / "checkpoint-3").is_dir()
+    model, tok = fresh()
+    resumed = train_sft(cfg, model, tok, toy_sft(), tmp_path / "b", checkpoint_dir=tmp_path / "ck_b")
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
+    want, got = _weights(straight["model"]), _weights(resumed["model"])
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.allclose(want[k], got[k], atol=1e-6), k
+    losses = [(h["step"], h["loss"]) for h in resumed["log_history"] if "loss" in h]
+    assert [s for s, _ in losses] == list(range(1, 7))
+    assert np.allclose([l for _, l in losses], [h["loss"] for h in straight["log_history"] if "loss" in h], atol=1e-5)
+
+    # the control: a checkpoint from another point of training gives other weights
+    model, tok = fresh()
+    other = train_sft(cfg.override({"sft.lr": 2e-2}), model, tok, toy_sft(), tmp_path / "c")
+    assert any(not torch.allclose(want[k], v, atol=1e-6) for k, v in _weights(other["model"]).items())

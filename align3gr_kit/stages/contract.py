@@ -8,6 +8,9 @@ metrics``, called alike by its notebook and the command line. ``stage`` is a :cl
   class, with ``save``/``load``, lives in its domain package; nobody outside it knows file names);
 * ``stage.dir`` is where this stage writes: a fresh temporary folder beside the final one
   (``.<stage>.partial``), so a finished stage is never written into;
+* ``stage.checkpoint_dir`` is where a long stage (SFT) keeps resumable checkpoints: it outlives a
+  kill (``<run>/.checkpoints/<stage>-<fingerprint>``), so a re-run of the *same* stage continues
+  from it; ``finish`` deletes it, and ``run`` without ``--resume`` starts afresh;
 * ``stage.finish(metrics)`` writes ``manifest.json`` (parameters, seed, fingerprint, versions,
   commit, wall time, metrics) into it and then renames it into place, so a stage exists whole or
   not at all. A kill at any point leaves the previous finished stage (or nothing) in place.
@@ -36,6 +39,7 @@ from align3gr_kit.utils import git_commit, package_versions, read_json, write_js
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
 RETIRED = ".retired"  # suffix of a finished folder being replaced: ``.<stage>.retired``
+CHECKPOINTS = ".checkpoints"  # ``<run>/.checkpoints/<stage>-<fingerprint>``: resumable mid-stage state
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,23 @@ def is_current(cfg: RunConfig, stage: Stage) -> bool:
     that decides whether ``--resume`` may skip it)."""
     m = read_manifest(cfg, stage.name)
     return bool(m) and m.get("fingerprint") == fingerprint(cfg, stage)
+
+
+def checkpoint_dir(cfg: RunConfig, stage: Stage) -> Path:
+    """Where ``stage`` keeps resumable checkpoints while it runs: keyed by its fingerprint, so only a
+    re-run with the same config and upstream stages continues from them."""
+    return cfg.run_dir / CHECKPOINTS / f"{stage.name}-{fingerprint(cfg, stage)}"
+
+
+def drop_checkpoints(cfg: RunConfig, stage: Stage) -> list[Path]:
+    """Delete every checkpoint folder of ``stage`` in ``cfg``'s run (any fingerprint)."""
+    folder = cfg.run_dir / CHECKPOINTS
+    removed = sorted(folder.glob(f"{stage.name}-*")) if folder.is_dir() else []
+    for p in removed:
+        shutil.rmtree(p)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return removed
 
 
 def clean_leftovers(run_dir: Path) -> list[Path]:
@@ -236,6 +257,11 @@ class StageRun:
         return self._inputs[s.name]
 
     @property
+    def checkpoint_dir(self) -> Path:
+        """Resumable mid-stage checkpoints of this stage (see :func:`checkpoint_dir`); not created here."""
+        return checkpoint_dir(self.cfg, self.stage)
+
+    @property
     def output(self) -> Any:
         """This stage's typed artifacts as written so far into :attr:`dir`."""
         return self.stage.load_artifacts(self.dir)
@@ -263,6 +289,7 @@ class StageRun:
             }
             write_json(self.dir / MANIFEST, manifest)
             _swap_into_place(self.dir, self.final_dir)
+            drop_checkpoints(self.cfg, self.stage)
         self._barrier()
         self.dir = self.final_dir
         return self.final_dir

@@ -7,7 +7,8 @@ writes the stage into a temporary folder and renames it into place when it finis
 ``runs/<run_name>/<stage>.failed.ipynb`` (error cell marked), the stage's partial folder is removed,
 the error is printed (plain text), and the report says which stage failed; earlier stages stay
 intact. ``resume`` skips a stage that is current (:func:`is_current`), or copies an identical
-stage finished by another run.
+stage finished by another run; a stage it has to run continues from its checkpoints when a killed
+run left some (SFT, ``sft.save_steps``); without ``resume`` those are deleted first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from align3gr_kit.stages.contract import (
     STAGES,
     Stage,
     clean_leftovers,
+    drop_checkpoints,
     find_identical_stage,
     get_stage,
     is_current,
@@ -81,6 +83,8 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
                 results.append({"stage": stage.name, "status": f"reused from {source.parent.name}"})
                 print(f"[{stage.name}] identical to {source}, copied (--resume)", file=sys.stderr)
                 continue
+            if not resume:  # a plain run starts every stage afresh; --resume continues a killed SFT
+                drop_checkpoints(cfg, stage)
             failed_nb = cfg.run_dir / stage.notebook.replace(".ipynb", ".failed.ipynb")
             print(f"[{stage.name}] running notebooks/{stage.notebook}", file=sys.stderr)
             t0 = time.time()

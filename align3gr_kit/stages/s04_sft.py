@@ -33,8 +33,10 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     data, tok, prompts = stage.input("00_data"), stage.input("01_tokenize"), stage.input("03_sft_prompts")
     model, tokenizer = build_sft_model(cfg, data.dataset, tok.items, tok.users, prompts.tokenizer,
                                        keyword_cache=stage.dir / KEYWORDS, reuse_keywords=stage_dir(cfg, "03_sft_prompts") / KEYWORDS)
-    res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir)
-    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds")}
+    # A killed SFT leaves checkpoints keyed by this stage's fingerprint; the re-run continues from them.
+    res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir, checkpoint_dir=stage.checkpoint_dir)
+    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds",
+                                 "resumed_from_step")}
     train["trainable"] = res["trainable"]["trainable"]
     flat = {f"train_{k}": v for k, v in train.items()}
     state.wait_for_everyone()

@@ -139,8 +139,12 @@ def length_grouping_report(lengths: Sequence[int], batch_size: int, group_size: 
             "padding_grouped": round(padding_fraction(lengths, grouped, batch_size), 4)}
 
 
-def training_args(cfg: RunConfig, out_dir: str | Path):
+def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Path | None = None):
     """``transformers.TrainingArguments`` from the run config.
+
+    With ``checkpoint_dir`` and ``sft.save_steps > 0`` the Trainer writes a full checkpoint
+    (weights or adapter, optimiser, scheduler, RNG states) there every ``save_steps`` steps, keeping
+    the last one only; :func:`train_sft` resumes from it.
 
     Precision from ``model.dtype`` (:func:`align3gr_kit.model.precision.trainer_bf16`): ``bf16=True``
     is accelerate's bf16 autocast, on a GPU and on CPUs with AMX/AVX512-BF16 alike (fp32 master
@@ -153,8 +157,9 @@ def training_args(cfg: RunConfig, out_dir: str | Path):
     from align3gr_kit.model.precision import trainer_bf16
 
     s = cfg.sft
+    saving = checkpoint_dir is not None and s.save_steps > 0
     return TrainingArguments(
-        output_dir=str(Path(out_dir) / "trainer"),
+        output_dir=str(checkpoint_dir if saving else Path(out_dir) / "trainer"),
         num_train_epochs=s.epochs,
         max_steps=s.max_steps if s.max_steps > 0 else -1,
         per_device_train_batch_size=s.batch_size,
@@ -165,7 +170,9 @@ def training_args(cfg: RunConfig, out_dir: str | Path):
         weight_decay=s.weight_decay,
         logging_steps=s.logging_steps,
         logging_first_step=True,  # a loss curve even when max_steps < logging_steps
-        save_strategy="no",
+        save_strategy="steps" if saving else "no",
+        save_steps=s.save_steps if saving else 500,
+        save_total_limit=1,
         report_to="none",
         bf16=trainer_bf16(cfg.model.dtype),
         fp16=False,
@@ -181,7 +188,8 @@ def training_args(cfg: RunConfig, out_dir: str | Path):
     )
 
 
-def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -> dict[str, Any]:
+def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, checkpoint_dir: str | Path | None = None,
+              callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune ``model`` on the prompt/completion dataset ``train_ds`` (loss on completions).
 
     One path for every backbone: ``transformers.Trainer`` with :class:`CompletionCollator` over
@@ -195,12 +203,19 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
         tokenizer: its tokenizer.
         train_ds: ``datasets.Dataset`` with ``prompt`` and ``completion`` columns.
         out_dir: where ``log_history.json`` (and the trainer's scratch folder) go.
+        checkpoint_dir: where resumable checkpoints go every ``sft.save_steps`` steps (a folder
+            that outlives a killed run: :attr:`align3gr_kit.stages.contract.StageRun.checkpoint_dir`).
+            When it already holds one, training continues from its last step (same data order,
+            optimiser and RNG states) instead of starting again. ``None`` = no checkpoints.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
         "first_loss", "last_loss", "steps", "world_size", "seconds", "padding": {...}, "bf16",
-        "log_history": [...], "trainer"}``.
+        "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this call's training
+        time only, when it resumed).
     """
     from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
 
     from align3gr_kit.model.lora import apply_lora, trainable_parameters
 
@@ -214,16 +229,21 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
     print(f"trainable parameters: {trainable['trainable']:,} of {trainable['total']:,} "
           f"({100 * trainable['share']:.2f}%); embeddings and output layer trainable: yes")
     tokenized = tokenize_sft(train_ds, tokenizer, cfg.sft.max_length)
-    args = training_args(cfg, out_dir)
+    args = training_args(cfg, out_dir, checkpoint_dir)
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
+    resumed = int(Path(last).name.rsplit("-", 1)[1]) if last else 0
     padding = length_grouping_report(tokenized["length"], cfg.sft.batch_size, cfg.sft.batch_size * cfg.sft.grad_accum,
                                      cfg.seed)
     print(f"padding share of SFT batches: {padding['padding_random']:.1%} in random order, "
           f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = CompletionCollator(int(pad_id), logits_to_keep=forward_accepts(model, "logits_to_keep"))
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer,
+                      callbacks=list(callbacks) or None)
+    if last:
+        print(f"resuming SFT from step {resumed} ({last}): a killed run of this same stage left it")
     t0 = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - t0
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
@@ -242,6 +262,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path) -
         "bf16": bool(args.bf16),
         "log_history": history,
         "trainer": trainer,
+        "resumed_from_step": resumed,
     }
 
 
