@@ -23,6 +23,9 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+#: What users like in the top-10, by the evaluation judge (:mod:`align3gr_kit.feedback.evaluation`);
+#: present only where the dataset has one (generated data, or ratings for a simulator).
+JUDGED_KEYS = ("liked_share@10", "mean_rating@10")
 # The columns a report prints of a summary (:func:`summarise`).
 SUMMARY_COLUMNS = ["method", "seeds", *METRIC_KEYS, "recall@10 sd", "ndcg@10 sd"]
 LC_REC_TASKS = ["A", "B1", "C1-1", "C1-2", "C2", "C3"]
@@ -126,7 +129,7 @@ def manifest_final_metrics(metrics: dict[str, Any], source: str = "a stage manif
     for split in ("valid", "test"):
         nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
         values = {}
-        for k in METRIC_KEYS + ("liked_share@10", "mean_rating@10"):  # the last two only when judged
+        for k in METRIC_KEYS + JUDGED_KEYS:  # the last two only when judged
             for v in (nested.get(k), metrics.get(f"{split}_{k}"), metrics.get(f"final/{split}/{k}")):
                 if v is not None:
                     values[k] = v
@@ -219,10 +222,12 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
     ``table``: one row per (method, seed) with metric columns (NaN for a failed run). Returns one row
     per method: ``method``, ``seeds`` (runs that produced metrics), the metric means, then
-    ``"<metric> sd"`` (``ddof=1``, so NaN with a single seed: one run measures no spread).
+    ``"<metric> sd"`` (``ddof=1``, so NaN with a single seed: one run measures no spread). The
+    :data:`JUDGED_KEYS` (what users like) come along when some run has them.
     """
     order = list(dict.fromkeys(table["method"]))
     present = [k for k in METRIC_KEYS if k in table]
+    present += [k for k in JUDGED_KEYS if k in table and table[k].notna().any()]
     g = table.groupby("method", sort=False)
     if not present:
         return pd.DataFrame({"method": order, "seeds": [0] * len(order)})

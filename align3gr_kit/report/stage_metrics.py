@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from align3gr_kit.report.ablation import METRIC_KEYS, manifest_final_metrics
+from align3gr_kit.report.ablation import JUDGED_KEYS, METRIC_KEYS, manifest_final_metrics
 from align3gr_kit.config import RunConfig
 from align3gr_kit.dpo.artifacts import DPOArtifacts
 from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
@@ -19,7 +19,7 @@ DPO_STAGES = (("05_sp_dpo", "SP-DPO"), ("06_rf_dpo", "RF-DPO"))
 # The columns a report prints of :func:`pipeline_stage_metrics`.
 TABLE_COLUMNS = ["model", "valid recall@10", "valid ndcg@10", *[f"test {k}" for k in METRIC_KEYS], "test liked_share@10"]
 # What users like in the top-10 (the evaluation judge, :func:`align3gr_kit.feedback.evaluation_oracle`).
-LIKED_KEYS = ("liked_share@10", "mean_rating@10")
+LIKED_KEYS = JUDGED_KEYS
 
 
 def _row(stage: str, model: str, metrics: dict[str, dict[str, Any]], users: Any = None) -> dict[str, Any]:

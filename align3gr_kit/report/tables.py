@@ -63,6 +63,9 @@ UPTO: dict[str, tuple[str, ...]] = {
 }
 #: The metrics a verdict is given on.
 VERDICT_KEYS = ("recall@10", "ndcg@10")
+#: What users like in the top-10 (the evaluation judge): a column and a verdict of its own in tables
+#: whose runs were judged (the DPO table on data with a judge: RF-DPO's aim, issue 10).
+LIKED = "liked_share@10"
 #: The config fields a row's budget is read from (what its training ran with).
 BUDGET_KEYS = ("tokenizer.phase1_max_epochs", "tokenizer.phase2_epochs", "prompts.max_per_task", "sft.max_steps",
                "sft.epochs", "sft.batch_size", "dpo.max_prompts", "dpo.max_steps", "dpo.epochs", "dpo.n_rejected",
@@ -203,18 +206,20 @@ def row_budget(cfg: RunConfig) -> dict[str, Any]:
 
 def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
     """``summary`` (:func:`~align3gr_kit.report.ablation.summarise`) with, per row, its reference row
-    (``vs``), the difference ``d <metric>`` and ``<metric> verdict`` for :data:`VERDICT_KEYS`:
-    ``gain``/``loss`` when ``|d|`` exceeds ``sqrt(sd_row^2 + sd_ref^2)``, ``within spread`` when it
-    does not, ``1 seed`` when either row has no measured spread; the first row is the reference."""
+    (``vs``), the difference ``d <metric>`` and ``<metric> verdict`` for :data:`VERDICT_KEYS` (and
+    :data:`LIKED` when the summary has it): ``gain``/``loss`` when ``|d|`` exceeds
+    ``sqrt(sd_row^2 + sd_ref^2)``, ``within spread`` when it does not, ``1 seed`` when either row has
+    no measured spread, ``failed`` when either has no value; the first row is the reference."""
     out = summary.copy()
     out["vs"] = ""
-    for k in VERDICT_KEYS:
+    keys = VERDICT_KEYS + ((LIKED,) if LIKED in out else ())
+    for k in keys:
         out[f"d {k}"] = float("nan")
         out[f"{k} verdict"] = ""
     for i in range(1, len(out)):
         j = i - 1 if compare == "previous" else 0
         out.loc[i, "vs"] = out.loc[j, "method"]
-        for k in VERDICT_KEYS:
+        for k in keys:
             if k not in out:
                 continue
             d = out.loc[i, k] - out.loc[j, k]
@@ -328,9 +333,9 @@ def _relative(path: str | Path) -> str:
         return str(path)
 
 
-def _cell(mean: Any, sd: Any) -> str:
+def _cell(mean: Any, sd: Any, missing: str = "failed") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "failed"
+        return missing
     return f"{mean:.4f}" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{mean:.4f} ± {sd:.4f}"
 
 
@@ -344,6 +349,8 @@ def table_markdown(doc: dict[str, Any]) -> str:
     reference row and its verdict)."""
     seeds = doc["seeds"]
     ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
+    liked = any(r.get(LIKED) is not None for r in doc["rows"])
+    verdict_keys = VERDICT_KEYS + ((LIKED,) if liked else ())
     budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"] if r.get("last_stage") != "baseline"}
     lines = [
         f"**{doc['title']}** ({doc['source']}) on `{doc['dataset']}`: config `{doc['config']}`"
@@ -355,16 +362,20 @@ def table_markdown(doc: dict[str, Any]) -> str:
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
         if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",
         "",
-        "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | vs | Δ Recall@10 | Δ NDCG@10 | verdict (R@10 / N@10) |"
+        "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 |" + (" liked@10 |" if liked else "")
+        + " vs | Δ Recall@10 | Δ NDCG@10 |" + (" Δ liked@10 |" if liked else "")
+        + f" verdict (R@10 / N@10{' / liked' if liked else ''}) |"
         + (f" R@10 / {RATIO_TO} | N@10 / {RATIO_TO} |" if ratios else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if ratios else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if liked else "") + ("---|---|" if ratios else ""),
     ]
     for r in doc["rows"]:
         cells = [_cell(r.get(k), r.get(f"{k} sd")) for k in METRIC_KEYS]
-        deltas = [("" if r.get(f"d {k}") is None else f"{r[f'd {k}']:+.4f}") for k in VERDICT_KEYS]
-        verdict = " / ".join(r.get(f"{k} verdict", "") for k in VERDICT_KEYS).strip(" /")
+        if liked:  # rows without a judge (the classic baselines) show a dash
+            cells.append(_cell(r.get(LIKED), r.get(f"{LIKED} sd"), missing="–"))
+        deltas = [("" if r.get(f"d {k}") is None else f"{r[f'd {k}']:+.4f}") for k in verdict_keys]
+        verdict = " / ".join(r.get(f"{k} verdict", "") for k in verdict_keys).strip(" /")
         line = (f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
-                + f" | {r.get('vs', '')} | {deltas[0]} | {deltas[1]} | {verdict} |")
+                + f" | {r.get('vs', '')} | " + " | ".join(deltas) + f" | {verdict} |")
         if ratios:
             line += "".join(f" {_ratio(r.get(f'{k} / {RATIO_TO}'))} |" for k in VERDICT_KEYS)
         lines.append(line)
@@ -375,12 +386,13 @@ def table_markdown(doc: dict[str, Any]) -> str:
 
 
 def table_figure(doc: dict[str, Any]):
-    """A plotly figure: Recall@10 and NDCG@10 per variant, bars at the mean, error bars one sd."""
+    """A plotly figure: Recall@10 and NDCG@10 (and the liked share, when judged) per variant, bars at
+    the mean, error bars one sd."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     names = [r["method"] for r in doc["rows"]]
-    for k in VERDICT_KEYS:
+    for k in VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ()):
         fig.add_bar(name=k, x=names, y=[r.get(k) for r in doc["rows"]],
                     error_y={"type": "data", "array": [r.get(f"{k} sd") or 0.0 for r in doc["rows"]], "visible": True})
     fig.update_layout(barmode="group", title=f"{doc['title']} ({doc['source']}), {doc['dataset']}, "
