@@ -249,3 +249,30 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
     assert generated["generated/preferences/from_beams_share"] == 1.0
     progressive = json.loads((runs / "e2e-dpo-03-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
     assert {"easy/preferences/from_beams_share", "hard/preferences/from_beams_share"} <= set(progressive)
+
+
+def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
+    from align3gr_kit.report.tables import PAPER_DIRECTION, table_reading
+
+    def row(method, vs, d, verdict):
+        return {"method": method, "vs": vs, "d recall@10": d, "recall@10 verdict": verdict,
+                "d ndcg@10": d, "ndcg@10 verdict": verdict}
+
+    doc = {"table": "token", "rows": [
+        {"method": "Dual SCID (full)", "vs": ""},
+        row("Item-only SCID", "Dual SCID (full)", -0.02, "loss"),  # the paper: lower -> its way
+        row("w/o CF", "Dual SCID (full)", 0.03, "gain"),  # higher than full -> against the paper
+        row("w/o U-I align", "Dual SCID (full)", -0.001, "within spread")]}
+    lines = table_reading(doc)
+    assert lines[0] == ("**Item-only SCID** vs Dual SCID (full) (paper: lower): Recall@10 -0.0200 (the paper's way), "
+                        "NDCG@10 -0.0200 (the paper's way).")
+    assert "(against the paper)" in lines[1] and "(within the spread)" in lines[2]
+    assert lines[-1] == ("On Recall@10, 1 of 3 steps go the paper's way beyond the spread, 1 against it, "
+                         "1 within the spread.")
+    one_seed = table_reading({"table": "sft", "rows": [{"method": "A", "vs": ""}, row("+B1", "A", 0.01, "1 seed")]})
+    assert "(no spread (1 seed))" in one_seed[0] and "1 with one seed" in one_seed[-1]
+    assert table_reading({"table": "backbone", "rows": [row("tiny-llama SFT", "SASRec", -0.1, "loss")]}) == []
+    # every direction names a real row of its table
+    for name, directions in PAPER_DIRECTION.items():
+        labels = {r.label for r in table_rungs(name)}
+        assert set(directions) <= labels, (name, set(directions) - labels)

@@ -145,6 +145,19 @@ TABLES: dict[str, TableSpec] = {
 }
 TABLE_NAMES = (*TABLES, "ladder")
 
+#: The papers' direction for each row against its reference row: +1 = the paper reports it better,
+#: -1 = worse (the "without" rows of a table compared with its full setting). Rows not named (the
+#: reference rows, the kit's own backbone table) have no paper direction. The ladder (Figure 4)
+#: rises at every rung.
+PAPER_DIRECTION: dict[str, dict[str, int]] = {
+    "token": {"Item-only SCID": -1, "w/o CF": -1, "w/o U-I align": -1},
+    "sft": {"+B1": 1, "+C1-C3": 1, "+User SCID": 1, "+B2": 1},
+    "dpo": {"Softmax-DPO": 1, "SP-DPO w/o progression": 1, "Progressive SP-DPO": 1, "RF-DPO w/o progression": 1,
+            "Progressive RF-DPO": 1},
+    "tsrec": {"+SA-Init": 1, "+TS-Align": 1, "+SA-Init +TS-Align": 1},
+    "ladder": {r.label: 1 for r in LADDER[1:]},
+}
+
 
 def table_rungs(name: str, upto: str | None = None) -> list[Rung]:
     """The rows of table ``name`` as :class:`Rung` s ending at ``upto`` (default: the table's own).
@@ -380,9 +393,53 @@ def table_markdown(doc: dict[str, Any]) -> str:
             line += "".join(f" {_ratio(r.get(f'{k} / {RATIO_TO}'))} |" for k in VERDICT_KEYS)
         lines.append(line)
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
+    reading = table_reading(doc)
+    if reading:
+        lines += ["", "Reading beside the paper (written from the numbers above):", ""] + [f"- {x}" for x in reading]
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
     return "\n".join(lines) + "\n"
+
+
+_METRIC_NAMES = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", LIKED: "liked share@10"}
+
+
+def table_reading(doc: dict[str, Any]) -> list[str]:
+    """One line per row with a paper direction (:data:`PAPER_DIRECTION`): its step against the
+    reference row on each verdict metric, and whether that step goes the paper's way *beyond the
+    spread*, against it, or neither; then a count. Written from the table file alone, so the reading
+    in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand)."""
+    directions = PAPER_DIRECTION.get(doc["table"], {})
+    keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
+    lines, tally = [], {"the paper's way": 0, "against the paper": 0, "within the spread": 0, "no spread (1 seed)": 0}
+    for r in doc["rows"]:
+        want = directions.get(r["method"])
+        if want is None or not r.get("vs"):
+            continue
+        parts = []
+        for k in keys:
+            d, verdict = r.get(f"d {k}"), r.get(f"{k} verdict", "")
+            if d is None or verdict in ("", "failed"):
+                continue
+            if verdict in ("gain", "loss"):
+                call = "the paper's way" if (d > 0) == (want > 0) else "against the paper"
+            elif verdict == "within spread":
+                call = "within the spread"
+            else:
+                call = "no spread (1 seed)"
+            if k == "recall@10":
+                tally[call] += 1
+            parts.append(f"{_METRIC_NAMES[k]} {d:+.4f} ({call})")
+        if parts:
+            lines.append(f"**{r['method']}** vs {r['vs']} (paper: {'higher' if want > 0 else 'lower'}): "
+                         + ", ".join(parts) + ".")
+    if lines:
+        n, ours = sum(tally.values()), tally["the paper's way"]
+        lines.append(f"On Recall@10, {ours} of {n} steps go the paper's way beyond the spread, "
+                     f"{tally['against the paper']} against it, {tally['within the spread']} within the spread"
+                     + (f", {tally['no spread (1 seed)']} with one seed (no spread measured, no verdict)"
+                        if tally["no spread (1 seed)"] else "") + ".")
+    return lines
 
 
 def table_figure(doc: dict[str, Any]):
