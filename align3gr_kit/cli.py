@@ -11,6 +11,7 @@ Commands:
               --config C --table token|sft|dpo|tsrec|backbone|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR]
                                                        a paper's table -> reports/tables/<dataset>/<table>.json|md|html
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
+              pipeline --config C                      a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
 """
 
@@ -170,6 +171,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from align3gr_kit.report.benchmarks_md import update_benchmarks
 
+    if args.report_cmd == "pipeline":
+        from align3gr_kit.report.stage_metrics import write_pipeline_document
+
+        cfg = _load_config(args)
+        path = write_pipeline_document(cfg, args.config)
+        if path is None:
+            print(f"error: run {cfg.run_name!r} has no finished 04_sft stage in {cfg.run_dir}; run it first: "
+                  f"python -m align3gr_kit run --config {args.config}", file=sys.stderr)
+            return 1
+        _print({"pipeline": str(path), "markdown": str(path.with_suffix(".md"))})
+        return 0
+
     changed, blocks = update_benchmarks(check=args.check)
     _print({"benchmarks": str(changed["path"]), "tables": blocks, "changed": changed["changed"], "check": args.check})
     if args.check and changed["changed"]:
@@ -254,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="report_cmd", required=True)
     r = rsub.add_parser("benchmarks", help="regenerate the tables inside reports/BENCHMARKS.md from reports/tables/")
     r.add_argument("--check", action="store_true", help="change nothing; exit 1 when the two disagree")
+    r = rsub.add_parser("pipeline", help="a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md "
+                        "(the run command writes it too)")
+    _add_config_args(r)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")

@@ -28,3 +28,12 @@ def test_stdout_is_one_json_object(tmp_path, capsys, monkeypatch):
     result = json.loads(out)
     assert set(result["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert "{'loss': 1.0}" in err
+
+
+def test_report_pipeline_without_a_finished_sft_says_how_to_make_one(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"run_name": "none", "runs_dir": str(tmp_path / "runs")}))
+    assert cli_main(["report", "pipeline", "--config", str(cfg)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "no finished 04_sft stage" in err and f"run --config {cfg}" in err
+    assert not (tmp_path / "runs" / "tables").exists()

@@ -149,7 +149,7 @@ def test_bad_run_names_are_refused(name):
         RunConfig.from_yaml(SMOKE, run_name=name)
 
 
-def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_all(cfg):
+def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_all(cfg, tmp_path):
     """Walk STAGES on the smoke config through the path the CLI uses; manifests record what ran."""
     for s in STAGES:
         metrics = run_stage(cfg, s.name, progress=False)
@@ -178,8 +178,25 @@ def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_
 
     assert timeless(json.loads(json.dumps(again))) == timeless(sp["start"])
     assert all(is_current(cfg, s) for s in STAGES)
-    res = run_pipeline(cfg, SMOKE, resume=True, render=False)
+    res = run_pipeline(cfg, SMOKE, resume=True, reports_dir=tmp_path / "reports")
     assert [r["status"] for r in res["stages"]] == ["skipped (unchanged)"] * len(STAGES)
+
+    # the run's results file beside the tables: every model in training order, what each stage took
+    from align3gr_kit.report.benchmarks_md import render
+    from align3gr_kit.report.tables import table_markdown
+
+    doc = json.loads((tmp_path / "reports" / "tables" / "synthetic" / "pipeline-t.json").read_text())
+    assert [r["model"] for r in doc["rows"]] == ["SFT", "SP-DPO easy", "SP-DPO medium", "SP-DPO hard",
+                                                 "RF-DPO easy", "RF-DPO hard"]
+    assert doc["rows"][0]["test recall@10"] == sft["test"]["recall@10"]
+    assert doc["rows"][-1]["test liked_share@10"] == rf["stages"][-1]["metrics"]["test"]["liked_share@10"]
+    assert list(doc["stage_seconds"]) == [s.name for s in STAGES] and doc["overrides"] == {}
+    assert doc["wall_seconds"] == pytest.approx(sum(doc["stage_seconds"].values()), abs=0.1)
+    assert [b["method"] for b in doc["baselines"]] == ["Popularity", "SASRec"] and doc["budget"]["sft.max_steps"] == 40
+    md = (tmp_path / "reports" / "tables" / "synthetic" / "pipeline-t.md").read_text()
+    assert md == table_markdown(doc) and f"| SFT | {doc['rows'][0]['users']} | " in md
+    text, changed = render("<!-- table:synthetic/pipeline-t -->\nold\n<!-- /table -->\n", {"synthetic/pipeline-t": doc})
+    assert changed == ["synthetic/pipeline-t"] and md in text
 
 
 ARTIFACT_NAMES = ["item_scids.json", "user_scids.json", "item_sc.npy", "summary.json", "tokenizer.pt",

@@ -6,11 +6,13 @@ Read from one run (nothing recomputed): the SFT stage's manifest, and each DPO s
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from align3gr_kit.report.ablation import JUDGED_KEYS, METRIC_KEYS, manifest_final_metrics
+from align3gr_kit.report.ablation import JUDGED_KEYS, METRIC_KEYS, config_diff, manifest_final_metrics
 from align3gr_kit.config import RunConfig
 from align3gr_kit.dpo.artifacts import DPOArtifacts
 from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
@@ -56,3 +58,102 @@ def pipeline_stage_metrics(cfg: RunConfig) -> pd.DataFrame:
             metrics = entry.get("metrics") or {}
             rows.append(_row(stage, f"{label} {entry['stage']}", metrics, metrics.get("test", {}).get("users")))
     return pd.DataFrame(rows)
+
+
+#: ``table`` of a run's result file (beside the ablation tables, ``reports/tables/<dataset>/``).
+PIPELINE = "pipeline"
+
+
+def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any] | None:
+    """A finished run's results as a small file for ``reports/tables/<dataset>/pipeline-<run>.json``:
+    every trained model's valid/test metrics in training order (:func:`pipeline_stage_metrics`), the
+    baselines on the same users when stage 07 ran, each stage's wall time and the commit each stage
+    ran at. ``None`` before ``04_sft`` finished. Read from the run folder only (nothing recomputed):
+    the settings are those the SFT stage recorded, with ``overrides`` saying how they differ from the
+    YAML at ``config_path`` as it is now."""
+    from align3gr_kit.report.pipeline_report import COMPARISON, read_comparison
+    from align3gr_kit.report.tables import _relative, config_fingerprint, dataset_label, row_budget
+    from align3gr_kit.stages.contract import STAGES
+
+    if read_manifest(cfg, "04_sft") is None:
+        return None
+    manifests = {s.name: m for s in STAGES if (m := read_manifest(cfg, s.name))}
+    # the settings it ran with (the SFT manifest's), and how they differ from the YAML as it is now
+    ran = RunConfig.from_dict(manifests["04_sft"]["parameters"], source=str(stage_dir(cfg, "04_sft") / MANIFEST))
+    overrides = config_diff(ran, config_path)
+    rows = pipeline_stage_metrics(cfg).to_dict("records")
+    baselines = []
+    if "07_report" in manifests and (stage_dir(cfg, "07_report") / COMPARISON).exists():
+        table = read_comparison(stage_dir(cfg, "07_report"))
+        baselines = table[table["method"].isin(["Popularity", "SASRec"])].to_dict("records")
+    finished = [m.get("finished_at", "") for m in manifests.values()]
+    return {
+        "table": PIPELINE,
+        "title": f"Pipeline run `{cfg.run_name}`",
+        "source": f"python -m align3gr_kit run --config {_relative(config_path)}",
+        "dataset": dataset_label(cfg),
+        "config": _relative(config_path),
+        "overrides": overrides,
+        "fingerprint": config_fingerprint(ran),
+        "run_name": cfg.run_name,
+        "seeds": [ran.seed],
+        "budget": row_budget(ran),
+        "stage_seconds": {name: m.get("wall_seconds") for name, m in manifests.items()},
+        "wall_seconds": round(sum(m.get("wall_seconds") or 0.0 for m in manifests.values()), 1),
+        "commits": sorted({(m.get("git_commit") or "unknown")[:7] for m in manifests.values()}),
+        "date": max(finished)[:16].replace("T", " ") + " UTC" if finished else "",
+        "smoke": cfg.smoke,
+        "rows": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows],
+        "baselines": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in baselines],
+    }
+
+
+def pipeline_markdown(doc: dict[str, Any]) -> str:
+    """The markdown of a :func:`pipeline_document`: provenance, stage times, then one row per model
+    (and the baselines on the same users), test metrics first."""
+    def cell(v: Any) -> str:
+        return "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    times = ", ".join(f"{name.split('_')[0]} {s:,.0f} s" if s >= 10 else f"{name.split('_')[0]} {s:.1f} s"
+                      for name, s in doc["stage_seconds"].items() if s is not None)
+    lines = [
+        f"**{doc['title']}** on `{doc['dataset']}`: `{doc['source']}`"
+        + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
+        + f", fingerprint `{doc['fingerprint']}`, seed {doc['seeds'][0]}, commit(s) "
+        + ", ".join(f"`{c}`" for c in doc["commits"]) + f", finished {doc['date']}.",
+        "",
+        f"Wall time {doc['wall_seconds']:,.0f} s in all, the sum of the stages' own times ({times}).",
+        "",
+        "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(doc["budget"].items())),
+        "",
+        "| model | test users | test Recall@5 | test Recall@10 | test NDCG@5 | test NDCG@10 | test liked@10 "
+        "| test mean rating@10 | valid Recall@10 | valid NDCG@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {cell(r.get('users'))} | "
+                     + " | ".join(cell(r.get(f"test {k}")) for k in METRIC_KEYS + LIKED_KEYS)
+                     + f" | {cell(r.get('valid recall@10'))} | {cell(r.get('valid ndcg@10'))} |")
+    for b in doc.get("baselines", []):
+        lines.append(f"| {b['method']} ({b.get('source', '')}) | | "
+                     + " | ".join(cell(b.get(k)) for k in METRIC_KEYS) + " | – | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def write_pipeline_document(cfg: RunConfig, config_path: str | Path, out_dir: Path | None = None) -> Path | None:
+    """Write :func:`pipeline_document` as ``<out_dir>/pipeline-<run>.json`` and ``.md`` (default
+    ``out_dir``: :func:`align3gr_kit.report.tables.tables_dir`); ``None`` (nothing written) before
+    ``04_sft`` finished."""
+    from align3gr_kit.report.tables import tables_dir
+    from align3gr_kit.utils import atomic_path, write_json
+
+    doc = pipeline_document(cfg, config_path)
+    if doc is None:
+        return None
+    out_dir = Path(out_dir or tables_dir(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{PIPELINE}-{cfg.run_name}.json"
+    write_json(path, doc)
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(pipeline_markdown(doc))
+    return path

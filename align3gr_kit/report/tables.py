@@ -359,7 +359,12 @@ def _ratio(value: Any) -> str:
 def table_markdown(doc: dict[str, Any]) -> str:
     """The markdown of a table document (the ``.md`` file and the BENCHMARKS.md block): a line of
     provenance, the budget, then one row per variant (mean ± sd over seeds, the step against its
-    reference row and its verdict)."""
+    reference row and its verdict). A run's result file (``table: pipeline``) has its own layout
+    (:func:`align3gr_kit.report.stage_metrics.pipeline_markdown`)."""
+    if doc["table"] == "pipeline":
+        from align3gr_kit.report.stage_metrics import pipeline_markdown
+
+        return pipeline_markdown(doc)
     seeds = doc["seeds"]
     ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
     liked = any(r.get(LIKED) is not None for r in doc["rows"])
@@ -489,7 +494,7 @@ def tables_overview(cfg: RunConfig, folder: Path | None = None) -> str:
     """Markdown of every table found for this config's data (:func:`tables_dir`, or ``folder``), each
     with its provenance line; for a table not made yet, the command that makes it. Reads files only."""
     folder = Path(folder or tables_dir(cfg))
-    found = read_tables(folder)
+    found = {k: v for k, v in read_tables(folder).items() if v.get("table") in TABLE_NAMES}  # not runs' files
     where = _relative(folder)
     parts = [f"Tables in `{where}`: {', '.join(found) if found else 'none yet'}."]
     for name in TABLE_NAMES:

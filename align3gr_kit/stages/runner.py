@@ -121,7 +121,15 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             os.environ.pop("PLOTLY_RENDERER", None)
         else:
             os.environ["PLOTLY_RENDERER"] = env_before
-    report = render_report(cfg, reports_dir, results) if render else None
+    report = None
+    if render:
+        report = render_report(cfg, reports_dir, results)
+        # the run's results as a small file beside the ablation tables (BENCHMARKS.md blocks)
+        from align3gr_kit.report.stage_metrics import write_pipeline_document
+        from align3gr_kit.report.tables import dataset_label
+
+        tables = Path(reports_dir) / "tables" / dataset_label(cfg) if reports_dir else None
+        write_pipeline_document(cfg, config_path, tables)
     return {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
 
 
