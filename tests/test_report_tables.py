@@ -270,7 +270,7 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
     assert lines[-1] == ("On Recall@10, 1 of 3 steps go the paper's way beyond the spread, 1 against it, "
                          "1 within the spread.")
     one_seed = table_reading({"table": "sft", "rows": [{"method": "A", "vs": ""}, row("+B1", "A", 0.01, "1 seed")]})
-    assert "(no spread (1 seed))" in one_seed[0] and "1 with one seed" in one_seed[-1]
+    assert "(one seed, no spread)" in one_seed[0] and "1 with one seed" in one_seed[-1]
     assert table_reading({"table": "backbone", "rows": [row("tiny-llama SFT", "SASRec", -0.1, "loss")]}) == []
     # every direction names a real row of its table
     for name, directions in PAPER_DIRECTION.items():

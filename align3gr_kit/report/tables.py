@@ -416,7 +416,7 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
     in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand)."""
     directions = PAPER_DIRECTION.get(doc["table"], {})
     keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
-    lines, tally = [], {"the paper's way": 0, "against the paper": 0, "within the spread": 0, "no spread (1 seed)": 0}
+    lines, tally = [], {"the paper's way": 0, "against the paper": 0, "within the spread": 0, "one seed, no spread": 0}
     for r in doc["rows"]:
         want = directions.get(r["method"])
         if want is None or not r.get("vs"):
@@ -431,7 +431,7 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
             elif verdict == "within spread":
                 call = "within the spread"
             else:
-                call = "no spread (1 seed)"
+                call = "one seed, no spread"
             if k == "recall@10":
                 tally[call] += 1
             parts.append(f"{_METRIC_NAMES[k]} {d:+.4f} ({call})")
@@ -442,8 +442,8 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
         n, ours = sum(tally.values()), tally["the paper's way"]
         lines.append(f"On Recall@10, {ours} of {n} steps go the paper's way beyond the spread, "
                      f"{tally['against the paper']} against it, {tally['within the spread']} within the spread"
-                     + (f", {tally['no spread (1 seed)']} with one seed (no spread measured, no verdict)"
-                        if tally["no spread (1 seed)"] else "") + ".")
+                     + (f", {tally['one seed, no spread']} with one seed (no spread measured, no verdict)"
+                        if tally["one seed, no spread"] else "") + ".")
     return lines
 
 
