@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = rsub.add_parser("benchmarks", help="regenerate the tables inside reports/BENCHMARKS.md from reports/tables/")
     r.add_argument("--check", action="store_true", help="change nothing; exit 1 when the two disagree")
     r = rsub.add_parser("pipeline", help="a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md "
-                        "(the run command writes it too)")
+                        "(run writes the same into reports/<run>/)")
     _add_config_args(r)
     p.set_defaults(func=cmd_report)
 

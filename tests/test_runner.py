@@ -185,7 +185,8 @@ def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_
     from align3gr_kit.report.benchmarks_md import render
     from align3gr_kit.report.tables import table_markdown
 
-    doc = json.loads((tmp_path / "reports" / "tables" / "synthetic" / "pipeline-t.json").read_text())
+    assert not (tmp_path / "reports" / "tables").exists()  # the committed copy is report pipeline's
+    doc = json.loads((tmp_path / "reports" / "t" / "pipeline-t.json").read_text())
     assert [r["model"] for r in doc["rows"]] == ["SFT", "SP-DPO easy", "SP-DPO medium", "SP-DPO hard",
                                                  "RF-DPO easy", "RF-DPO hard"]
     assert doc["rows"][0]["test recall@10"] == sft["test"]["recall@10"]
@@ -193,7 +194,7 @@ def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_
     assert list(doc["stage_seconds"]) == [s.name for s in STAGES] and doc["overrides"] == {}
     assert doc["wall_seconds"] == pytest.approx(sum(doc["stage_seconds"].values()), abs=0.1)
     assert [b["method"] for b in doc["baselines"]] == ["Popularity", "SASRec"] and doc["budget"]["sft.max_steps"] == 40
-    md = (tmp_path / "reports" / "tables" / "synthetic" / "pipeline-t.md").read_text()
+    md = (tmp_path / "reports" / "t" / "pipeline-t.md").read_text()
     assert md == table_markdown(doc) and f"| SFT | {doc['rows'][0]['users']} | " in md
     text, changed = render("<!-- table:synthetic/pipeline-t -->\nold\n<!-- /table -->\n", {"synthetic/pipeline-t": doc})
     assert changed == ["synthetic/pipeline-t"] and md in text

@@ -124,12 +124,11 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
     report = None
     if render:
         report = render_report(cfg, reports_dir, results)
-        # the run's results as a small file beside the ablation tables (BENCHMARKS.md blocks)
+        # the run's results as a small file in its (ignored) report folder; `report pipeline` writes
+        # the copy under reports/tables/ that BENCHMARKS.md shows, so a demo never edits a tracked file
         from align3gr_kit.report.stage_metrics import write_pipeline_document
-        from align3gr_kit.report.tables import dataset_label
 
-        tables = Path(reports_dir) / "tables" / dataset_label(cfg) if reports_dir else None
-        write_pipeline_document(cfg, config_path, tables)
+        write_pipeline_document(cfg, config_path, report)
     return {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
 
 
