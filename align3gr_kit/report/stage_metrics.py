@@ -20,14 +20,12 @@ from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
 DPO_STAGES = (("05_sp_dpo", "SP-DPO"), ("06_rf_dpo", "RF-DPO"))
 # The columns a report prints of :func:`pipeline_stage_metrics`.
 TABLE_COLUMNS = ["model", "valid recall@10", "valid ndcg@10", *[f"test {k}" for k in METRIC_KEYS], "test liked_share@10"]
-# What users like in the top-10 (the evaluation judge, :func:`align3gr_kit.feedback.evaluation_oracle`).
-LIKED_KEYS = JUDGED_KEYS
 
 
 def _row(stage: str, model: str, metrics: dict[str, dict[str, Any]], users: Any = None) -> dict[str, Any]:
     row: dict[str, Any] = {"stage": stage, "model": model, "users": users}
     for split in ("valid", "test"):
-        for k in METRIC_KEYS + LIKED_KEYS:
+        for k in METRIC_KEYS + JUDGED_KEYS:
             v = metrics.get(split, {}).get(k)
             row[f"{split} {k}"] = float(v) if v is not None else float("nan")
     return row
@@ -72,12 +70,12 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     the settings are those the SFT stage recorded, with ``overrides`` saying how they differ from the
     YAML at ``config_path`` as it is now."""
     from align3gr_kit.report.pipeline_report import COMPARISON, read_comparison
-    from align3gr_kit.report.tables import _relative, config_fingerprint, dataset_label, row_budget
+    from align3gr_kit.report.tables import config_fingerprint, dataset_label, json_record, project_relative, row_budget
     from align3gr_kit.stages.contract import STAGES
 
-    if read_manifest(cfg, "04_sft") is None:
-        return None
     manifests = {s.name: m for s in STAGES if (m := read_manifest(cfg, s.name))}
+    if "04_sft" not in manifests:
+        return None
     # the settings it ran with (the SFT manifest's), and how they differ from the YAML as it is now
     ran = RunConfig.from_dict(manifests["04_sft"]["parameters"], source=str(stage_dir(cfg, "04_sft") / MANIFEST))
     overrides = config_diff(ran, config_path)
@@ -90,9 +88,9 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     return {
         "table": PIPELINE,
         "title": f"Pipeline run `{cfg.run_name}`",
-        "source": f"python -m align3gr_kit run --config {_relative(config_path)}",
+        "source": f"python -m align3gr_kit run --config {project_relative(config_path)}",
         "dataset": dataset_label(cfg),
-        "config": _relative(config_path),
+        "config": project_relative(config_path),
         "overrides": overrides,
         "fingerprint": config_fingerprint(ran),
         "run_name": cfg.run_name,
@@ -103,8 +101,8 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "commits": sorted({(m.get("git_commit") or "unknown")[:7] for m in manifests.values()}),
         "date": max(finished)[:16].replace("T", " ") + " UTC" if finished else "",
         "smoke": cfg.smoke,
-        "rows": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows],
-        "baselines": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in baselines],
+        "rows": [json_record(r) for r in rows],
+        "baselines": [json_record(r) for r in baselines],
     }
 
 
@@ -132,7 +130,7 @@ def pipeline_markdown(doc: dict[str, Any]) -> str:
     ]
     for r in doc["rows"]:
         lines.append(f"| {r['model']} | {cell(r.get('users'))} | "
-                     + " | ".join(cell(r.get(f"test {k}")) for k in METRIC_KEYS + LIKED_KEYS)
+                     + " | ".join(cell(r.get(f"test {k}")) for k in METRIC_KEYS + JUDGED_KEYS)
                      + f" | {cell(r.get('valid recall@10'))} | {cell(r.get('valid ndcg@10'))} |")
     for b in doc.get("baselines", []):
         lines.append(f"| {b['method']} ({b.get('source', '')}) | | "

@@ -312,13 +312,13 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
             extra = {"overrides": {}, "last_stage": "baseline",
                      "budget": {"tokenizer.sasrec": dataclasses.asdict(base.tokenizer.sasrec)} if label == "SASRec" else {},
                      "note": "full ranking of every item; trained on the run's split, scored on the same users"}
-        rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}, **extra})
+        rows.append({**json_record(rec), **extra})
     doc = {
         "table": name,
         "title": "Ablation ladder" if name == "ladder" else TABLES[name].title,
         "source": "Align3GR Figure 4" if name == "ladder" else TABLES[name].source,
         "dataset": dataset_label(base),
-        "config": _relative(config_path),
+        "config": project_relative(config_path),
         "overrides": base_overrides,
         "fingerprint": config_fingerprint(base),
         "upto": upto or ("rf" if name == "ladder" else TABLES[name].default_upto),
@@ -329,15 +329,19 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         "wall_seconds": wall,
         "smoke": base.smoke,
         "rows": rows,
-        "runs": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                 for r in runs.to_dict("records")],
+        "runs": [json_record(r) for r in runs.to_dict("records")],
         "failed": [r for r in runs.to_dict("records") if isinstance(r.get("error"), str) and r["error"]],
     }
     paths = write_table(doc, Path(out_dir or tables_dir(base)))
     return {**doc, "files": {ext: str(path) for ext, path in paths.items()}}
 
 
-def _relative(path: str | Path) -> str:
+def json_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with float NaN (a metric a run did not produce) as ``None``, so the JSON files hold ``null``."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+def project_relative(path: str | Path) -> str:
     """``path`` relative to the project root when inside it (committed files name no home folder)."""
     p = Path(path).resolve()
     try:
@@ -361,9 +365,9 @@ def table_markdown(doc: dict[str, Any]) -> str:
     provenance, the budget, then one row per variant (mean ± sd over seeds, the step against its
     reference row and its verdict). A run's result file (``table: pipeline``) has its own layout
     (:func:`align3gr_kit.report.stage_metrics.pipeline_markdown`)."""
-    if doc["table"] == "pipeline":
-        from align3gr_kit.report.stage_metrics import pipeline_markdown
+    from align3gr_kit.report.stage_metrics import PIPELINE, pipeline_markdown
 
+    if doc["table"] == PIPELINE:
         return pipeline_markdown(doc)
     seeds = doc["seeds"]
     ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
@@ -495,7 +499,7 @@ def tables_overview(cfg: RunConfig, folder: Path | None = None) -> str:
     with its provenance line; for a table not made yet, the command that makes it. Reads files only."""
     folder = Path(folder or tables_dir(cfg))
     found = {k: v for k, v in read_tables(folder).items() if v.get("table") in TABLE_NAMES}  # not runs' files
-    where = _relative(folder)
+    where = project_relative(folder)
     parts = [f"Tables in `{where}`: {', '.join(found) if found else 'none yet'}."]
     for name in TABLE_NAMES:
         if name in found:

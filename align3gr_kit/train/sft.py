@@ -171,7 +171,7 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
         logging_steps=s.logging_steps,
         logging_first_step=True,  # a loss curve even when max_steps < logging_steps
         save_strategy="steps" if saving else "no",
-        save_steps=s.save_steps if saving else 500,
+        save_steps=max(s.save_steps, 1),  # read only when saving
         save_total_limit=1,
         report_to="none",
         bf16=trainer_bf16(cfg.model.dtype),
