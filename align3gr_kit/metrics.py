@@ -70,3 +70,48 @@ def topk_from_scores(scores: np.ndarray, k: int, exclude: Sequence[Sequence[int]
     vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -vals), axis=1)
     return np.take_along_axis(part, order, axis=1)
+
+
+def prefix_hits(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[int], codes: np.ndarray,
+                k: int = 10) -> np.ndarray:
+    """Where a generative recommender loses recall: per SCID level, the share of users for whom at least
+    one of the top-``k`` items shares the target's first ``l`` codes.
+
+    Args:
+        ranked: ``[n_users, >=k]`` item ids, best first (-1 pads a short list and never matches).
+        targets: ``[n_users]`` the held-out item of each user.
+        codes: ``[n_items, L]`` the items' SCID codes.
+    Returns:
+        ``[L]`` shares for ``l = 1..L``, non-increasing; with unique SCIDs the last one is Recall@k.
+    """
+    ranked = np.asarray(ranked)[:, :k]
+    codes = np.asarray(codes)
+    targets = np.asarray(targets, dtype=np.int64)
+    if ranked.ndim != 2 or len(ranked) != len(targets):
+        raise ValueError(f"ranked must be [n_users, k] with n_users={len(targets)}, got shape {ranked.shape}")
+    valid = ranked >= 0
+    rec = codes[np.where(valid, ranked, 0)]                       # [U, k, L]
+    same = (rec == codes[targets][:, None, :]) & valid[..., None]
+    prefix = np.cumprod(same, axis=2).astype(bool)                # shares levels 1..l
+    return prefix.any(axis=1).mean(axis=0)
+
+
+def chance_prefix_hits(targets: Sequence[int], codes: np.ndarray, k: int = 10) -> np.ndarray:
+    """:func:`prefix_hits` of ``k`` distinct items drawn uniformly at random from the catalogue, exact
+    (no sampling): a target whose first ``l`` codes are shared by ``g`` of the ``n`` items is missed
+    with probability ``C(n - g, k) / C(n, k) = prod_{j<k} (n - g - j) / (n - j)``.
+
+    Returns:
+        ``[L]`` expected shares for ``l = 1..L``.
+    """
+    codes = np.asarray(codes)
+    n, levels = codes.shape
+    targets = np.asarray(targets, dtype=np.int64)
+    out = np.zeros(levels)
+    for level in range(levels):
+        _, group, size = np.unique(codes[:, : level + 1], axis=0, return_inverse=True, return_counts=True)
+        g = size[group.reshape(-1)[targets]].astype(np.float64)   # items sharing the target's prefix
+        j = np.arange(min(k, n))
+        miss = np.prod(np.clip((n - g[:, None] - j) / (n - j), 0.0, None), axis=1)
+        out[level] = float((1.0 - miss).mean())
+    return out

@@ -36,3 +36,29 @@ def test_a_single_user_at_rank_k_is_just_outside_the_cutoff():
     got = rank_metrics([[1, 2, 3, 4, 5, 9, 6, 7, 8, 10]], [9], ks=(5, 10))
     assert (got["recall@5"], got["ndcg@5"]) == (0.0, 0.0)
     assert got["recall@10"] == 1.0 and got["ndcg@10"] == pytest.approx(0.3562072, abs=1e-6)
+
+
+# SCIDs of 6 items over 3 levels; target item 0 = (1, 2, 3).
+CODES = [[1, 2, 3], [1, 2, 4], [1, 5, 6], [7, 8, 9], [7, 2, 3], [1, 2, 5]]
+
+
+def test_prefix_hits_equal_hand_values():
+    from align3gr_kit.metrics import prefix_hits
+
+    ranked = [[1, 3],    # item 1 shares levels 1-2 with item 0
+              [4, 2],    # item 4 shares no first level (7 != 1); item 2 shares level 1
+              [0, -1],   # the target itself: all three levels
+              [3, -1]]   # nothing
+    got = prefix_hits(ranked, [0, 0, 0, 0], CODES, k=2)
+    assert got.tolist() == pytest.approx([3 / 4, 2 / 4, 1 / 4])
+    # the last level is Recall@2 when SCIDs are unique
+    assert got[-1] == rank_metrics(ranked, [0] * 4, ks=(2,))["recall@2"]
+
+
+def test_chance_prefix_hits_equal_hand_values():
+    from align3gr_kit.metrics import chance_prefix_hits
+
+    # n = 6, k = 2. Level 1: 4 items start with 1 -> miss = C(2,2)/C(6,2) = 1/15.
+    # Level 2: items 0, 1, 5 share (1, 2) -> miss = C(3,2)/C(6,2) = 3/15. Level 3: only item 0 -> miss = C(5,2)/15 = 10/15.
+    got = chance_prefix_hits([0], CODES, k=2)
+    assert got.tolist() == pytest.approx([14 / 15, 12 / 15, 5 / 15])
