@@ -143,6 +143,20 @@ def test_resume_reuses_an_identical_stage_of_another_run(cfg):
     assert _sha(other.run_dir / "00_data") == _sha(cfg.run_dir / "00_data")
 
 
+def test_stage_artifacts_copy_an_identical_stage_instead_of_recomputing(cfg, monkeypatch):
+    import align3gr_kit.stages.contract as contract
+
+    run_stage(cfg, "00_data")
+    other = cfg.override({"run_name": "t2", "dpo.beta": 0.3})  # differs only downstream of stage 00
+    monkeypatch.setattr(contract, "run_stage", lambda *a, **k: pytest.fail("recomputed an identical stage"))
+    contract.stage_artifacts(other, "00_data")
+    assert is_current(other, get_stage("00_data"))
+    assert _sha(other.run_dir / "00_data") == _sha(cfg.run_dir / "00_data")
+    changed = cfg.override({"run_name": "t3", "data.max_history": 4})  # a different stage 00: must run
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):
+        contract.stage_artifacts(changed, "00_data")
+
+
 @pytest.mark.parametrize("name", ["", "..", "../../evil", "/abs/path", "a/b", ".hidden", "sp ace"])
 def test_bad_run_names_are_refused(name):
     with pytest.raises(ConfigError, match="run_name"):

@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -311,12 +312,19 @@ def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs:
 
 
 def ensure_stage(cfg: RunConfig, stage: str) -> None:
-    """Run ``stage`` (and, first, whatever upstream stage is not current) unless it is current."""
+    """Make ``stage`` (and, first, every upstream stage) current: nothing when it is; a copy of another
+    run's identical stage when one exists (as ``run --resume`` does, so a bench or a notebook that
+    needs a stage never recomputes what an ablation already made); else run it."""
     s = get_stage(stage)
     for up in s.upstream:
         ensure_stage(cfg, up)
-    if not is_current(cfg, s):
-        run_stage(cfg, s.name)
+    if is_current(cfg, s):
+        return
+    if (source := find_identical_stage(cfg, s)) is not None:
+        reuse_stage(source, cfg.run_dir / s.name)
+        print(f"[{s.name}] identical to {source}, copied", file=sys.stderr)
+        return
+    run_stage(cfg, s.name)
 
 
 def ensure_upstream(cfg: RunConfig, stage: str) -> None:
