@@ -8,7 +8,7 @@ Commands:
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
     ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
-              --config C --table token|sft|dpo|tsrec|backbone|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR]
+              --config C --table token|sft|dpo|tsrec|backbone|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR] [--no-reuse]
                                                        a paper's table -> reports/tables/<dataset>/<table>.json|md|html
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
               pipeline --config C                      a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md
@@ -155,7 +155,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.table:
         try:
             doc = run_table(cfg, args.config, args.table, seeds, upto=args.upto,
-                            out_dir=Path(args.out) if args.out else None, base_overrides=base_overrides)
+                            out_dir=Path(args.out) if args.out else None, base_overrides=base_overrides,
+                            reuse=not args.no_reuse)
         except ValueError as e:
             raise SystemExit(f"ablate --table {args.table}: {e}") from e
         _print({k: doc[k] for k in ("table", "dataset", "seeds", "upto", "wall_seconds", "fingerprint", "commit")}
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upto", choices=["sft", "sp", "rf"], default=None,
                    help="--table: stop the chain after SFT, SP-DPO or RF-DPO (default: the table's own)")
     p.add_argument("--out", default=None, help="--table: the folder for the table files instead of the default")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="--table: run every row, even one whose result is committed under <table folder>/rows/")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="documents made from results files")

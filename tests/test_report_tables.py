@@ -130,7 +130,8 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     doc = run_table(base, SMOKE, "dpo", [0, 1], upto="sp", base_overrides={"dpo.beta": 0.2})
     assert [c[0] for c in calls] == [f"t-dpo-{i:02d}-s{s}" for s in (0, 1) for i in range(4)]
     folder = tmp_path / "runs" / "tables" / "synthetic"
-    assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html", "plotly.min.js"}
+    assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html", "plotly.min.js", "rows"}
+    assert len(list((folder / "rows").glob("*.json"))) == 8  # one small result per (row, seed), committed
     saved = json.loads((folder / "dpo.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["upto"] == "sp" and saved["overrides"]["dpo.beta"] == 0.2
     assert saved["smoke"] and len(saved["fingerprint"]) == 12 and saved["wall_seconds"] >= 0
@@ -144,6 +145,57 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     assert saved["config"] == "configs/smoke.yaml"
     html = (folder / "dpo.html").read_text()
     assert 'src="plotly.min.js"' in html and '"error_y"' in html and "Softmax-DPO" in html
+
+
+def test_a_table_continues_on_another_machine_from_its_committed_rows(tmp_path, monkeypatch):
+    """Run directories stay on one machine; the rows/ results travel with the table. A second machine
+    (a fresh runs_dir) reads every row measured before and runs only the missing ones; --no-reuse
+    runs them all again."""
+    calls = []
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline(calls))
+    tables = tmp_path / "tables"
+    first = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "machine1"))
+    doc1 = run_table(first, SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    assert len(calls) == 4 and doc1["reused"] == []
+    (tables / "rows" / next(p.name for p in sorted((tables / "rows").glob("*-s0-04_sft.json")))).unlink()
+    calls.clear()
+    second = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "machine2"))
+    doc2 = run_table(second, SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    assert calls == [("t-dpo-00-s0", tuple(table_rungs("dpo", "sp")[0].stages))]  # only the deleted row ran
+    assert [r["method"] for r in doc2["reused"]] == ["Softmax-DPO", "SP-DPO w/o progression", "Progressive SP-DPO"]
+    assert all("rows/" in r["source"] for r in doc2["reused"])
+    assert [r["recall@10"] for r in doc2["rows"]] == [r["recall@10"] for r in doc1["rows"]]
+    assert "read from committed results: Softmax-DPO seed 0" in table_markdown(doc2)
+    calls.clear()
+    run_table(second.override({"runs_dir": str(tmp_path / "machine3")}), SMOKE, "dpo", [0], upto="sp",
+              out_dir=tables, reuse=False)
+    assert len(calls) == 4
+    calls.clear()
+    run_table(second, SMOKE, "dpo", [1], upto="sp", out_dir=tables)  # another seed is another row
+    assert len(calls) == 4
+
+
+def test_a_row_is_read_from_a_pipeline_results_file_of_the_same_config_and_seed(tmp_path):
+    from align3gr_kit.report.ledger import find_row
+    from align3gr_kit.report.tables import config_fingerprint
+
+    cfg = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+
+    def row(stage, model, v):
+        return {"stage": stage, "model": model, **{f"{s} {k}": v for s in ("valid", "test")
+                                                   for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")}}
+
+    doc = {"table": "pipeline", "fingerprint": config_fingerprint(cfg), "seeds": [0], "run_name": "p",
+           "commits": ["abc1234"], "date": "d", "stage_seconds": {"00_data": 1.0, "04_sft": 10.0, "05_sp_dpo": 5.0},
+           "rows": [row("04_sft", "SFT", 0.1), row("05_sp_dpo", "SP-DPO easy", 0.2), row("05_sp_dpo", "SP-DPO hard", 0.3)]}
+    (tmp_path / "pipeline-p.json").write_text(json.dumps(doc))
+    sp = find_row(tmp_path, cfg, "05_sp_dpo")
+    assert sp["metrics"]["test"]["recall@10"] == 0.3 and sp["seconds"] == 16.0  # the stage's last model
+    assert "pipeline-p.json" in sp["source"] and "abc1234" in sp["source"]
+    assert find_row(tmp_path, cfg, "04_sft")["metrics"]["valid"]["ndcg@5"] == 0.1
+    assert find_row(tmp_path, cfg, "06_rf_dpo") is None  # the run did not reach RF-DPO
+    assert find_row(tmp_path, cfg.override({"seed": 1}), "04_sft") is None  # another seed
+    assert find_row(tmp_path, cfg.override({"dpo.beta": 0.3}), "04_sft") is None  # another config
 
 
 def test_backbone_table_leads_with_sasrec_and_gives_every_row_its_ratio(tmp_path, monkeypatch):

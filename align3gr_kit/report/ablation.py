@@ -12,6 +12,7 @@ last stage it runs.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,11 +170,18 @@ class RungResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     error: str = ""
+    source: str = ""  # where a row measured before was read from (:mod:`align3gr_kit.report.ledger`)
 
 
 def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
-              base_overrides: dict[str, Any] | None = None, kernel_name: str = "python3") -> list[RungResult]:
+              base_overrides: dict[str, Any] | None = None, kernel_name: str = "python3",
+              ledger: Path | None = None, reuse: bool = True) -> list[RungResult]:
     """Run each rung for each seed as its own papermill run (``<base>-<prefix>-NN-sS``), resuming.
+
+    With ``ledger`` (a table's folder), a rung whose result was committed there before
+    (:func:`align3gr_kit.report.ledger.find_row`) is read, not run, and every rung that finishes is
+    recorded there, so a table outlasting one machine continues on the next; ``reuse=False`` runs
+    every rung (and records it).
 
     The notebooks of every run receive the YAML ``config_path`` plus dotted overrides: first whatever
     makes the YAML equal ``base`` (:func:`config_diff`: a notebook's ``dataset`` parameter, CLI
@@ -183,6 +191,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
     Returns:
         One :class:`RungResult` per (seed, rung), seeds outermost; a failed run carries ``error``.
     """
+    from align3gr_kit.report.ledger import find_row, record_row
     from align3gr_kit.stages.runner import run_pipeline
 
     inherited = {**config_diff(base, config_path), **(base_overrides or {})}
@@ -192,12 +201,20 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             run_name = f"{base.run_name}-{prefix}-{i:02d}-s{seed}"
             overrides = {**inherited, **rung.overrides}
             cfg = base.override({**overrides, "seed": seed, "run_name": run_name})
+            if ledger is not None and reuse and (found := find_row(ledger, cfg, rung.last_stage)) is not None:
+                print(f"[{run_name}] {rung.label}: measured before, read from {found['source']}", file=sys.stderr)
+                results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
+                                          source=found["source"]))
+                continue
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
                                overrides=overrides, kernel_name=kernel_name, render=False)
             out = RungResult(rung.label, seed, run_name, seconds=round(time.time() - t0, 1))
             if res["ok"]:
                 out.metrics = final_metrics(cfg, rung.last_stage)
+                if ledger is not None:  # the stages' own times (a resumed or copied stage keeps its cost)
+                    cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
+                    record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1))
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
@@ -210,6 +227,8 @@ def results_table(results: list[RungResult], split: str = "test") -> pd.DataFram
     rows = []
     for r in results:
         row = {"method": r.label, "seed": r.seed, "run": r.run_name, "seconds": r.seconds}
+        if r.source:
+            row["source"] = r.source
         row.update(r.metrics.get(split, {}))
         if r.error:
             row["error"] = r.error

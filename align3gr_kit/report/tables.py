@@ -263,9 +263,14 @@ def with_ratios(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], upto: str | None = None,
-              out_dir: Path | None = None, base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              out_dir: Path | None = None, base_overrides: dict[str, Any] | None = None,
+              reuse: bool = True) -> dict[str, Any]:
     """Run every row of table ``name`` for every seed (papermill runs ``<run_name>-<name>-NN-sS``,
     resuming) and write the table.
+
+    Every finished row is also recorded, small, under ``<out_dir>/rows/`` (committed with the table),
+    and a row recorded before, here or in a committed pipeline results file of the same config and
+    seed, is read instead of run (:mod:`align3gr_kit.report.ledger`); ``reuse=False`` runs them all.
 
     Args:
         base: the config (its ``run_name`` prefixes the sub-runs; ``runs_dir`` holds them).
@@ -287,7 +292,8 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
     base = base.override(reductions)
     base_overrides = {**reductions, **(base_overrides or {})}
     t0 = time.time()
-    results = run_rungs(base, config_path, rungs, seeds, name, base_overrides)
+    folder = Path(out_dir or tables_dir(base))
+    results = run_rungs(base, config_path, rungs, seeds, name, base_overrides, ledger=folder, reuse=reuse)
     inherited = {**config_diff(base, config_path), **base_overrides}
     runs = results_table(results)
     baselines = () if name == "ladder" else TABLES[name].baselines
@@ -331,8 +337,9 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         "rows": rows,
         "runs": [json_record(r) for r in runs.to_dict("records")],
         "failed": [r for r in runs.to_dict("records") if isinstance(r.get("error"), str) and r["error"]],
+        "reused": [{"method": r.label, "seed": r.seed, "source": r.source} for r in results if r.source],
     }
-    paths = write_table(doc, Path(out_dir or tables_dir(base)))
+    paths = write_table(doc, folder)
     return {**doc, "files": {ext: str(path) for ext, path in paths.items()}}
 
 
@@ -405,6 +412,9 @@ def table_markdown(doc: dict[str, Any]) -> str:
     reading = table_reading(doc)
     if reading:
         lines += ["", "Reading beside the paper (written from the numbers above):", ""] + [f"- {x}" for x in reading]
+    if doc.get("reused"):
+        lines += ["", "Rows measured earlier with the same config and seed, read from committed results: "
+                  + "; ".join(f"{r['method']} seed {r['seed']}: `{r['source']}`" for r in doc["reused"]) + "."]
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""Committed row results: a table resumes on another machine from what was measured before.
+
+A table row is one pipeline run, and its result depends on nothing but its config sections, its seed
+and the stage it ends with. Run directories (``runs/``) live on one machine, but a long table on a
+2-core CPU outlasts a session, so every finished row is also written, small, beside the table:
+
+    reports/tables/<dataset>/rows/<config fingerprint>-s<seed>-<last stage>.json
+
+(``metrics``, ``seconds``, ``run``, ``commit``, ``date``). Before running a row, :func:`find_row` looks
+there, and in the committed results file of a full pipeline run (``pipeline-<run>.json``, written by
+``report pipeline``) whose config and seed match: its last row of that stage is the same model. A row
+found either way is not recomputed; the table names its source. The key leaves out code changes, as
+``--resume`` does for stages: delete the file (or pass ``ablate --no-reuse``) to measure it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from align3gr_kit.config import RunConfig
+from align3gr_kit.report.ablation import JUDGED_KEYS, METRIC_KEYS
+from align3gr_kit.utils import git_commit, read_json, write_json
+
+ROWS = "rows"
+
+
+def row_key(cfg: RunConfig, last_stage: str) -> str:
+    """``<config fingerprint>-s<seed>-<last stage>``: what a row's result depends on."""
+    from align3gr_kit.report.tables import config_fingerprint
+
+    return f"{config_fingerprint(cfg)}-s{cfg.seed}-{last_stage}"
+
+
+def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str, dict[str, float]],
+               seconds: float) -> Path:
+    """Write a finished row's result to ``<folder>/rows/<key>.json`` (atomically) and return the path."""
+    path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, {"key": path.stem, "run": cfg.run_name, "seed": cfg.seed, "last_stage": last_stage,
+                             "metrics": metrics, "seconds": seconds, "commit": git_commit(),
+                             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+
+
+def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[str, float]] | None:
+    rows = [r for r in doc.get("rows", []) if r.get("stage") == last_stage]
+    if not rows:
+        return None
+    row = rows[-1]  # a DPO stage's rows are its sub-stages in order; the stage ends with the last
+    out = {}
+    for split in ("valid", "test"):
+        values = {k: row[f"{split} {k}"] for k in METRIC_KEYS + JUDGED_KEYS if row.get(f"{split} {k}") is not None}
+        if any(k not in values for k in METRIC_KEYS):
+            return None
+        out[split] = values
+    return out
+
+
+def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
+    """The committed result of the row ``(cfg, last_stage)`` in ``folder``, or None.
+
+    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source"}``, ``source`` naming the
+    file (and the run, commit and date that measured it).
+    """
+    from align3gr_kit.report.tables import config_fingerprint, project_relative
+
+    folder = Path(folder)
+    path = folder / ROWS / f"{row_key(cfg, last_stage)}.json"
+    if path.exists():
+        rec = read_json(path)
+        return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0),
+                "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
+                          f"{(rec.get('commit') or 'unknown')[:7]}, {rec.get('date')})"}
+    fp = config_fingerprint(cfg)
+    for p in sorted(folder.glob("pipeline-*.json")):
+        doc = read_json(p)
+        if doc.get("fingerprint") != fp or cfg.seed not in doc.get("seeds", []):
+            continue
+        metrics = _from_pipeline_file(doc, last_stage)
+        if metrics is not None:
+            upto = sorted(s for s in doc.get("stage_seconds", {}) if s <= last_stage)
+            return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1),
+                    "source": f"{project_relative(p)} (run {doc.get('run_name')}, commit(s) "
+                              f"{', '.join(doc.get('commits', []))}, {doc.get('date')})"}
+    return None
