@@ -4,6 +4,8 @@ SASRec, Popularity and chance.
     python bench/where_recall.py --config configs/ml-100k.yaml                      (the SFT model)
     python bench/where_recall.py --config configs/ml-100k.yaml --stages 04_sft,05_sp_dpo,06_rf_dpo
     python bench/where_recall.py --config configs/smoke.yaml --no-sasrec            (a quick look)
+    python bench/where_recall.py --config configs/default.yaml --run default-dpo-05-s0 --seed 0 \
+        --stages 04_sft,05_sp_dpo,06_rf_dpo                   (a row of `ablate --table dpo`)
 
 The model of each finished stage of the config's run ranks the same test users its evaluation scores
 (the first ``decode.max_eval_users``), with the evaluation's constrained beam search. For each SCID
@@ -100,6 +102,8 @@ def main() -> None:
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--no-sasrec", action="store_true", help="skip retraining SASRec")
+    p.add_argument("--run", default=None, help="another run of the config (an ablate row: <run>-<table>-NN-sS)")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed, when not the config's")
     args = p.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     for s in stages:
@@ -107,6 +111,7 @@ def main() -> None:
             raise SystemExit(f"--stages: {s!r} is not a stage that ends with a model (04_sft, 05_sp_dpo, 06_rf_dpo)")
 
     cfg = RunConfig.from_yaml(args.config)
+    cfg = cfg.override({k: v for k, v in (("run_name", args.run), ("seed", args.seed)) if v is not None})
     seed_everything(cfg.seed)
     t0 = time.time()
     data, tok = stage_artifacts(cfg, "00_data"), stage_artifacts(cfg, "01_tokenize")
@@ -144,6 +149,7 @@ def main() -> None:
                                                          .mean()), 4) if (levels == lv).any() else None)
                                        for lv in LEVELS} for name, ranked in rankings.items()}}
     command = f"python bench/where_recall.py --config {args.config} --stages {','.join(stages)}" + (
+        f" --run {args.run}" if args.run else "") + (f" --seed {args.seed}" if args.seed is not None else "") + (
         f" --split {args.split}" if args.split != "test" else "") + (" --no-sasrec" if args.no_sasrec else "")
     doc = {"dataset": dataset_label(cfg), "run": cfg.run_name, "stages": stages, "split": args.split, "k": args.k,
            "users": int(len(samples)), "levels": int(codes.shape[1]), "semantic_levels": int(tok.item_raw.shape[1]),
