@@ -214,7 +214,9 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                 out.metrics = final_metrics(cfg, rung.last_stage)
                 if ledger is not None:  # the stages' own times (a resumed or copied stage keeps its cost)
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
-                    record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1))
+                    last = read_manifest(cfg, rung.last_stage) or {}
+                    record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
+                               commit=last.get("git_commit"), date=last.get("finished_at"))
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
