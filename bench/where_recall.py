@@ -92,7 +92,7 @@ def main() -> None:
     from align3gr_kit.metrics import chance_prefix_hits, prefix_hits, topk_from_scores
     from align3gr_kit.model.backbone import load_model
     from align3gr_kit.report.tables import dataset_label
-    from align3gr_kit.stages.contract import get_stage, stage_artifacts, stage_dir
+    from align3gr_kit.stages.contract import get_stage, read_manifest, stage_artifacts, stage_dir
     from align3gr_kit.utils import atomic_path, git_commit, project_root, seed_everything, write_json
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +112,11 @@ def main() -> None:
 
     cfg = RunConfig.from_yaml(args.config)
     cfg = cfg.override({k: v for k, v in (("run_name", args.run), ("seed", args.seed)) if v is not None})
+    missing = [s for s in stages if read_manifest(cfg, s) is None]
+    if missing:
+        raise SystemExit(f"run {cfg.run_name!r} ({cfg.run_dir}) has no finished {', '.join(missing)}: make it first with "
+                         f"`python -m align3gr_kit run --config {args.config} --resume` (or name an ablate row's run "
+                         "with --run and its --seed)")
     seed_everything(cfg.seed)
     t0 = time.time()
     data, tok = stage_artifacts(cfg, "00_data"), stage_artifacts(cfg, "01_tokenize")
