@@ -135,6 +135,7 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     saved = json.loads((folder / "dpo.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["upto"] == "sp" and saved["overrides"]["dpo.beta"] == 0.2
     assert saved["smoke"] and len(saved["fingerprint"]) == 12 and saved["wall_seconds"] >= 0
+    assert "cores" in saved["machine"] and "torch CPU capability" in saved["machine"]  # times mean little without it
     rows = {r["method"]: r for r in saved["rows"]}
     assert rows["SFT"]["recall@10"] == pytest.approx(0.4 + 0.005 + 0.05)
     assert rows["SFT"]["recall@10 sd"] == pytest.approx(math.sqrt(0.01 ** 2 / 2))

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def test_stage_00_runs_writes_manifest_report_and_resumes(cfg, tmp_path):
     assert manifest["fingerprint"] == fingerprint(cfg, get_stage("00"))
     assert manifest["parameters"]["run_name"] == "t" and manifest["seed"] == 0
     assert {"torch", "transformers", "python"} <= set(manifest["versions"])
+    assert f"{os.cpu_count()} cores" in manifest["machine"]  # where the wall time was measured
     assert "dataset/items.parquet" in manifest["artifacts"] and manifest["wall_seconds"] > 0
     assert (stage_dir / "00_data.ipynb").exists() and (stage_dir / "figures" / "popularity.html").exists()
     assert [p.name for p in cfg.run_dir.iterdir()] == ["00_data"]  # no temporary folder or notebook left

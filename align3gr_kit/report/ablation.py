@@ -216,7 +216,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
                     last = read_manifest(cfg, rung.last_stage) or {}
                     record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
-                               commit=last.get("git_commit"), date=last.get("finished_at"))
+                               commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"))
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"

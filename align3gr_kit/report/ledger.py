@@ -34,14 +34,16 @@ def row_key(cfg: RunConfig, last_stage: str) -> str:
 
 
 def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str, dict[str, float]],
-               seconds: float, commit: str | None = None, date: str | None = None) -> Path:
+               seconds: float, commit: str | None = None, date: str | None = None,
+               machine: str | None = None) -> Path:
     """Write a finished row's result to ``<folder>/rows/<key>.json`` (atomically) and return the path.
 
-    ``commit`` and ``date``: when the row's last stage was measured (its manifest's); default now."""
+    ``commit``, ``date`` and ``machine``: where and when the row's last stage was measured (its
+    manifest's); default this commit, now, unknown."""
     path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, {"key": path.stem, "run": cfg.run_name, "seed": cfg.seed, "last_stage": last_stage,
-                             "metrics": metrics, "seconds": seconds, "commit": commit or git_commit(),
+                             "metrics": metrics, "seconds": seconds, "machine": machine, "commit": commit or git_commit(),
                              "date": date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
 

@@ -98,6 +98,7 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "budget": row_budget(ran),
         "stage_seconds": {name: m.get("wall_seconds") for name, m in manifests.items()},
         "wall_seconds": round(sum(m.get("wall_seconds") or 0.0 for m in manifests.values()), 1),
+        "machines": sorted({m["machine"] for m in manifests.values() if m.get("machine")}),
         "commits": sorted({(m.get("git_commit") or "unknown")[:7] for m in manifests.values()}),
         "date": max(finished)[:16].replace("T", " ") + " UTC" if finished else "",
         "smoke": cfg.smoke,
@@ -120,7 +121,8 @@ def pipeline_markdown(doc: dict[str, Any]) -> str:
         + f", fingerprint `{doc['fingerprint']}`, seed {doc['seeds'][0]}, commit(s) "
         + ", ".join(f"`{c}`" for c in doc["commits"]) + f", finished {doc['date']}.",
         "",
-        f"Wall time {doc['wall_seconds']:,.0f} s in all, the sum of the stages' own times ({times}).",
+        f"Wall time {doc['wall_seconds']:,.0f} s in all, the sum of the stages' own times ({times})"
+        + (f", measured on {' and '.join(doc['machines'])}." if doc.get("machines") else "."),
         "",
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(doc["budget"].items())),
         "",

@@ -54,7 +54,7 @@ from align3gr_kit.report.ablation import (
     run_rungs,
     summarise,
 )
-from align3gr_kit.utils import git_commit, project_root, read_json, resolve_path, write_json
+from align3gr_kit.utils import git_commit, machine_info, project_root, read_json, resolve_path, write_json
 
 UPTO: dict[str, tuple[str, ...]] = {
     "sft": SFT_STAGES,
@@ -333,6 +333,7 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         "commit": git_commit(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_seconds": wall,
+        "machine": machine_info(),
         "smoke": base.smoke,
         "rows": rows,
         "runs": [json_record(r) for r in runs.to_dict("records")],
@@ -386,7 +387,8 @@ def table_markdown(doc: dict[str, Any]) -> str:
         + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
         + f", fingerprint `{doc['fingerprint']}`, chain up to `{doc['upto']}`, {len(seeds)} seed(s) {seeds}, "
         f"commit `{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:.0f} s "
-        "(this command; stages reused from earlier runs are not counted).",
+        "(this command; stages reused from earlier runs are not counted)"
+        + (f" on {doc['machine']}." if doc.get("machine") else "."),
         "",
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
         if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",

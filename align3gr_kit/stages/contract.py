@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.utils import git_commit, package_versions, read_json, write_json
+from align3gr_kit.utils import git_commit, machine_info, package_versions, read_json, write_json
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
@@ -287,6 +287,7 @@ class StageRun:
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "git_commit": git_commit(),
                 "versions": package_versions(),
+                "machine": machine_info(),
             }
             write_json(self.dir / MANIFEST, manifest)
             _swap_into_place(self.dir, self.final_dir)
