@@ -494,10 +494,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named sections (plus seed and smoke), for ``--resume`` decisions."""
+    def section_hash(self, *sections: str, unread: tuple[str, ...] = ()) -> str:
+        """A stable hash of the named sections (plus seed and smoke), for ``--resume`` decisions;
+        ``unread`` (``section.field``) are left out, as are fields that cannot change a result."""
         d = self.to_dict()
         payload = {s: d[s] for s in sections}
+        for dotted in unread:
+            section, name = dotted.split(".")
+            if section not in payload or name not in payload[section]:
+                raise KeyError(f"section_hash: {dotted!r} is not a field of the hashed sections {sections}")
+            payload[section].pop(name)
         for s in sections:  # fields that cannot change a result (metadata "fingerprint": False)
             section = getattr(self, s)
             if dataclasses.is_dataclass(section):

@@ -38,6 +38,11 @@ def test_section_hash_tracks_only_its_sections():
     assert a.section_hash("data", "tokenizer") == b.section_hash("data", "tokenizer")
     assert a.section_hash("dpo") != b.section_hash("dpo")
     assert a.section_hash("data") != a.override({"seed": 1}).section_hash("data")
+    rf = a.override({"dpo.rf_progressive": not a.dpo.rf_progressive})
+    assert rf.section_hash("dpo") != a.section_hash("dpo")
+    assert rf.section_hash("dpo", unread=("dpo.rf_progressive",)) == a.section_hash("dpo", unread=("dpo.rf_progressive",))
+    with pytest.raises(KeyError, match="dpo.rf_typo"):
+        a.section_hash("dpo", unread=("dpo.rf_typo",))
 
 
 def test_shipped_configs_load():

@@ -12,7 +12,7 @@ from align3gr_kit.report import benchmarks_md
 from align3gr_kit.report.ablation import reaching_fields, summarise
 from align3gr_kit.report.tables import TABLES, run_table, table_markdown, table_rungs, tables_dir, verdicts
 from align3gr_kit.stages import runner
-from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.stages.contract import StageRun, fingerprint, get_stage
 from align3gr_kit.utils import project_root
 
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
@@ -39,6 +39,10 @@ def test_levels_not_under_study_stay_at_the_full_setting():
     assert len({c.section_hash(*SFT_SECTIONS) for _, c in dpo}) == 1
     assert dpo[0][1].section_hash(*SFT_SECTIONS) == base.section_hash(*SFT_SECTIONS)
     assert [r.last_stage for r, _ in dpo] == ["04_sft"] + ["05_sp_dpo"] * 3 + ["06_rf_dpo"] * 2
+    # both RF rows continue the progressive SP row's SP-DPO model: stage 05 never reads the RF fields
+    sp05 = {fingerprint(c, get_stage("05")) for _, c in dpo[3:]}
+    assert len(sp05) == 1 and fingerprint(dpo[2][1], get_stage("05")) not in sp05
+    assert len({fingerprint(c, get_stage("06")) for _, c in dpo[4:]}) == 2  # while stage 06 tells them apart
     gen = dpo[1][1].dpo
     assert gen.sp_negatives == "generated" and gen.n_rejected == 20  # the paper's 20 generated negatives
     # token table: full SFT tasks and the full DPO chain; only the tokenizer varies

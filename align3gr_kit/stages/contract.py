@@ -52,12 +52,15 @@ class Stage:
         sections: the config sections it depends on.
         upstream: earlier stages whose artifacts it reads (02 only draws, so nothing depends on it).
         artifacts: ``module:Class`` of its typed outputs (``load(folder)``), or ``""`` for none.
+        unread: ``section.field`` names inside ``sections`` that the stage never reads; they are left out
+            of its fingerprint, so two runs that differ only there share the stage (05 and the RF fields).
     """
 
     name: str
     sections: tuple[str, ...]
     upstream: tuple[str, ...] = ()
     artifacts: str = ""
+    unread: tuple[str, ...] = ()
 
     @property
     def notebook(self) -> str:
@@ -81,7 +84,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("02_codebooks", ("tokenizer",), ("01_tokenize",)),
     Stage("03_sft_prompts", ("prompts", "model"), ("01_tokenize",), "align3gr_kit.prompts.artifacts:SFTData"),
     Stage("04_sft", ("model", "sft", "decode"), ("03_sft_prompts",), "align3gr_kit.train.artifacts:SFTArtifacts"),
-    Stage("05_sp_dpo", ("decode", "dpo"), ("04_sft",), "align3gr_kit.dpo.artifacts:DPOArtifacts"),
+    Stage("05_sp_dpo", ("decode", "dpo"), ("04_sft",), "align3gr_kit.dpo.artifacts:DPOArtifacts",
+          unread=("dpo.rf_stages", "dpo.rf_progressive", "dpo.rf_oracle")),
     Stage("06_rf_dpo", ("decode", "dpo"), ("05_sp_dpo",), "align3gr_kit.dpo.artifacts:DPOArtifacts"),
     Stage("07_report", _ALL, ("00_data", "01_tokenize", "04_sft", "05_sp_dpo", "06_rf_dpo")),
 )
@@ -119,7 +123,7 @@ def fingerprint(cfg: RunConfig, stage: Stage) -> str:
     for name in stage.upstream:
         m = read_manifest(cfg, name)
         upstream.append(m.get("fingerprint", "") if m else "missing")
-    payload = f"{stage.name}|{cfg.section_hash(*stage.sections)}|{','.join(upstream)}"
+    payload = f"{stage.name}|{cfg.section_hash(*stage.sections, unread=stage.unread)}|{','.join(upstream)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
