@@ -115,3 +115,36 @@ def chance_prefix_hits(targets: Sequence[int], codes: np.ndarray, k: int = 10) -
         miss = np.prod(np.clip((n - g[:, None] - j) / (n - j), 0.0, None), axis=1)
         out[level] = float((1.0 - miss).mean())
     return out
+
+
+def paired_hit_difference(hits_a: Sequence[bool], hits_b: Sequence[bool], n_boot: int = 10_000,
+                          seed: int = 0) -> dict[str, float]:
+    """Is B's Recall@K different from A's on the same users beyond user-sampling noise?
+
+    With one seed, two models evaluated on the same users differ by the users each one hits; the
+    difference ``Recall_B - Recall_A`` is judged on the discordant users only: ``only_a`` hit by A
+    alone, ``only_b`` by B alone. McNemar's exact test (a two-sided binomial test of ``only_b`` out of
+    ``only_a + only_b`` at 1/2, :func:`scipy.stats.binomtest`) gives ``p``; a paired bootstrap over
+    users (resampling users, both models together) gives the 95% interval of the difference.
+
+    Args:
+        hits_a, hits_b: ``[n_users]`` whether each user's target is in model A's / B's top K.
+        n_boot: bootstrap resamples; seed: their generator's seed.
+    Returns:
+        ``{"users", "recall_a", "recall_b", "delta", "ci_low", "ci_high", "only_a", "only_b", "p"}``.
+    """
+    from scipy.stats import binomtest
+
+    a = np.asarray(hits_a, dtype=bool)
+    b = np.asarray(hits_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired_hit_difference: hits must be two [n_users] arrays of one length, got {a.shape} "
+                         f"and {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    diff = b.astype(np.float64) - a.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
+    boot = diff[idx].mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return {"users": int(len(a)), "recall_a": float(a.mean()), "recall_b": float(b.mean()), "delta": float(diff.mean()),
+            "ci_low": float(low), "ci_high": float(high), "only_a": only_a, "only_b": only_b, "p": float(p)}

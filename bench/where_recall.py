@@ -22,6 +22,11 @@ rating the user gave the target (``1 -> disliked``, ``2-3 -> neutral``, ``4-5 ->
 :func:`align3gr_kit.feedback.oracle.rating_level`): preference training that moves the top-K toward
 liked items can win recall on liked targets and lose it on the others.
 
+With two or more stages, a third table compares each model with the one before it on the same users
+(:func:`align3gr_kit.metrics.paired_hit_difference`): the Recall@K difference, the users each one
+hits alone, McNemar's exact p and a paired-bootstrap 95% interval. One seed's difference between two
+consecutive models is a gain or a loss only when it clears this user-sampling noise.
+
 Writes ``reports/where_recall/<dataset>-<run>.json`` and ``.md`` (smoke: under the runs
 folder) and prints the markdown.
 """
@@ -61,6 +66,17 @@ def rows_markdown(doc: dict) -> str:
                   "|---|" + "---|" * len(cols)]
         for name, rec in by["recall"].items():
             lines.append(f"| {name} | " + " | ".join(f"{rec[lv]:.4f}" for lv in cols) + " |")
+    paired = doc.get("paired")
+    if paired:
+        lines += ["", f"Each model against the one before it, on the same users (Recall@{k}; McNemar's exact test on "
+                      "the users one model hits alone; paired bootstrap 95% interval):", "",
+                  "| from | to | difference | 95% interval | hit by 'from' alone | by 'to' alone | p | reading |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in paired:
+            reading = ("within user-sampling noise" if c["ci_low"] <= 0 <= c["ci_high"]
+                       else ("gain" if c["delta"] > 0 else "loss") + " beyond user-sampling noise")
+            lines.append(f"| {c['from']} | {c['to']} | {c['delta']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                         f"{c['only_a']} | {c['only_b']} | {c['p']:.3f} | {reading} |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +105,7 @@ def main() -> None:
     from align3gr_kit.encoders.sasrec import train_sasrec
     from align3gr_kit.evaluate import recommend
     from align3gr_kit.feedback.oracle import LEVELS
-    from align3gr_kit.metrics import chance_prefix_hits, prefix_hits, topk_from_scores
+    from align3gr_kit.metrics import chance_prefix_hits, paired_hit_difference, prefix_hits, topk_from_scores
     from align3gr_kit.model.backbone import load_model
     from align3gr_kit.report.tables import dataset_label
     from align3gr_kit.stages.contract import get_stage, read_manifest, stage_artifacts, stage_dir
@@ -146,6 +162,11 @@ def main() -> None:
     rankings["Popularity"] = np.repeat(topk_from_scores(counts[None, :], args.k), len(samples), axis=0)
     rows = [row(name, prefix_hits(ranked, targets, codes, args.k)) for name, ranked in rankings.items()]
     rows.append(row(f"chance ({args.k} random items)", chance_prefix_hits(targets, codes, args.k)))
+    model_names = [f"{cfg.model.base} after {stage}" for stage in stages]
+    hits = {name: (rankings[name][:, :args.k] == targets[:, None]).any(axis=1) for name in model_names}
+    paired = [{"from": a, "to": b, **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in
+                                      paired_hit_difference(hits[a], hits[b], seed=cfg.seed).items()}}
+              for a, b in zip(model_names, model_names[1:])]
     by_rating = None
     levels = target_levels(data.dataset, samples)
     if levels is not None:
@@ -160,7 +181,7 @@ def main() -> None:
            "users": int(len(samples)), "levels": int(codes.shape[1]), "semantic_levels": int(tok.item_raw.shape[1]),
            "codes_per_level": [int(len(np.unique(codes[:, lv]))) for lv in range(codes.shape[1])],
            "sasrec_recall": sasrec_recall, "sasrec_stage01_recall": stage01, "rows": rows,
-           "by_target_rating": by_rating, "commit": git_commit() or "unknown",
+           "by_target_rating": by_rating, "paired": paired, "commit": git_commit() or "unknown",
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "wall_seconds": round(time.time() - t0, 1), "command": command}
     out = (cfg.run_dir.parent / "where_recall") if cfg.smoke else project_root() / "reports" / "where_recall"

@@ -62,3 +62,29 @@ def test_chance_prefix_hits_equal_hand_values():
     # Level 2: items 0, 1, 5 share (1, 2) -> miss = C(3,2)/C(6,2) = 3/15. Level 3: only item 0 -> miss = C(5,2)/15 = 10/15.
     got = chance_prefix_hits([0], CODES, k=2)
     assert got.tolist() == pytest.approx([14 / 15, 12 / 15, 5 / 15])
+
+
+def test_paired_hit_difference_against_hand_values():
+    from align3gr_kit.metrics import paired_hit_difference
+
+    # 20 users: 6 hit by both, 1 by A alone, 5 by B alone, 8 by neither.
+    a = [1] * 6 + [1] + [0] * 5 + [0] * 8
+    b = [1] * 6 + [0] + [1] * 5 + [0] * 8
+    got = paired_hit_difference(a, b, n_boot=4000, seed=1)
+    assert (got["only_a"], got["only_b"], got["users"]) == (1, 5, 20)
+    assert got["recall_a"] == pytest.approx(7 / 20) and got["recall_b"] == pytest.approx(11 / 20)
+    assert got["delta"] == pytest.approx(4 / 20)
+    # McNemar exact, by hand: 6 discordant users, P(X <= 1 or X >= 5 | Bin(6, 1/2)) = 2 * (1 + 6) / 64
+    assert got["p"] == pytest.approx(14 / 64)
+    # Bootstrap 95% interval of the mean of d in {-1: 1 user, +1: 5 users, 0: 14}: var(d) = 6/20 - 0.2^2 = 0.26,
+    # sd 0.5099, so the interval is about 0.2 +- 1.96 * 0.5099 / sqrt(20) = [-0.023, 0.423]
+    assert got["ci_low"] < 0.2 < got["ci_high"]
+    assert got["ci_low"] == pytest.approx(-0.023, abs=0.05) and got["ci_high"] == pytest.approx(0.423, abs=0.05)
+    # identical models: no discordant user, p = 1, a zero-width interval
+    same = paired_hit_difference(a, a)
+    assert same["p"] == 1.0 and same["delta"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.0
+    # a clear difference is significant: 0 vs 12 discordant users
+    clear = paired_hit_difference([0] * 12 + [0] * 8, [1] * 12 + [0] * 8)
+    assert clear["p"] == pytest.approx(2 / 2 ** 12) and clear["ci_low"] > 0
+    with pytest.raises(ValueError, match="one length"):
+        paired_hit_difference([1, 0], [1])
