@@ -9,11 +9,16 @@ produce catalogue items. The ranked lists are scored with :mod:`align3gr_kit.met
 ``invalid`` counts slots of the top-K lists that are not a distinct catalogue item (an id outside
 the catalogue, a repeat within a user's list, or an empty slot while the catalogue has at least K
 items); constrained decoding must keep it at 0.
+
+Each stage that evaluates models also keeps every user's 0-based target rank per split
+(``target_ranks.json``, :func:`write_target_ranks`), so that two models of one run can be compared
+user by user (:func:`align3gr_kit.metrics.paired_hit_difference`) without a second beam search.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +27,24 @@ import torch
 from tqdm.auto import tqdm
 
 from align3gr_kit.config import DecodeConfig, RunConfig
-from align3gr_kit.metrics import rank_metrics
+from align3gr_kit.metrics import metrics_from_ranks, target_ranks
 from align3gr_kit.scid import ScidTable
+from align3gr_kit.utils import read_json, write_json
+
+#: ``<stage folder>/target_ranks.json``: ``{model label: {split: [0-based target rank per user, -1 = not
+#: in the top K]}}``, users in the order :func:`evaluate` scored them.
+TARGET_RANKS = "target_ranks.json"
+
+
+def write_target_ranks(folder, ranks: dict[str, dict[str, list[int]]]) -> None:
+    """Write the per-user target ranks of a stage's models (atomic)."""
+    write_json(Path(folder) / TARGET_RANKS, ranks)
+
+
+def read_target_ranks(folder) -> dict[str, dict[str, list[int]]]:
+    """The per-user target ranks a stage folder kept, ``{}`` when it kept none (runs before they were kept)."""
+    path = Path(folder) / TARGET_RANKS
+    return read_json(path) if path.exists() else {}
 
 
 def item_token_ids(tokenizer, item_scids: ScidTable) -> torch.Tensor:
@@ -128,6 +149,7 @@ def evaluate(
     progress: bool = True,
     judge=None,
     precision: str = "auto",
+    keep_ranks: bool = False,
 ) -> dict[str, Any]:
     """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user), and with a
     ``judge`` (a :class:`~align3gr_kit.feedback.FeedbackOracle`, e.g.
@@ -138,6 +160,7 @@ def evaluate(
             the first ``decode.max_eval_users`` rows when that is set, else all.
         decode: ``beam_width``, ``topk`` (the K of the metrics), ``batch_size``.
         judge: grades the top-``max(decode.topk)`` lists (no second beam search); None = skip.
+        keep_ranks: also return ``target_ranks``, each user's 0-based target rank (-1 = not in the top K).
         Other arguments: as :func:`recommend`.
     Returns:
         ``{"recall@5", "recall@10", "ndcg@5", "ndcg@10", "users", "invalid", "seconds"}`` (one key
@@ -154,14 +177,18 @@ def evaluate(
                          "the beam search returns at most beam_width items")
     items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
                          max_length, k=k, progress=progress, precision=precision)
-    metrics = rank_metrics(items, samples.target.to_numpy(), ks=decode.topk)
+    ranks = target_ranks(items, samples.target.to_numpy())
+    metrics = metrics_from_ranks(ranks, ks=decode.topk)
     if judge is not None:
         from align3gr_kit.feedback.evaluation import liked_share
 
         liked = liked_share(samples["user_id"].to_numpy(), items, judge, k=k)
         metrics.update({key: v for key, v in liked.items() if key != "users"})
-    return {**{m: round(v, 6) for m, v in metrics.items()}, "users": int(len(samples)),
-            "invalid": count_invalid(items, item_scids.n, k), "seconds": round(time.time() - t0, 2)}
+    out = {**{m: round(v, 6) for m, v in metrics.items()}, "users": int(len(samples)),
+           "invalid": count_invalid(items, item_scids.n, k), "seconds": round(time.time() - t0, 2)}
+    if keep_ranks:
+        out["target_ranks"] = [int(r) for r in ranks]
+    return out
 
 
 def run_evaluate(cfg: RunConfig, split_name: str = "test", model_stage: str = "04_sft") -> dict[str, Any]:

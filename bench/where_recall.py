@@ -42,6 +42,8 @@ import numpy as np
 
 
 def rows_markdown(doc: dict) -> str:
+    from align3gr_kit.report.stage_metrics import paired_markdown
+
     levels, k = doc["levels"], doc["k"]
     head = " | ".join(f"level {lv + 1}" for lv in range(levels))
     cond = " | ".join(f"level {lv + 1} given {lv}" for lv in range(1, levels))
@@ -66,17 +68,7 @@ def rows_markdown(doc: dict) -> str:
                   "|---|" + "---|" * len(cols)]
         for name, rec in by["recall"].items():
             lines.append(f"| {name} | " + " | ".join(f"{rec[lv]:.4f}" for lv in cols) + " |")
-    paired = doc.get("paired")
-    if paired:
-        lines += ["", f"Each model against the one before it, on the same users (Recall@{k}; McNemar's exact test on "
-                      "the users one model hits alone; paired bootstrap 95% interval):", "",
-                  "| from | to | difference | 95% interval | hit by 'from' alone | by 'to' alone | p | reading |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for c in paired:
-            reading = ("within user-sampling noise" if c["ci_low"] <= 0 <= c["ci_high"]
-                       else ("gain" if c["delta"] > 0 else "loss") + " beyond user-sampling noise")
-            lines.append(f"| {c['from']} | {c['to']} | {c['delta']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
-                         f"{c['only_a']} | {c['only_b']} | {c['p']:.3f} | {reading} |")
+    lines += paired_markdown(doc.get("paired") or [], "Each model against the one before it, on the same users")
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +97,8 @@ def main() -> None:
     from align3gr_kit.encoders.sasrec import train_sasrec
     from align3gr_kit.evaluate import recommend
     from align3gr_kit.feedback.oracle import LEVELS
-    from align3gr_kit.metrics import chance_prefix_hits, paired_hit_difference, prefix_hits, topk_from_scores
+    from align3gr_kit.metrics import chance_prefix_hits, prefix_hits, target_ranks, topk_from_scores
+    from align3gr_kit.report.stage_metrics import paired_steps
     from align3gr_kit.model.backbone import load_model
     from align3gr_kit.report.tables import dataset_label
     from align3gr_kit.stages.contract import get_stage, read_manifest, stage_artifacts, stage_dir
@@ -163,10 +156,8 @@ def main() -> None:
     rows = [row(name, prefix_hits(ranked, targets, codes, args.k)) for name, ranked in rankings.items()]
     rows.append(row(f"chance ({args.k} random items)", chance_prefix_hits(targets, codes, args.k)))
     model_names = [f"{cfg.model.base} after {stage}" for stage in stages]
-    hits = {name: (rankings[name][:, :args.k] == targets[:, None]).any(axis=1) for name in model_names}
-    paired = [{"from": a, "to": b, **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in
-                                      paired_hit_difference(hits[a], hits[b], seed=cfg.seed).items()}}
-              for a, b in zip(model_names, model_names[1:])]
+    paired = paired_steps([(name, target_ranks(rankings[name], targets).tolist()) for name in model_names],
+                          k=args.k, seed=cfg.seed)
     by_rating = None
     levels = target_levels(data.dataset, samples)
     if levels is not None:

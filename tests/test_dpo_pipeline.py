@@ -135,6 +135,14 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
             assert 0.0 <= rf["metrics"][f"{label}/{split_name}/recall@5"] <= 1.0
             assert rf["metrics"][f"{label}/{split_name}/users"] == 4 and rf["metrics"][f"{label}/{split_name}/invalid"] == 0
     rf_hist = read_json(cfg.run_dir / "06_rf_dpo" / "history.json")
+    # every stage's per-user target ranks are kept (the start model's, evaluated here first, are not a stage's)
+    kept = read_json(cfg.run_dir / "06_rf_dpo" / "target_ranks.json")
+    assert sorted(kept) == ["easy", "hard"]
+    for e in rf_hist["stages"]:
+        for split_name in ("valid", "test"):
+            ranks = np.asarray(kept[e["stage"]][split_name])
+            assert len(ranks) == 4 and "target_ranks" not in e["metrics"][split_name]
+            assert e["metrics"][split_name]["recall@5"] == pytest.approx(((ranks >= 0) & (ranks < 5)).mean())
     assert rf_hist["stages"][0]["reference_fingerprint"] == hist["stages"][-1]["policy_fingerprint"]
     for name, level in (("easy", "disliked"), ("hard", "neutral")):
         rows = [json.loads(x) for x in (cfg.run_dir / "06_rf_dpo" / name / "preferences.jsonl").read_text().splitlines()]

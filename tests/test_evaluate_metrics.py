@@ -49,13 +49,16 @@ def test_metrics_equal_exhaustive_ranking(model_and_tok):
     model, tok = model_and_tok
     data = samples()
     decode = DecodeConfig(beam_width=12, topk=[5, 10], batch_size=3)
-    got = evaluate(model, tok, ITEMS, USERS, data, decode, user_scid_in_prompt=True, progress=False)
+    got = evaluate(model, tok, ITEMS, USERS, data, decode, user_scid_in_prompt=True, progress=False, keep_ranks=True)
     scores = exhaustive_scores(model, tok, evaluation_prompts(data, ITEMS, USERS, True))
     ranked = np.argsort(-scores, axis=1, kind="stable")
     expected = rank_metrics(ranked, data.target.to_numpy(), ks=(5, 10))
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, abs=1e-6), k
     assert got["users"] == len(data) and got["invalid"] == 0 and got["seconds"] >= 0
+    # each user's kept target rank is where the exhaustive ranking puts the target (-1 beyond the top 10)
+    exhaustive = [int(np.flatnonzero(r == t)[0]) for r, t in zip(ranked, data.target.to_numpy())]
+    assert got["target_ranks"] == [r if r < 10 else -1 for r in exhaustive]
     items, beam_scores = recommend(model, tok, ITEMS, USERS, data, decode, True, progress=False)
     assert np.array_equal(items[:, :10], ranked[:, :10])  # batches of mixed lengths come back in row order
     assert np.allclose(beam_scores[:, :10], np.take_along_axis(scores, ranked[:, :10], 1), atol=1e-4)

@@ -13,7 +13,8 @@ from align3gr_kit.report.benchmark import SMOKE_REPORT_OVERRIDES, report_metrics
 from align3gr_kit.report.figures import comparison_figure, ladder_figure
 from align3gr_kit.report.paper import INSTRUMENTS_TABLE1, context_note, side_by_side
 from align3gr_kit.report.reading import baseline_reading, caveats, compare, honest_reading, ladder_reading, stage_reading
-from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
+from align3gr_kit.evaluate import write_target_ranks
+from align3gr_kit.report.stage_metrics import paired_reading, paired_steps, pipeline_stage_metrics, pipeline_target_ranks
 from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import project_root, write_json
 
@@ -208,3 +209,30 @@ def test_baselines_are_scored_on_the_users_the_generative_model_is_scored_on(syn
     # all users: the summary's own numbers when no subset is asked for
     full = baseline_rows(RunConfig.from_yaml(SMOKE, overrides={"decode.max_eval_users": 0}), data, summary, kept)
     assert full.set_index("method").loc["SASRec", "recall@5"] == pytest.approx(sum(1 for x in ranks if 0 <= x < 5) / n_test)
+
+
+def test_pipeline_pairs_consecutive_models_by_their_kept_target_ranks(tmp_path):
+    cfg = RunConfig.from_yaml(SMOKE, run_name="paired", runs_dir=str(tmp_path))
+    sft = StageRun(cfg, "04_sft")
+    # 40 users; SFT hits the first 10 (ranks 0..9), one at rank 12 (beyond K = 10)
+    sft_ranks = list(range(10)) + [12] + [-1] * 29
+    write_target_ranks(sft.dir, {"SFT": {"test": sft_ranks}})
+    sft.finish({})
+    sp = StageRun(cfg, "05_sp_dpo")
+    easy = list(range(10)) + [3] * 12 + [-1] * 18       # keeps SFT's 10 hits, adds 12 (the rank-12 user now hit)
+    hard = [-1] * 10 + [3] * 12 + [-1] * 18             # loses SFT's 10 hits
+    write_json(sp.path("history.json"), {"start": None, "stages": [{"stage": "easy"}, {"stage": "medium"},
+                                                                    {"stage": "hard"}]})
+    write_target_ranks(sp.dir, {"easy": {"test": easy}, "hard": {"test": hard}})  # medium kept none
+    sp.finish({})
+    models = pipeline_target_ranks(cfg)
+    assert [m for m, _ in models] == ["SFT", "SP-DPO easy", "SP-DPO medium", "SP-DPO hard"]
+    assert models[2][1] is None
+    steps = paired_steps(models, k=10)
+    assert [(s["from"], s["to"]) for s in steps] == [("SFT", "SP-DPO easy")]  # pairs with medium left out
+    s = steps[0]
+    assert (s["only_a"], s["only_b"], s["users"]) == (0, 12, 40)
+    assert s["delta"] == pytest.approx(12 / 40) and s["p"] == pytest.approx(2 / 2 ** 12, abs=1e-4)
+    assert paired_reading(s) == "gain beyond user-sampling noise"
+    assert paired_reading({"delta": -0.01, "ci_low": -0.03, "ci_high": 0.01}) == "within user-sampling noise"
+    assert paired_reading({"delta": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "loss beyond user-sampling noise"

@@ -67,16 +67,22 @@ def rf_stage_names(dpo: DPOConfig) -> list[str]:
 
 
 def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids: ScidTable | None, split,
-                   splits: tuple[str, ...] = ("valid", "test"), judge=None) -> Callable[[torch.nn.Module], dict]:
+                   splits: tuple[str, ...] = ("valid", "test"), judge=None,
+                   ranks_log: list | None = None) -> Callable[[torch.nn.Module], dict]:
     """``model -> {split: {recall@5, ..., liked_share@10 with a judge}}`` through
-    :func:`align3gr_kit.evaluate.evaluate`."""
+    :func:`align3gr_kit.evaluate.evaluate`; with ``ranks_log``, each call also appends
+    ``{split: per-user target ranks}`` to it (in call order)."""
     from align3gr_kit.evaluate import evaluate
 
     use_user = cfg.prompts.user_scid_in_prompt and user_scids is not None
 
     def evaluate_fn(model: torch.nn.Module) -> dict:
-        return {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
-                            max_length=cfg.sft.max_length, judge=judge, precision=cfg.model.dtype) for s in splits}
+        out = {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
+                           max_length=cfg.sft.max_length, judge=judge, precision=cfg.model.dtype,
+                           keep_ranks=ranks_log is not None) for s in splits}
+        if ranks_log is not None:
+            ranks_log.append({s: out[s].pop("target_ranks") for s in splits})
+        return out
 
     return evaluate_fn
 
@@ -181,9 +187,11 @@ def run_dpo(
 
         specs = [rf_spec(n) for n in names]
 
-    start_metrics = None
+    start_metrics, ranks_log = None, None
     if evaluate_fn == "default":
-        evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split, judge=optional_judge(dataset, cfg.seed))
+        ranks_log = []
+        evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split, judge=optional_judge(dataset, cfg.seed),
+                                     ranks_log=ranks_log)
         start_metrics = upstream_metrics(stage_run, stage, cfg)
     out_dir = stage_run.dir
     history = run_progressive(
@@ -196,6 +204,12 @@ def run_dpo(
     )
     history.pop("policy")
     _link_final_model(out_dir, names[-1])
+    if ranks_log and len(ranks_log) >= len(names) and process_state().is_main_process:
+        # run_progressive evaluates the start model first when it has no upstream metrics, then every
+        # stage's policy in order: the last len(names) entries are the stages'
+        from align3gr_kit.evaluate import write_target_ranks
+
+        write_target_ranks(out_dir, dict(zip(names, ranks_log[-len(names):])))
     result = {
         "stage": stage,
         "stages": names,

@@ -58,6 +58,64 @@ def pipeline_stage_metrics(cfg: RunConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pipeline_target_ranks(cfg: RunConfig, split: str = "test") -> list[tuple[str, list[int] | None]]:
+    """``(model, per-user target ranks on split)`` for every trained model of the run, in the order of
+    :func:`pipeline_stage_metrics`; ``None`` where the stage kept no ranks (runs before they were kept)."""
+    from align3gr_kit.evaluate import read_target_ranks
+
+    out: list[tuple[str, list[int] | None]] = []
+    if read_manifest(cfg, "04_sft") is not None:
+        out.append(("SFT", read_target_ranks(stage_dir(cfg, "04_sft")).get("SFT", {}).get(split)))
+    for stage, label in DPO_STAGES:
+        if read_manifest(cfg, stage) is None:
+            continue
+        kept = read_target_ranks(stage_dir(cfg, stage))
+        for entry in DPOArtifacts.load(stage_dir(cfg, stage)).history.get("stages", []):
+            out.append((f"{label} {entry['stage']}", kept.get(entry["stage"], {}).get(split)))
+    return out
+
+
+def paired_steps(models: list[tuple[str, list[int] | None]], k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """Each model against the one trained before it, on the same users: Recall@``k`` difference,
+    McNemar's p and a paired-bootstrap 95% interval (:func:`align3gr_kit.metrics.paired_hit_difference`);
+    pairs where either model kept no ranks are left out."""
+    import numpy as np
+
+    from align3gr_kit.metrics import paired_hit_difference
+
+    out = []
+    for (name_a, a), (name_b, b) in zip(models, models[1:]):
+        if a is None or b is None or len(a) != len(b):
+            continue
+        hits_a, hits_b = [(np.asarray(r) >= 0) & (np.asarray(r) < k) for r in (a, b)]
+        res = paired_hit_difference(hits_a, hits_b, seed=seed)
+        out.append({"from": name_a, "to": name_b, "k": k,
+                    **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in res.items()}})
+    return out
+
+
+def paired_reading(step: dict[str, Any]) -> str:
+    """``gain``/``loss`` beyond user-sampling noise when the 95% interval excludes 0, else ``within noise``."""
+    if step["ci_low"] <= 0 <= step["ci_high"]:
+        return "within user-sampling noise"
+    return ("gain" if step["delta"] > 0 else "loss") + " beyond user-sampling noise"
+
+
+def paired_markdown(steps: list[dict[str, Any]], intro: str) -> list[str]:
+    """Markdown lines for :func:`paired_steps` (empty without steps)."""
+    if not steps:
+        return []
+    k = steps[0].get("k", 10)
+    lines = ["", intro + f" (Recall@{k}; McNemar's exact test on the users one model hits alone, paired bootstrap "
+                         "95% interval):", "",
+             f"| from | to | Recall@{k} difference | 95% interval | hit by 'from' alone | by 'to' alone | p | reading |",
+             "|---|---|---|---|---|---|---|---|"]
+    for st in steps:
+        lines.append(f"| {st['from']} | {st['to']} | {st['delta']:+.4f} | [{st['ci_low']:+.4f}, {st['ci_high']:+.4f}] "
+                     f"| {st['only_a']} | {st['only_b']} | {st['p']:.3f} | {paired_reading(st)} |")
+    return lines
+
+
 #: ``table`` of a run's result file (beside the ablation tables, ``reports/tables/<dataset>/``).
 PIPELINE = "pipeline"
 
@@ -104,6 +162,7 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "smoke": cfg.smoke,
         "rows": [json_record(r) for r in rows],
         "baselines": [json_record(r) for r in baselines],
+        "paired": paired_steps(pipeline_target_ranks(cfg), k=10, seed=ran.seed),
     }
 
 
@@ -137,6 +196,8 @@ def pipeline_markdown(doc: dict[str, Any]) -> str:
     for b in doc.get("baselines", []):
         lines.append(f"| {b['method']} ({b.get('source', '')}) | | "
                      + " | ".join(cell(b.get(k)) for k in METRIC_KEYS) + " | – | – | – | – |")
+    lines += paired_markdown(doc.get("paired") or [], "One seed: each model against the one trained before it, "
+                                                      "on the same test users")
     return "\n".join(lines) + "\n"
 
 

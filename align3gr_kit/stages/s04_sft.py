@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.evaluate import evaluate
+from align3gr_kit.evaluate import evaluate, write_target_ranks
 from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.model.backbone import save_model
 from align3gr_kit.stages.contract import StageRun, stage_dir
@@ -47,11 +47,15 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     use_user = cfg.prompts.user_scid_in_prompt and tok.users is not None
     judge = optional_judge(data.dataset, cfg.seed) if evaluate_splits else None  # what users like
     out: dict[str, Any] = {"train": train}
+    ranks: dict[str, list[int]] = {}
     for name in evaluate_splits:
         out[name] = evaluate(model, tokenizer, tok.items, tok.users, data.split.samples(name), cfg.decode, use_user,
                              max_length=cfg.sft.max_length, progress=progress, judge=judge,
-                             precision=cfg.model.dtype)
+                             precision=cfg.model.dtype, keep_ranks=True)
+        ranks[name] = out[name].pop("target_ranks")
         flat.update({f"{name}_{k}": v for k, v in out[name].items()})
     out["metrics"] = flat
     write_metrics(stage.dir, out)
+    if ranks:
+        write_target_ranks(stage.dir, {"SFT": ranks})
     return flat
