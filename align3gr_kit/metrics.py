@@ -117,6 +117,21 @@ def chance_prefix_hits(targets: Sequence[int], codes: np.ndarray, k: int = 10) -
     return out
 
 
+def paired_bootstrap(values_a: Sequence[float], values_b: Sequence[float], n_boot: int = 10_000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the per-user difference ``b - a`` and its paired-bootstrap 95% interval (users resampled
+    with replacement, both models' values together): ``(delta, low, high)``."""
+    a = np.asarray(values_a, dtype=np.float64)
+    b = np.asarray(values_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired: per-user values must be two [n_users] arrays of one length, got {a.shape} "
+                         f"and {b.shape}")
+    diff = b - a
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
+    low, high = np.quantile(diff[idx].mean(axis=1), [0.025, 0.975])
+    return float(diff.mean()), float(low), float(high)
+
+
 def paired_hit_difference(hits_a: Sequence[bool], hits_b: Sequence[bool], n_boot: int = 10_000,
                           seed: int = 0) -> dict[str, float]:
     """Is B's Recall@K different from A's on the same users beyond user-sampling noise?
@@ -125,7 +140,7 @@ def paired_hit_difference(hits_a: Sequence[bool], hits_b: Sequence[bool], n_boot
     difference ``Recall_B - Recall_A`` is judged on the discordant users only: ``only_a`` hit by A
     alone, ``only_b`` by B alone. McNemar's exact test (a two-sided binomial test of ``only_b`` out of
     ``only_a + only_b`` at 1/2, :func:`scipy.stats.binomtest`) gives ``p``; a paired bootstrap over
-    users (resampling users, both models together) gives the 95% interval of the difference.
+    users (:func:`paired_bootstrap`) gives the 95% interval of the difference.
 
     Args:
         hits_a, hits_b: ``[n_users]`` whether each user's target is in model A's / B's top K.
@@ -142,9 +157,21 @@ def paired_hit_difference(hits_a: Sequence[bool], hits_b: Sequence[bool], n_boot
                          f"and {b.shape}")
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     p = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    diff = b.astype(np.float64) - a.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
-    boot = diff[idx].mean(axis=1)
-    low, high = np.quantile(boot, [0.025, 0.975])
-    return {"users": int(len(a)), "recall_a": float(a.mean()), "recall_b": float(b.mean()), "delta": float(diff.mean()),
-            "ci_low": float(low), "ci_high": float(high), "only_a": only_a, "only_b": only_b, "p": float(p)}
+    delta, low, high = paired_bootstrap(a, b, n_boot, seed)
+    return {"users": int(len(a)), "recall_a": float(a.mean()), "recall_b": float(b.mean()), "delta": delta,
+            "ci_low": low, "ci_high": high, "only_a": only_a, "only_b": only_b, "p": float(p)}
+
+
+def per_user_metric(ranks: Sequence[int], metric: str) -> np.ndarray:
+    """Each user's ``recall@K`` (0/1) or ``ndcg@K`` from 0-based target ranks (-1 = miss), the values
+    :func:`metrics_from_ranks` averages."""
+    r = np.asarray(ranks)
+    name, k = metric.split("@")
+    hit = (r >= 0) & (r < int(k))
+    if name == "recall":
+        return hit.astype(np.float64)
+    if name == "ndcg":
+        out = np.zeros(len(r))
+        out[hit] = 1.0 / np.log2(r[hit] + 2.0)
+        return out
+    raise ValueError(f"per_user_metric: {metric!r} is not recall@K or ndcg@K")

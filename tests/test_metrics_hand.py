@@ -88,3 +88,14 @@ def test_paired_hit_difference_against_hand_values():
     assert clear["p"] == pytest.approx(2 / 2 ** 12) and clear["ci_low"] > 0
     with pytest.raises(ValueError, match="one length"):
         paired_hit_difference([1, 0], [1])
+
+
+def test_per_user_metric_averages_to_the_hand_values():
+    from align3gr_kit.metrics import per_user_metric
+
+    ranks = [0, 3, 7, -1]  # the targets' ranks in RANKED
+    for key, v in HAND.items():
+        assert per_user_metric(ranks, key).mean() == pytest.approx(v, abs=1e-6), key
+    assert per_user_metric(ranks, "ndcg@10").tolist() == pytest.approx([1.0, 0.4306766, 0.3154649, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="recall@K or ndcg@K"):
+        per_user_metric(ranks, "mrr@10")

@@ -10,10 +10,12 @@ import pytest
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report import benchmarks_md
 from align3gr_kit.report.ablation import reaching_fields, summarise
-from align3gr_kit.report.tables import TABLES, run_table, table_markdown, table_rungs, tables_dir, verdicts
+from align3gr_kit.evaluate import write_target_ranks
+from align3gr_kit.report.tables import (PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN, TABLES, run_table, table_markdown,
+                                        table_rungs, tables_dir, verdicts)
 from align3gr_kit.stages import runner
 from align3gr_kit.stages.contract import StageRun, fingerprint, get_stage
-from align3gr_kit.utils import project_root
+from align3gr_kit.utils import project_root, write_json
 
 SMOKE = str(project_root() / "configs" / "smoke.yaml")
 SFT_SECTIONS = ("tokenizer", "prompts", "model", "sft", "decode")
@@ -333,3 +335,52 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
     for name, directions in PAPER_DIRECTION.items():
         labels = {r.label for r in table_rungs(name)}
         assert set(directions) <= labels, (name, set(directions) - labels)
+
+
+def test_one_seed_steps_are_judged_on_the_same_users_and_the_ranks_travel_with_the_rows(tmp_path, monkeypatch):
+    """With one seed there is no seed spread: two rows whose models kept their users' target ranks are
+    compared user by user (paired bootstrap), and a recorded row carries the ranks to the next machine."""
+    def hits(n):  # 40 test users, the first n hit at rank 0
+        return [0] * n + [-1] * (40 - n)
+
+    def fake(cfg, config_path, stages=None, resume=False, overrides=None, kernel_name="python3", render=True,
+             reports_dir=None):
+        last = stages[-1]
+        if last == "04_sft":
+            ranks, name = hits(10), "SFT"
+        else:
+            ranks = hits(10) if cfg.dpo.sp_negatives == "generated" else hits(30) if not cfg.dpo.sp_progressive else hits(2)
+            name = "only"
+        run = StageRun(cfg, last)
+        if last != "04_sft":
+            write_json(run.path("history.json"), {"start": None, "stages": [{"stage": name}]})
+        write_target_ranks(run.dir, {name: {"test": ranks}})
+        value = sum(r == 0 for r in ranks) / 40
+        run.finish({s: {"recall@5": value, "recall@10": value, "ndcg@5": value, "ndcg@10": value}
+                    for s in ("valid", "test")})
+        return {"ok": True, "stages": []}
+
+    monkeypatch.setattr(runner, "run_pipeline", fake)
+    tables = tmp_path / "tables"
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "m1"))
+    doc = run_table(base, SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["Softmax-DPO"]["recall@10 verdict"] == PAIRED_WITHIN  # the same 10 users: no difference
+    assert rows["SP-DPO w/o progression"]["recall@10 verdict"] == PAIRED_GAIN  # 20 more users hit, none lost
+    assert rows["SP-DPO w/o progression"]["recall@10 p"] == pytest.approx(2 / 2 ** 20, abs=1e-4)
+    assert rows["SP-DPO w/o progression"]["recall@10 ci low"] > 0
+    assert rows["Progressive SP-DPO"]["ndcg@10 verdict"] == PAIRED_LOSS and rows["Progressive SP-DPO"]["ndcg@10 ci high"] < 0
+    md = table_markdown(doc)
+    assert "gain (paired)" in md and "compares the two rows' models on the same test users" in md
+    assert "(the paper's way, one seed, paired over users)" in md and "(of seeds; with one seed, of users)" in md
+    # another machine reads the rows, ranks included: the same verdicts without running anything
+    monkeypatch.setattr(runner, "run_pipeline", lambda *a, **k: pytest.fail("a recorded row ran again"))
+    again = run_table(base.override({"runs_dir": str(tmp_path / "m2")}), SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    assert [r["recall@10 verdict"] for r in again["rows"]] == [r["recall@10 verdict"] for r in doc["rows"]]
+    # rows without kept ranks (measured before ranks were kept) keep the plain one-seed verdict
+    for path in (tables / "rows").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec.pop("test_target_ranks")
+        path.write_text(json.dumps(rec))
+    old = run_table(base.override({"runs_dir": str(tmp_path / "m3")}), SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    assert {r["recall@10 verdict"] for r in old["rows"][1:]} == {"1 seed"}

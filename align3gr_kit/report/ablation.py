@@ -171,6 +171,7 @@ class RungResult:
     seconds: float = 0.0
     error: str = ""
     source: str = ""  # where a row measured before was read from (:mod:`align3gr_kit.report.ledger`)
+    ranks: list[int] | None = None  # the final model's per-user test target ranks, when kept
 
 
 def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
@@ -192,6 +193,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
         One :class:`RungResult` per (seed, rung), seeds outermost; a failed run carries ``error``.
     """
     from align3gr_kit.report.ledger import find_row, record_row
+    from align3gr_kit.report.stage_metrics import final_target_ranks
     from align3gr_kit.stages.runner import run_pipeline
 
     inherited = {**config_diff(base, config_path), **(base_overrides or {})}
@@ -204,7 +206,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             if ledger is not None and reuse and (found := find_row(ledger, cfg, rung.last_stage)) is not None:
                 print(f"[{run_name}] {rung.label}: measured before, read from {found['source']}", file=sys.stderr)
                 results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
-                                          source=found["source"]))
+                                          source=found["source"], ranks=found.get("ranks")))
                 continue
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
@@ -212,11 +214,13 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             out = RungResult(rung.label, seed, run_name, seconds=round(time.time() - t0, 1))
             if res["ok"]:
                 out.metrics = final_metrics(cfg, rung.last_stage)
+                out.ranks = final_target_ranks(cfg, rung.last_stage)
                 if ledger is not None:  # the stages' own times (a resumed or copied stage keeps its cost)
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
                     last = read_manifest(cfg, rung.last_stage) or {}
                     record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
-                               commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"))
+                               commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"),
+                               ranks=out.ranks)
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"

@@ -6,7 +6,8 @@ and the stage it ends with. Run directories (``runs/``) live on one machine, but
 
     reports/tables/<dataset>/rows/<config fingerprint>-s<seed>-<last stage>.json
 
-(``metrics``, ``seconds``, ``run``, ``commit``, ``date``). Before running a row, :func:`find_row` looks
+(``metrics``, ``seconds``, ``run``, ``commit``, ``date``, and ``test_target_ranks``: each test user's
+target rank, so that one-seed rows are compared user by user). Before running a row, :func:`find_row` looks
 there, and in the committed results file of a full pipeline run (``pipeline-<run>.json``, written by
 ``report pipeline``) whose config and seed match: its last row of that stage is the same model. A row
 found either way is not recomputed; the table names its source. The key leaves out code changes, as
@@ -35,16 +36,18 @@ def row_key(cfg: RunConfig, last_stage: str) -> str:
 
 def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str, dict[str, float]],
                seconds: float, commit: str | None = None, date: str | None = None,
-               machine: str | None = None) -> Path:
+               machine: str | None = None, ranks: list[int] | None = None) -> Path:
     """Write a finished row's result to ``<folder>/rows/<key>.json`` (atomically) and return the path.
 
     ``commit``, ``date`` and ``machine``: where and when the row's last stage was measured (its
-    manifest's); default this commit, now, unknown."""
+    manifest's); default this commit, now, unknown. ``ranks``: the final model's per-user test target
+    ranks (:func:`align3gr_kit.report.stage_metrics.final_target_ranks`), when the run kept them."""
     path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, {"key": path.stem, "run": cfg.run_name, "seed": cfg.seed, "last_stage": last_stage,
                              "metrics": metrics, "seconds": seconds, "machine": machine, "commit": commit or git_commit(),
-                             "date": date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+                             "date": date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                             "test_target_ranks": ranks})
 
 
 def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[str, float]] | None:
@@ -64,8 +67,9 @@ def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[
 def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
     """The committed result of the row ``(cfg, last_stage)`` in ``folder``, or None.
 
-    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source"}``, ``source`` naming the
-    file (and the run, commit and date that measured it).
+    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "ranks"}``, ``source``
+    naming the file (and the run, commit and date that measured it), ``ranks`` the per-user test target
+    ranks when the row kept them (else None).
     """
     from align3gr_kit.report.tables import config_fingerprint, project_relative
 
@@ -73,7 +77,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     path = folder / ROWS / f"{row_key(cfg, last_stage)}.json"
     if path.exists():
         rec = read_json(path)
-        return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0),
+        return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": rec.get("test_target_ranks"),
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
                           f"{(rec.get('commit') or 'unknown')[:7]}, {rec.get('date')})"}
     fp = config_fingerprint(cfg)
@@ -84,7 +88,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
         metrics = _from_pipeline_file(doc, last_stage)
         if metrics is not None:
             upto = sorted(s for s in doc.get("stage_seconds", {}) if s <= last_stage)
-            return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1),
+            return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1), "ranks": None,
                     "source": f"{project_relative(p)} (run {doc.get('run_name')}, commit(s) "
                               f"{', '.join(doc.get('commits', []))}, {doc.get('date')})"}
     return None

@@ -75,6 +75,22 @@ def pipeline_target_ranks(cfg: RunConfig, split: str = "test") -> list[tuple[str
     return out
 
 
+def final_target_ranks(cfg: RunConfig, stage: str, split: str = "test") -> list[int] | None:
+    """Per-user target ranks on ``split`` of the model a finished stage ends with (04: the SFT model;
+    05/06: the last DPO sub-stage's policy); ``None`` when the stage kept none."""
+    from align3gr_kit.evaluate import read_target_ranks
+
+    if read_manifest(cfg, stage) is None:
+        return None
+    kept = read_target_ranks(stage_dir(cfg, stage))
+    if not kept:
+        return None
+    if stage == "04_sft":
+        return kept.get("SFT", {}).get(split)
+    entries = DPOArtifacts.load(stage_dir(cfg, stage)).history.get("stages") or []
+    return kept.get(entries[-1]["stage"], {}).get(split) if entries else None
+
+
 def paired_steps(models: list[tuple[str, list[int] | None]], k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     """Each model against the one trained before it, on the same users: Recall@``k`` difference,
     McNemar's p and a paired-bootstrap 95% interval (:func:`align3gr_kit.metrics.paired_hit_difference`);

@@ -23,8 +23,10 @@ stage through ``--resume`` (e.g. the DPO table trains one SFT model).
 Spread: every row is the mean and sample standard deviation over seeds. A row is compared with its
 reference row (the previous one for cumulative tables, the full setting for "without" tables); a
 difference is called a gain or a loss only when it exceeds the spread of the difference,
-``sqrt(sd_row^2 + sd_ref^2)`` (the standard deviation of the difference of one run of each; with
-one seed it is unmeasured and no verdict is given).
+``sqrt(sd_row^2 + sd_ref^2)`` (the standard deviation of the difference of one run of each). With
+one seed the seed spread is unmeasured; where both rows kept their users' target ranks, the step is
+judged on the same users instead (:func:`paired_verdicts`: a paired-bootstrap interval of the per-user
+difference, marked *(paired)*), else no verdict is given.
 """
 
 from __future__ import annotations
@@ -250,6 +252,41 @@ def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
     return out
 
 
+#: One-seed verdicts judged on the same users (:func:`paired_verdicts`).
+PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN = "gain (paired)", "loss (paired)", "within user noise"
+
+
+def paired_verdicts(summary: pd.DataFrame, ranks: dict[str, dict[int, list[int]]], seed: int = 0) -> pd.DataFrame:
+    """``summary`` after :func:`verdicts`, with each ``1 seed`` verdict on :data:`VERDICT_KEYS` judged on
+    the same users instead, where both rows ran one seed, the same one, and kept their per-user test
+    target ranks (``ranks``: ``{method: {seed: ranks}}``): the per-user difference's paired-bootstrap
+    95% interval (:func:`align3gr_kit.metrics.paired_bootstrap`) says :data:`PAIRED_GAIN` or
+    :data:`PAIRED_LOSS` when it excludes 0, else :data:`PAIRED_WITHIN`; ``<metric> ci low/high`` hold
+    the interval and ``recall@10 p`` McNemar's exact p. A seed spread, where measured, is never replaced."""
+    from align3gr_kit.metrics import paired_bootstrap, paired_hit_difference, per_user_metric
+
+    out = summary.copy()
+    index = {m: i for i, m in enumerate(out["method"])}
+    for i in range(1, len(out)):
+        ref = out.loc[i, "vs"]
+        a, b = ranks.get(ref, {}), ranks.get(out.loc[i, "method"], {})
+        if len(a) != 1 or set(a) != set(b) or ref not in index:
+            continue
+        ra, rb = a[next(iter(a))], b[next(iter(b))]
+        if ra is None or rb is None or len(ra) != len(rb) or not len(ra):
+            continue
+        for k in VERDICT_KEYS:
+            if out.loc[i].get(f"{k} verdict") != "1 seed":
+                continue
+            va, vb = per_user_metric(ra, k), per_user_metric(rb, k)
+            _, low, high = paired_bootstrap(va, vb, seed=seed)
+            out.loc[i, f"{k} ci low"], out.loc[i, f"{k} ci high"] = round(low, 4), round(high, 4)
+            out.loc[i, f"{k} verdict"] = PAIRED_GAIN if low > 0 else PAIRED_LOSS if high < 0 else PAIRED_WITHIN
+            if k.startswith("recall@"):
+                out.loc[i, f"{k} p"] = round(paired_hit_difference(va > 0, vb > 0, seed=seed)["p"], 4)
+    return out
+
+
 def with_ratios(summary: pd.DataFrame) -> pd.DataFrame:
     """``summary`` with ``<metric> / SASRec`` for :data:`VERDICT_KEYS` when it has a SASRec row
     (above 1: ahead of SASRec); unchanged otherwise."""
@@ -304,7 +341,11 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         runs = pd.concat([classic[classic["method"].isin(baselines)], runs], ignore_index=True)
     wall = round(time.time() - t0, 1)
     compare = "previous" if name == "ladder" else TABLES[name].compare
-    summary = with_ratios(verdicts(summarise(runs), compare))
+    kept: dict[str, dict[int, list[int]]] = {}
+    for r in results:
+        if r.ranks is not None and not r.error:
+            kept.setdefault(r.label, {})[r.seed] = r.ranks
+    summary = with_ratios(paired_verdicts(verdicts(summarise(runs), compare), kept, seed=seeds[0] if seeds else 0))
     notes = {r.label: r.note for r in rungs}
     budgets = {r.label: row_budget(base.override({**inherited, **r.overrides})) for r in rungs}
     rows = []
@@ -410,6 +451,10 @@ def table_markdown(doc: dict[str, Any]) -> str:
         if ratios:
             line += "".join(f" {_ratio(r.get(f'{k} / {RATIO_TO}'))} |" for k in VERDICT_KEYS)
         lines.append(line)
+    if any(r.get(f"{k} verdict") in (PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN) for r in doc["rows"] for k in verdict_keys):
+        lines += ["", "One seed: a verdict marked *(paired)* or *within user noise* compares the two rows' models on "
+                      "the same test users: the paired-bootstrap 95% interval of the per-user difference "
+                      "(in the JSON, `<metric> ci low/high`, and McNemar's p for Recall@10) excludes 0 or not."]
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
     reading = table_reading(doc)
     if reading:
@@ -442,21 +487,25 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
             d, verdict = r.get(f"d {k}"), r.get(f"{k} verdict", "")
             if d is None or verdict in ("", "failed"):
                 continue
-            if verdict in ("gain", "loss"):
-                call = "the paper's way" if (d > 0) == (want > 0) else "against the paper"
-            elif verdict == "within spread":
-                call = "within the spread"
+            if verdict in ("gain", "loss", PAIRED_GAIN, PAIRED_LOSS):
+                bucket = "the paper's way" if (d > 0) == (want > 0) else "against the paper"
+                call = bucket + (", one seed, paired over users" if verdict in (PAIRED_GAIN, PAIRED_LOSS) else "")
+            elif verdict in ("within spread", PAIRED_WITHIN):
+                bucket = "within the spread"
+                call = bucket if verdict == "within spread" else "within the users' noise, one seed"
             else:
-                call = "one seed, no spread"
+                bucket = call = "one seed, no spread"
             if k == "recall@10":
-                tally[call] += 1
+                tally[bucket] += 1
             parts.append(f"{_METRIC_NAMES[k]} {d:+.4f} ({call})")
         if parts:
             lines.append(f"**{r['method']}** vs {r['vs']} (paper: {'higher' if want > 0 else 'lower'}): "
                          + ", ".join(parts) + ".")
     if lines:
         n, ours = sum(tally.values()), tally["the paper's way"]
-        lines.append(f"On Recall@10, {ours} of {n} steps go the paper's way beyond the spread, "
+        paired = any(r.get(f"{k} verdict") in (PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN) for r in doc["rows"] for k in keys)
+        lines.append(f"On Recall@10, {ours} of {n} steps go the paper's way beyond the spread"
+                     + (" (of seeds; with one seed, of users)" if paired else "") + ", "
                      f"{tally['against the paper']} against it, {tally['within the spread']} within the spread"
                      + (f", {tally['one seed, no spread']} with one seed (no spread measured, no verdict)"
                         if tally["one seed, no spread"] else "") + ".")
