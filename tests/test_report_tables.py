@@ -384,3 +384,8 @@ def test_one_seed_steps_are_judged_on_the_same_users_and_the_ranks_travel_with_t
         path.write_text(json.dumps(rec))
     old = run_table(base.override({"runs_dir": str(tmp_path / "m3")}), SMOKE, "dpo", [0], upto="sp", out_dir=tables)
     assert {r["recall@10 verdict"] for r in old["rows"][1:]} == {"1 seed"}
+    # ... until the machine that still holds their runs reads them: the ranks are attached to the rows
+    back = run_table(base, SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    assert [r["recall@10 verdict"] for r in back["rows"]] == [r["recall@10 verdict"] for r in doc["rows"]]
+    recs = [json.loads(p.read_text()) for p in (tables / "rows").glob("*.json")]
+    assert all(len(r["test_target_ranks"]) == 40 for r in recs)

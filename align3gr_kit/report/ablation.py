@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.stages.contract import MANIFEST, read_manifest, stage_dir
+from align3gr_kit.stages.contract import MANIFEST, get_stage, is_current, read_manifest, stage_dir
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 #: What users like in the top-10, by the evaluation judge (:mod:`align3gr_kit.feedback.evaluation`);
@@ -192,7 +192,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
     Returns:
         One :class:`RungResult` per (seed, rung), seeds outermost; a failed run carries ``error``.
     """
-    from align3gr_kit.report.ledger import find_row, record_row
+    from align3gr_kit.report.ledger import attach_ranks, find_row, record_row
     from align3gr_kit.report.stage_metrics import final_target_ranks
     from align3gr_kit.stages.runner import run_pipeline
 
@@ -205,8 +205,14 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             cfg = base.override({**overrides, "seed": seed, "run_name": run_name})
             if ledger is not None and reuse and (found := find_row(ledger, cfg, rung.last_stage)) is not None:
                 print(f"[{run_name}] {rung.label}: measured before, read from {found['source']}", file=sys.stderr)
+                ranks = found.get("ranks")
+                if ranks is None and is_current(cfg, get_stage(rung.last_stage)):
+                    # recorded before rows kept ranks, and its run is still on this machine: keep them now
+                    ranks = final_target_ranks(cfg, rung.last_stage)
+                    if ranks is not None:
+                        attach_ranks(ledger, cfg, rung.last_stage, ranks)
                 results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
-                                          source=found["source"], ranks=found.get("ranks")))
+                                          source=found["source"], ranks=ranks))
                 continue
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,

@@ -50,6 +50,18 @@ def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str,
                              "test_target_ranks": ranks})
 
 
+def attach_ranks(folder: Path, cfg: RunConfig, last_stage: str, ranks: list[int]) -> Path | None:
+    """Add per-user test target ranks to a row recorded without them (measured before rows kept them,
+    its run still on this machine); the rest of the record is left as measured. None when there is
+    no such row file."""
+    path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
+    if not path.exists():
+        return None
+    rec = read_json(path)
+    rec["test_target_ranks"] = [int(r) for r in ranks]
+    return write_json(path, rec)
+
+
 def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[str, float]] | None:
     rows = [r for r in doc.get("rows", []) if r.get("stage") == last_stage]
     if not rows:
