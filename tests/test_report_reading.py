@@ -236,3 +236,21 @@ def test_pipeline_pairs_consecutive_models_by_their_kept_target_ranks(tmp_path):
     assert paired_reading(s) == "gain beyond user-sampling noise"
     assert paired_reading({"delta": -0.01, "ci_low": -0.03, "ci_high": 0.01}) == "within user-sampling noise"
     assert paired_reading({"delta": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "loss beyond user-sampling noise"
+
+
+def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_one(tmp_path):
+    """A stage copied from another run's identical stage records that run's settings (which differ where
+    the stage never reads them): the run's file must describe the run itself."""
+    from align3gr_kit.report.stage_metrics import pipeline_document
+    from align3gr_kit.report.tables import config_fingerprint
+
+    cfg = RunConfig.from_yaml(SMOKE, run_name="own", runs_dir=str(tmp_path))
+    other = cfg.override({"dpo.rf_progressive": not cfg.dpo.rf_progressive})  # what the copied stages recorded
+    keys = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+    StageRun(other, "04_sft").finish({f"{s}_{k}": 0.1 for s in ("valid", "test") for k in keys})
+    rf = StageRun(cfg, "06_rf_dpo")
+    write_json(rf.path("history.json"), {"start": None, "stages": [{"stage": "easy", "metrics": {
+        s: {k: 0.2 for k in keys} for s in ("valid", "test")}}]})
+    rf.finish({})
+    doc = pipeline_document(cfg, SMOKE)
+    assert doc["overrides"] == {} and doc["fingerprint"] == config_fingerprint(cfg) != config_fingerprint(other)

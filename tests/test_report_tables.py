@@ -389,3 +389,13 @@ def test_one_seed_steps_are_judged_on_the_same_users_and_the_ranks_travel_with_t
     assert [r["recall@10 verdict"] for r in back["rows"]] == [r["recall@10 verdict"] for r in doc["rows"]]
     recs = [json.loads(p.read_text()) for p in (tables / "rows").glob("*.json")]
     assert all(len(r["test_target_ranks"]) == 40 for r in recs)
+
+
+def test_a_recorded_row_prints_its_manifest_time_as_the_tables_do(tmp_path):
+    from align3gr_kit.report.ledger import find_row, record_row
+
+    cfg = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    metrics = {s: {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.05, "ndcg@10": 0.1} for s in ("valid", "test")}
+    path = record_row(tmp_path, cfg, "04_sft", metrics, 12.0, commit="abc1234", date="2026-12-01T12:00:04+00:00")
+    assert json.loads(path.read_text())["date"] == "2026-12-01 12:00 UTC"
+    assert find_row(tmp_path, cfg, "04_sft")["source"].endswith("(run t, commit abc1234, 2026-12-01 12:00 UTC)")

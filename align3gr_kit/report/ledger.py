@@ -34,6 +34,15 @@ def row_key(cfg: RunConfig, last_stage: str) -> str:
     return f"{config_fingerprint(cfg)}-s{cfg.seed}-{last_stage}"
 
 
+def _minutes(date: str | None) -> str | None:
+    """A manifest's ISO time (``2026-12-01T12:00:04+00:00``) as the tables print times
+    (``2026-12-01 12:00 UTC``); other strings unchanged."""
+    try:
+        return datetime.fromisoformat(date).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if date else date
+    except ValueError:
+        return date
+
+
 def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str, dict[str, float]],
                seconds: float, commit: str | None = None, date: str | None = None,
                machine: str | None = None, ranks: list[int] | None = None) -> Path:
@@ -46,7 +55,7 @@ def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, {"key": path.stem, "run": cfg.run_name, "seed": cfg.seed, "last_stage": last_stage,
                              "metrics": metrics, "seconds": seconds, "machine": machine, "commit": commit or git_commit(),
-                             "date": date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                             "date": _minutes(date) or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                              "test_target_ranks": ranks})
 
 
@@ -91,7 +100,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
         rec = read_json(path)
         return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": rec.get("test_target_ranks"),
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
-                          f"{(rec.get('commit') or 'unknown')[:7]}, {rec.get('date')})"}
+                          f"{(rec.get('commit') or 'unknown')[:7]}, {_minutes(rec.get('date'))})"}
     fp = config_fingerprint(cfg)
     for p in sorted(folder.glob("pipeline-*.json")):
         doc = read_json(p)

@@ -141,8 +141,8 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     every trained model's valid/test metrics in training order (:func:`pipeline_stage_metrics`), the
     baselines on the same users when stage 07 ran, each stage's wall time and the commit each stage
     ran at. ``None`` before ``04_sft`` finished. Read from the run folder only (nothing recomputed):
-    the settings are those the SFT stage recorded, with ``overrides`` saying how they differ from the
-    YAML at ``config_path`` as it is now."""
+    the settings are those the run's last stage recorded, with ``overrides`` saying how they differ from
+    the YAML at ``config_path`` as it is now."""
     from align3gr_kit.report.pipeline_report import COMPARISON, read_comparison
     from align3gr_kit.report.tables import config_fingerprint, dataset_label, json_record, project_relative, row_budget
     from align3gr_kit.stages.contract import STAGES
@@ -150,8 +150,11 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     manifests = {s.name: m for s in STAGES if (m := read_manifest(cfg, s.name))}
     if "04_sft" not in manifests:
         return None
-    # the settings it ran with (the SFT manifest's), and how they differ from the YAML as it is now
-    ran = RunConfig.from_dict(manifests["04_sft"]["parameters"], source=str(stage_dir(cfg, "04_sft") / MANIFEST))
+    # the settings it ran with, and how they differ from the YAML as it is now: the last stage's manifest
+    # (an earlier stage may be a copy of another run's identical stage, whose settings differ in fields
+    # that stage never read, e.g. a 05_sp_dpo copied from a run with other RF settings)
+    last = [s.name for s in STAGES if s.name in manifests][-1]
+    ran = RunConfig.from_dict(manifests[last]["parameters"], source=str(stage_dir(cfg, last) / MANIFEST))
     overrides = config_diff(ran, config_path)
     rows = pipeline_stage_metrics(cfg).to_dict("records")
     baselines = []
