@@ -132,6 +132,12 @@ def paired_markdown(steps: list[dict[str, Any]], intro: str) -> list[str]:
     return lines
 
 
+def pipeline_paired_steps(cfg: RunConfig, seed: int | None = None) -> list[dict[str, Any]]:
+    """:func:`paired_steps` of the run's models on the test split (Recall@10), as ``report pipeline``
+    and notebook 07 show them."""
+    return paired_steps(pipeline_target_ranks(cfg), k=10, seed=cfg.seed if seed is None else seed)
+
+
 #: ``table`` of a run's result file (beside the ablation tables, ``reports/tables/<dataset>/``).
 PIPELINE = "pipeline"
 
@@ -181,7 +187,7 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "smoke": cfg.smoke,
         "rows": [json_record(r) for r in rows],
         "baselines": [json_record(r) for r in baselines],
-        "paired": paired_steps(pipeline_target_ranks(cfg), k=10, seed=ran.seed),
+        "paired": pipeline_paired_steps(cfg, seed=ran.seed),
     }
 
 

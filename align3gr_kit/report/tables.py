@@ -266,11 +266,9 @@ def paired_verdicts(summary: pd.DataFrame, ranks: dict[str, dict[int, list[int]]
     from align3gr_kit.metrics import paired_bootstrap, paired_hit_difference, per_user_metric
 
     out = summary.copy()
-    index = {m: i for i, m in enumerate(out["method"])}
     for i in range(1, len(out)):
-        ref = out.loc[i, "vs"]
-        a, b = ranks.get(ref, {}), ranks.get(out.loc[i, "method"], {})
-        if len(a) != 1 or set(a) != set(b) or ref not in index:
+        a, b = ranks.get(out.loc[i, "vs"], {}), ranks.get(out.loc[i, "method"], {})
+        if len(a) != 1 or set(a) != set(b):
             continue
         ra, rb = a[next(iter(a))], b[next(iter(b))]
         if ra is None or rb is None or len(ra) != len(rb) or not len(ra):
@@ -279,11 +277,14 @@ def paired_verdicts(summary: pd.DataFrame, ranks: dict[str, dict[int, list[int]]
             if out.loc[i].get(f"{k} verdict") != "1 seed":
                 continue
             va, vb = per_user_metric(ra, k), per_user_metric(rb, k)
-            _, low, high = paired_bootstrap(va, vb, seed=seed)
+            if k.startswith("recall@"):  # one bootstrap, plus McNemar's p on the same hits
+                res = paired_hit_difference(va > 0, vb > 0, seed=seed)
+                low, high = res["ci_low"], res["ci_high"]
+                out.loc[i, f"{k} p"] = round(res["p"], 4)
+            else:
+                _, low, high = paired_bootstrap(va, vb, seed=seed)
             out.loc[i, f"{k} ci low"], out.loc[i, f"{k} ci high"] = round(low, 4), round(high, 4)
             out.loc[i, f"{k} verdict"] = PAIRED_GAIN if low > 0 else PAIRED_LOSS if high < 0 else PAIRED_WITHIN
-            if k.startswith("recall@"):
-                out.loc[i, f"{k} p"] = round(paired_hit_difference(va > 0, vb > 0, seed=seed)["p"], 4)
     return out
 
 
