@@ -372,8 +372,9 @@ class DPOConfig:
         lr: learning rate.
         batch_size: prompts per device per step (each brings 1 + n_rejected sequences).
         grad_accum: gradient accumulation steps.
-        max_prompts: preference prompts sampled per stage from the training samples (seeded);
-            0 = all training prompts. ``smoke`` caps it at 32 (and each stage at 2 optimiser steps).
+        max_prompts: preference prompts sampled per stage from the training samples (seeded; RF-DPO
+            draws them among the samples whose next item's logged rating is liked, the only ones that
+            give a chosen response); 0 = all training prompts. ``smoke`` caps it at 32 (and each stage at 2 optimiser steps).
             Prompts are encoded as in SFT and evaluation, cut to ``sft.max_length``.
         precompute_ref: score the reference once per stage before training (off: on the fly under
             ``no_grad`` at every step, keeping the reference in memory).

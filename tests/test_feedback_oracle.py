@@ -7,7 +7,13 @@ import pytest
 
 from align3gr_kit.data.schema import DataError, RecDataset, make_interactions, make_items, make_users
 from align3gr_kit.data.split import leave_one_out
-from align3gr_kit.dpo.preferences import TooFewPreferences, build_rf_preferences, held_out_items, sample_prompts
+from align3gr_kit.dpo.preferences import (
+    TooFewPreferences,
+    build_rf_preferences,
+    held_out_items,
+    liked_next_item,
+    sample_prompts,
+)
 from align3gr_kit.feedback import FeedbackOracle, RatingsOracle, rating_level
 from align3gr_kit.scid import ScidTable
 
@@ -111,6 +117,27 @@ def test_rf_preferences_by_hand():
     # shown and graded, chosen and held-out items aside: user 0 sees 0 1 2 4, user 1 sees 0 1 4 6
     assert {k: v for k, v in hard.stats.items() if k.startswith("shown/")} == {
         "shown/disliked": 4, "shown/neutral": 3, "shown/liked": 1, "shown/unknown": 0}
+
+
+def test_rf_prompts_are_drawn_among_liked_next_items():
+    ds, split, table, _, _ = _rf_inputs()
+    observed = RatingsOracle(ds)
+    liked = liked_next_item(split.train, observed)
+    # by hand (see test_rf_preferences_by_hand): user 0's targets 1 2 3 4 logged 1 3 4 2, user 1's 5 4 logged 4 1
+    assert liked.tolist() == [False, False, True, False, True, False]
+    every = sample_prompts(split.train, 0, 0, "rf/easy")
+    pool = sample_prompts(split.train, 0, 0, "rf/easy", eligible=liked)
+    # only the liked ones, with the position t counted over the user's whole training sequence
+    assert list(zip(pool.user_id, pool.target, pool.t)) == [(0, 3, 3), (1, 5, 1)]
+    assert pool.t.tolist() == every.t[liked].tolist()
+    one = sample_prompts(split.train, 1, 0, "rf/easy", eligible=liked)
+    assert len(one) == 1 and observed.level(int(one.user_id[0]), int(one.target[0])) == "liked"
+    beams = np.tile([0, 1, 2, 4, 6], (len(pool), 1))
+    prefs = build_rf_preferences(pool, ["a", "b"], table, _ItemLevels(), "easy", 3, 0, beams, observed,
+                                 held_out_items(split))
+    assert prefs.stats["skipped_not_liked"] == 0 and prefs.stats["examples"] == 2
+    with pytest.raises(ValueError, match="one flag per training sample"):
+        sample_prompts(split.train, 0, 0, "rf", eligible=liked[:3])
 
 
 def test_rf_catalogue_fallback_is_counted_and_avoids_consumed_items():

@@ -22,6 +22,7 @@ from align3gr_kit.dpo.preferences import (
     build_sp_preferences,
     sp_preference_stats,
     held_out_items,
+    liked_next_item,
     sample_prompts,
     sequential_prompts,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "sp_preference_stats",
     "held_out_items",
     "implicit_rewards",
+    "liked_next_item",
     "make_reference",
     "parameter_fingerprint",
     "precompute_reference_logps",

@@ -22,8 +22,11 @@ import torch
 from align3gr_kit.config import DPOConfig, RunConfig
 from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, response_logps
 from align3gr_kit.dpo.preferences import (
+    RF_REJECTED_LEVELS,
+    TooFewPreferences,
     build_rf_preferences,
     build_sp_preferences,
+    liked_next_item,
     sample_prompts,
     sequential_prompts,
     sp_preference_stats,
@@ -175,12 +178,23 @@ def run_dpo(
 
         specs = [sp_spec(n) for n in names]
     else:
+        # Only samples whose next item is liked can give an RF example (the chosen response): the
+        # stage's prompts are drawn among them, so no beam search is spent on prompts that are skipped.
+        liked = liked_next_item(split.train, observed)
+        if not liked.any():
+            raise TooFewPreferences(f"RF-DPO: none of the {len(liked)} training samples has a next item whose "
+                                    "logged rating is liked; RF-DPO needs liked next items (chosen responses)")
+
         def rf_spec(name: str) -> StageSpec:
             def build(ref: torch.nn.Module) -> list[dict]:
-                samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name)
+                samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name, eligible=liked)
                 prompts = sequential_prompts(samples, item_scids, prompt_users)
                 prefs = build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
                                              proposals(ref, prompts, cfg.decode.beam_width), observed, held_out)
+                prefs.stats.update({"pool": int(liked.sum()), "pool_share": round(float(liked.mean()), 4)})
+                print(f"RF-DPO {name}: {len(samples)} prompts drawn among the {int(liked.sum())} training samples "
+                      f"whose next item is liked ({liked.mean():.1%} of {len(liked)}); {prefs.stats['examples']} "
+                      f"with a shown item graded {'/'.join(RF_REJECTED_LEVELS[name])}")
                 rf_stats[name] = prefs.stats
                 return prefs.examples
             return StageSpec(name, build)

@@ -50,22 +50,41 @@ def stage_rng(seed: int, stage: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(stage.encode())])
 
 
-def sample_prompts(train: pd.DataFrame, max_prompts: int, seed: int, stage: str) -> pd.DataFrame:
+def sample_prompts(train: pd.DataFrame, max_prompts: int, seed: int, stage: str,
+                   eligible: np.ndarray | None = None) -> pd.DataFrame:
     """Training samples for one stage, each with ``t`` (the target's index in the training sequence).
 
     Args:
         train: ``Split.train`` (``user_id``, ``history``, ``target``), in leave-one-out order (per
             user, ``t = 1, 2, ...``).
         max_prompts: how many to draw (seeded, without replacement); 0 = all.
+        eligible: optional boolean mask over ``train``'s rows: draw only among these (RF-DPO: the
+            samples whose next item is liked, :func:`liked_next_item`), ``t`` still counted over all rows.
     Returns:
         The chosen rows in their original order, with a ``t`` column.
     """
     df = train.reset_index(drop=True).copy()
     df["t"] = df.groupby("user_id", sort=False).cumcount() + 1
+    if eligible is not None:
+        eligible = np.asarray(eligible, dtype=bool)
+        if eligible.shape != (len(df),):
+            raise ValueError(f"eligible has shape {eligible.shape}, expected ({len(df)},): one flag per training sample")
+        df = df[eligible].reset_index(drop=True)
     if max_prompts and max_prompts < len(df):
         idx = np.sort(stage_rng(seed, stage + "/prompts").choice(len(df), size=max_prompts, replace=False))
         df = df.iloc[idx].reset_index(drop=True)
     return df
+
+
+def liked_next_item(train: pd.DataFrame, observed: FeedbackOracle) -> np.ndarray:
+    """One flag per training sample: is its next item's observed (logged training) rating liked?
+
+    RF-DPO's chosen response is the next item only when it is liked, so only these samples can give
+    an example: drawing the stage's ``dpo.max_prompts`` among them (instead of skipping the others
+    after the beam search) spends the prompt budget and the beams on usable prompts.
+    """
+    levels = observed.levels([int(u) for u in train["user_id"]], [int(t) for t in train["target"]])
+    return np.array([lv == "liked" for lv in levels], dtype=bool)
 
 
 def default_prompt_fn() -> PromptFn:
