@@ -391,6 +391,27 @@ def test_one_seed_steps_are_judged_on_the_same_users_and_the_ranks_travel_with_t
     assert all(len(r["test_target_ranks"]) == 40 for r in recs)
 
 
+def test_rows_are_keyed_by_the_stages_they_ran_and_legacy_keys_are_still_read(tmp_path):
+    from align3gr_kit.report.ledger import find_row, legacy_row_key, record_row, row_key
+
+    cfg = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    metrics = {s: {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.05, "ndcg@10": 0.1} for s in ("valid", "test")}
+    sft = record_row(tmp_path, cfg, "04_sft", metrics, 12.0, commit="abc1234")
+    sp = record_row(tmp_path, cfg, "05_sp_dpo", metrics, 20.0, commit="abc1234")
+    assert sft.stem == row_key(cfg, "04_sft") != legacy_row_key(cfg, "04_sft")
+    # another DPO setting: the SFT model is the same row, the SP-DPO model is not
+    budget = cfg.override({"dpo.beta": cfg.dpo.beta * 2})
+    assert sft.name in find_row(tmp_path, budget, "04_sft")["source"]
+    assert find_row(tmp_path, budget, "05_sp_dpo") is None and find_row(tmp_path, cfg, "05_sp_dpo") is not None
+    assert find_row(tmp_path, cfg.override({"sft.lr": 5e-4}), "04_sft") is None  # another SFT
+    assert find_row(tmp_path, cfg.override({"seed": 1}), "04_sft") is None  # another seed
+    # a row recorded under the whole-config key (before the chain key) is still found, for that config only
+    sp.rename(sp.with_name(f"{legacy_row_key(cfg, '05_sp_dpo')}.json"))
+    found = find_row(tmp_path, cfg, "05_sp_dpo")
+    assert found is not None and legacy_row_key(cfg, "05_sp_dpo") in found["source"]
+    assert find_row(tmp_path, cfg.override({"dpo.rf_progressive": not cfg.dpo.rf_progressive}), "05_sp_dpo") is None
+
+
 def test_a_recorded_row_prints_its_manifest_time_as_the_tables_do(tmp_path):
     from align3gr_kit.report.ledger import find_row, record_row
 

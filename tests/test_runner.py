@@ -12,6 +12,7 @@ from align3gr_kit.config import ConfigError, RunConfig
 from align3gr_kit.stages.contract import (
     STAGES,
     StageRun,
+    chain_fingerprint,
     checkpoint_dir,
     clean_leftovers,
     fingerprint,
@@ -157,6 +158,29 @@ def test_stage_artifacts_copy_an_identical_stage_instead_of_recomputing(cfg, mon
     changed = cfg.override({"run_name": "t3", "data.max_history": 4})  # a different stage 00: must run
     with pytest.raises(pytest.fail.Exception, match="recomputed"):
         contract.stage_artifacts(changed, "00_data")
+
+
+def test_chain_fingerprint_follows_what_each_stage_and_its_upstream_read(cfg):
+    def fp(c):
+        return {s: chain_fingerprint(c, s) for s in ("00_data", "01_tokenize", "03_sft_prompts", "04_sft", "05_sp_dpo",
+                                                     "06_rf_dpo")}
+
+    base = fp(cfg)
+    assert len(set(base.values())) == 6 and all(re.fullmatch(r"[0-9a-f]{12}", v) for v in base.values())
+    # the seed and the run name are not part of it (rows carry the seed in their key)
+    assert fp(cfg.override({"seed": 3, "run_name": "other"})) == base
+    # a DPO setting changes the DPO stages only; an RF-only field changes 06 only (05 never reads it)
+    dpo = fp(cfg.override({"dpo.beta": cfg.dpo.beta * 2}))
+    assert [dpo[s] == base[s] for s in base] == [True, True, True, True, False, False]
+    rf = fp(cfg.override({"dpo.rf_progressive": not cfg.dpo.rf_progressive}))
+    assert [rf[s] == base[s] for s in base] == [True, True, True, True, True, False]
+    # an upstream change reaches every later stage: the tokenizer's levels change 01 and all after it
+    tok = fp(cfg.override({"tokenizer.levels": cfg.tokenizer.levels + 1}))
+    assert [tok[s] == base[s] for s in base] == [True, False, False, False, False, False]
+    # 02 only draws: its settings are the tokenizer's, and nothing downstream depends on it
+    assert chain_fingerprint(cfg, "02") != base["01_tokenize"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        chain_fingerprint(cfg, "09_nothing")
 
 
 @pytest.mark.parametrize("name", ["", "..", "../../evil", "/abs/path", "a/b", ".hidden", "sp ace"])

@@ -1,10 +1,11 @@
 """Committed row results: a table resumes on another machine from what was measured before.
 
-A table row is one pipeline run, and its result depends on nothing but its config sections, its seed
-and the stage it ends with. Run directories (``runs/``) live on one machine, but a long table on a
+A table row is one pipeline run, and its result depends on nothing but the config sections its
+stages read up to the one it ends with, its seed, and that stage (rows recorded before this key existed
+are keyed by the whole config, and are still read: :func:`legacy_row_key`). Run directories (``runs/``) live on one machine, but a long table on a
 2-core CPU outlasts a session, so every finished row is also written, small, beside the table:
 
-    reports/tables/<dataset>/rows/<config fingerprint>-s<seed>-<last stage>.json
+    reports/tables/<dataset>/rows/<chain fingerprint>-s<seed>-<last stage>.json
 
 (``metrics``, ``seconds``, ``run``, ``commit``, ``date``, and ``test_target_ranks``: each test user's
 target rank, so that one-seed rows are compared user by user). Before running a row, :func:`find_row` looks
@@ -28,10 +29,29 @@ ROWS = "rows"
 
 
 def row_key(cfg: RunConfig, last_stage: str) -> str:
-    """``<config fingerprint>-s<seed>-<last stage>``: what a row's result depends on."""
+    """``<chain fingerprint>-s<seed>-<last stage>``: what a row's result depends on, the config
+    sections of its stages up to ``last_stage`` (:func:`~align3gr_kit.stages.contract.chain_fingerprint`),
+    so that an SFT row stays found when only the DPO settings change."""
+    from align3gr_kit.stages.contract import chain_fingerprint
+
+    return f"{chain_fingerprint(cfg, last_stage)}-s{cfg.seed}-{last_stage}"
+
+
+def legacy_row_key(cfg: RunConfig, last_stage: str) -> str:
+    """The key rows were recorded under until 2026-12-01: ``<whole-config fingerprint>-s<seed>-<last
+    stage>``; such files are still read (the same config describes the same row)."""
     from align3gr_kit.report.tables import config_fingerprint
 
     return f"{config_fingerprint(cfg)}-s{cfg.seed}-{last_stage}"
+
+
+def row_path(folder: Path, cfg: RunConfig, last_stage: str) -> Path | None:
+    """The recorded file of the row ``(cfg, last_stage)`` in ``folder`` (its key, or the legacy key), or None."""
+    for key in (row_key(cfg, last_stage), legacy_row_key(cfg, last_stage)):
+        path = Path(folder) / ROWS / f"{key}.json"
+        if path.exists():
+            return path
+    return None
 
 
 def _minutes(date: str | None) -> str | None:
@@ -63,8 +83,8 @@ def attach_ranks(folder: Path, cfg: RunConfig, last_stage: str, ranks: list[int]
     """Add per-user test target ranks to a row recorded without them (measured before rows kept them,
     its run still on this machine); the rest of the record is left as measured. None when there is
     no such row file."""
-    path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
-    if not path.exists():
+    path = row_path(folder, cfg, last_stage)
+    if path is None:
         return None
     rec = read_json(path)
     rec["test_target_ranks"] = [int(r) for r in ranks]
@@ -95,8 +115,8 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     from align3gr_kit.report.tables import config_fingerprint, project_relative
 
     folder = Path(folder)
-    path = folder / ROWS / f"{row_key(cfg, last_stage)}.json"
-    if path.exists():
+    path = row_path(folder, cfg, last_stage)
+    if path is not None:
         rec = read_json(path)
         return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": rec.get("test_target_ranks"),
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -125,6 +126,27 @@ def fingerprint(cfg: RunConfig, stage: Stage) -> str:
         upstream.append(m.get("fingerprint", "") if m else "missing")
     payload = f"{stage.name}|{cfg.section_hash(*stage.sections, unread=stage.unread)}|{','.join(upstream)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def chain_fingerprint(cfg: RunConfig, last_stage: str) -> str:
+    """12 hex digits of what a model at the end of ``last_stage`` depends on, from the config alone:
+    the sections of that stage and of every stage upstream of it, each without its ``unread`` fields
+    (as :func:`fingerprint` hashes them), not the seed or the run name.
+
+    Unlike :func:`fingerprint`, it needs no run on disk, so a result recorded on one machine is found
+    on another (:mod:`align3gr_kit.report.ledger`); unlike a hash of the whole config, a change to a
+    later stage's settings (a DPO budget) leaves the SFT model's key as it was.
+    """
+    by_name = {s.name: s for s in STAGES}
+    chain, todo = set(), [get_stage(last_stage).name]
+    while todo:
+        name = todo.pop()
+        if name not in chain:
+            chain.add(name)
+            todo.extend(by_name[name].upstream)
+    seedless = cfg.override({"seed": 0})
+    payload = {n: seedless.section_hash(*by_name[n].sections, unread=by_name[n].unread) for n in sorted(chain)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def is_current(cfg: RunConfig, stage: Stage) -> bool:
