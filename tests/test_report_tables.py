@@ -337,6 +337,32 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
         assert set(directions) <= labels, (name, set(directions) - labels)
 
 
+def test_the_dpo_reading_also_puts_progressive_rf_beside_progressive_sp():
+    from align3gr_kit.report.tables import TABLES, spread_verdict, table_reading
+
+    # the spread rule by hand: |d| against sqrt(sd_a^2 + sd_b^2) = 0.05 for 0.03 and 0.04
+    assert spread_verdict(0.06, 0.03, 0.04) == "gain" and spread_verdict(-0.06, 0.03, 0.04) == "loss"
+    assert spread_verdict(0.049, 0.03, 0.04) == "within spread" and spread_verdict(0.2, None, 0.04) == "1 seed"
+    assert spread_verdict(float("nan"), 0.03, 0.04) == "failed"
+
+    def row(method, r10, sd, liked, liked_sd):
+        return {"method": method, "vs": "", "recall@10": r10, "recall@10 sd": sd, "ndcg@10": 0.1, "ndcg@10 sd": 0.0,
+                "liked_share@10": liked, "liked_share@10 sd": liked_sd}
+
+    doc = {"table": "dpo", "rows": [row("SFT", 0.2, 0.01, 0.45, 0.01), row("Progressive SP-DPO", 0.21, 0.03, 0.43, 0.01),
+                                    row("RF-DPO w/o progression", 0.22, 0.03, 0.44, 0.02),
+                                    row("Progressive RF-DPO", 0.19, 0.04, 0.47, 0.02)]}
+    last = table_reading(doc)[-1]
+    # recall -0.02 within sqrt(0.04^2 + 0.03^2) = 0.05; liked +0.04 beyond sqrt(0.02^2 + 0.01^2) = 0.0224
+    assert last == ("Also **Progressive RF-DPO** vs Progressive SP-DPO (what real feedback adds after self-play): "
+                    "Recall@10 -0.0200 (within the spread), NDCG@10 +0.0000 (within the spread), "
+                    "liked share@10 +0.0400 (beyond the spread).")
+    # every added step names rows of its table
+    for name, spec in TABLES.items():
+        labels = {r.label for r in table_rungs(name)}
+        assert all({a, b} <= labels for a, b, _ in spec.also), name
+
+
 def test_one_seed_steps_are_judged_on_the_same_users_and_the_ranks_travel_with_the_rows(tmp_path, monkeypatch):
     """With one seed there is no seed spread: two rows whose models kept their users' target ranks are
     compared user by user (paired bootstrap), and a recorded row carries the ranks to the next machine."""

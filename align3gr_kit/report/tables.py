@@ -89,6 +89,9 @@ class TableSpec:
     compare: str
     default_upto: str
     baselines: tuple[str, ...] = ()  # classic baselines (``Popularity``, ``SASRec``) as the first rows
+    #: ``(row, reference row, what it asks)``: steps the reading adds beside the table's own (a row
+    #: against one that is not its ``compare`` reference), judged by the same spread rule
+    also: tuple[tuple[str, str, str], ...] = ()
 
 
 #: tiny-llama's from-scratch budget (configs/ml-100k-tiny.yaml): full fine-tuning, 1,500 steps of 32.
@@ -127,7 +130,8 @@ TABLES: dict[str, TableSpec] = {
          ("RF-DPO w/o progression", {"dpo.rf_progressive": False}, "rf",
           "after progressive SP-DPO; disliked and neutral together, one stage"),
          ("Progressive RF-DPO", {}, "rf", "after progressive SP-DPO; Easy -> Hard")),
-        "previous", "rf"),
+        "previous", "rf",
+        also=(("Progressive RF-DPO", "Progressive SP-DPO", "what real feedback adds after self-play"),)),
     "tsrec": TableSpec(
         "tsrec", "TS-Rec: semantic-aware token initialisation and alignment", "TS-Rec Table 3",
         (("Base", {"model.sa_init": False}, None, "SCID embeddings seeded normal, no TS-Align"),
@@ -239,17 +243,20 @@ def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
                 continue
             d = out.loc[i, k] - out.loc[j, k]
             out.loc[i, f"d {k}"] = d
-            sd_i, sd_j = out.loc[i].get(f"{k} sd"), out.loc[j].get(f"{k} sd")
-            if pd.isna(d):
-                verdict = "failed"
-            elif sd_i is None or sd_j is None or pd.isna(sd_i) or pd.isna(sd_j):
-                verdict = "1 seed"
-            elif abs(d) > math.hypot(sd_i, sd_j):
-                verdict = "gain" if d > 0 else "loss"
-            else:
-                verdict = "within spread"
-            out.loc[i, f"{k} verdict"] = verdict
+            out.loc[i, f"{k} verdict"] = spread_verdict(d, out.loc[i].get(f"{k} sd"), out.loc[j].get(f"{k} sd"))
     return out
+
+
+def spread_verdict(d: float | None, sd_row: float | None, sd_ref: float | None) -> str:
+    """``gain``/``loss`` when ``|d|`` exceeds ``sqrt(sd_row^2 + sd_ref^2)``, ``within spread`` when it
+    does not, ``1 seed`` when either standard deviation is missing, ``failed`` when ``d`` is."""
+    if d is None or pd.isna(d):
+        return "failed"
+    if sd_row is None or sd_ref is None or pd.isna(sd_row) or pd.isna(sd_ref):
+        return "1 seed"
+    if abs(d) > math.hypot(sd_row, sd_ref):
+        return "gain" if d > 0 else "loss"
+    return "within spread"
 
 
 #: One-seed verdicts judged on the same users (:func:`paired_verdicts`).
@@ -510,6 +517,22 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
                      f"{tally['against the paper']} against it, {tally['within the spread']} within the spread"
                      + (f", {tally['one seed, no spread']} with one seed (no spread measured, no verdict)"
                         if tally["one seed, no spread"] else "") + ".")
+    spec = TABLES.get(doc["table"])
+    by = {r["method"]: r for r in doc["rows"]}
+    calls = {"gain": "beyond the spread", "loss": "beyond the spread", "within spread": "within the spread",
+             "1 seed": "one seed, no spread"}
+    for name, ref, asks in spec.also if spec else ():
+        if name not in by or ref not in by:
+            continue
+        parts = []
+        for k in keys:
+            a, b = by[name].get(k), by[ref].get(k)
+            if a is None or b is None or pd.isna(a) or pd.isna(b):
+                continue
+            verdict = spread_verdict(a - b, by[name].get(f"{k} sd"), by[ref].get(f"{k} sd"))
+            parts.append(f"{_METRIC_NAMES[k]} {a - b:+.4f} ({calls[verdict]})")
+        if parts:
+            lines.append(f"Also **{name}** vs {ref} ({asks}): " + ", ".join(parts) + ".")
     return lines
 
 
