@@ -374,7 +374,8 @@ class DPOConfig:
         grad_accum: gradient accumulation steps.
         max_prompts: preference prompts sampled per stage from the training samples (seeded; RF-DPO
             draws them among the samples whose next item's logged rating is liked, the only ones that
-            give a chosen response); 0 = all training prompts. ``smoke`` caps it at 32 (and each stage at 2 optimiser steps).
+            give a chosen response); 0 = all training prompts. ``smoke`` caps it at 32 (and each stage
+            at 2 optimiser steps).
             Prompts are encoded as in SFT and evaluation, cut to ``sft.max_length``.
         precompute_ref: score the reference once per stage before training (off: on the fly under
             ``no_grad`` at every step, keeping the reference in memory).

@@ -1,9 +1,10 @@
 """Committed row results: a table resumes on another machine from what was measured before.
 
 A table row is one pipeline run, and its result depends on nothing but the config sections its
-stages read up to the one it ends with, its seed, and that stage (rows recorded before this key existed
-are keyed by the whole config, and are still read: :func:`legacy_row_key`). Run directories (``runs/``) live on one machine, but a long table on a
-2-core CPU outlasts a session, so every finished row is also written, small, beside the table:
+stages read up to the one it ends with, its seed, and that stage (rows recorded before this key
+existed are keyed by the whole config, and are still read: :func:`legacy_row_key`). Run directories
+(``runs/``) live on one machine, but a long table on a 2-core CPU outlasts a session, so every
+finished row is also written, small, beside the table:
 
     reports/tables/<dataset>/rows/<chain fingerprint>-s<seed>-<last stage>.json
 
