@@ -15,7 +15,8 @@ disliked / neutral / liked.
 
 * chosen: the prompt's ground-truth next item, only when its OBSERVED (logged training) rating is
   liked. Prompts whose next item is not liked are skipped: no later item stands in, so the chosen
-  response is never the user's future consumption.
+  response is never the user's future consumption. (``run_dpo`` draws a stage's prompts among the
+  liked ones, :func:`liked_next_item`, so that none of its budget goes to prompts skipped here.)
 * rejected: the shown items the oracle grades at the stage's level (easy: disliked; hard: neutral;
   all: either), in beam order, up to N; never the chosen item, never one of the user's
   validation/test items. A prompt with no rejected response is skipped.
