@@ -446,3 +446,40 @@ def test_a_recorded_row_prints_its_manifest_time_as_the_tables_do(tmp_path):
     path = record_row(tmp_path, cfg, "04_sft", metrics, 12.0, commit="abc1234", date="2026-12-01T12:00:04+00:00")
     assert json.loads(path.read_text())["date"] == "2026-12-01 12:00 UTC"
     assert find_row(tmp_path, cfg, "04_sft")["source"].endswith("(run t, commit abc1234, 2026-12-01 12:00 UTC)")
+
+
+def test_steps_are_also_judged_paired_by_seed_against_hand_values():
+    """Rows of one seed share that seed's upstream stages: the step's spread is the sd of its per-seed
+    differences. Hand values: b - a = +0.03, +0.03, +0.02 (mean 0.02667, sd 0.00577) -> a gain that the
+    unpaired rule (row sds 0.0252 and 0.0208: spread 0.0327) calls within the spread."""
+    from scipy.stats import ttest_1samp
+
+    from align3gr_kit.report.tables import SEED_GAIN, SEED_WITHIN, json_record, seed_paired, seed_paired_verdicts
+
+    runs = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+                         "seed": [0, 1, 2, 0, 1, 2, 0, 5],
+                         "recall@10": [0.10, 0.15, 0.12, 0.13, 0.18, 0.14, 0.50, 0.90],
+                         "ndcg@10": [0.05, 0.05, 0.05, 0.06, 0.04, 0.05, 0.05, 0.05]})
+    res = seed_paired(runs.to_dict("records"), "b", "a", "recall@10")
+    assert res["seeds"] == 3 and res["up"] == 3 and res["down"] == 0
+    assert res["d"] == pytest.approx(0.08 / 3) and res["sd"] == pytest.approx(math.sqrt(1 / 3) / 100)
+    assert res["p"] == pytest.approx(ttest_1samp([0.03, 0.03, 0.02], 0.0).pvalue) and res["verdict"] == SEED_GAIN
+    # +0.01, -0.01, 0: mean 0 -> within the spread
+    assert seed_paired(runs.to_dict("records"), "b", "a", "ndcg@10")["verdict"] == SEED_WITHIN
+    # one shared seed (c ran seeds 0 and 5): no paired verdict; a failed run does not count
+    assert seed_paired(runs.to_dict("records"), "c", "a", "recall@10") is None
+    failed = runs.assign(error=["", "", "", "", "", "boom", "", ""]).to_dict("records")
+    assert seed_paired(failed, "b", "a", "recall@10")["seeds"] == 2
+
+    out = seed_paired_verdicts(verdicts(summarise(runs[runs.method != "c"]), "previous"), runs).set_index("method")
+    assert out.loc["b", "recall@10 verdict"] == "within spread"  # the unpaired rule
+    assert out.loc["b", "recall@10 paired verdict"] == SEED_GAIN and out.loc["b", "recall@10 paired up"] == "3/3"
+    assert out.loc["b", "recall@10 paired sd"] == pytest.approx(0.005774, abs=1e-6)
+
+    doc = {"table": "dpo", "rows": [{**json_record(r), "budget": {}, "note": ""} for r in out.reset_index().to_dict("records")],
+           "runs": runs.to_dict("records"), "seeds": [0, 1, 2], "title": "t", "source": "s", "dataset": "d",
+           "config": "c", "overrides": {}, "fingerprint": "f", "upto": "rf", "commit": "x", "date": "now",
+           "wall_seconds": 1.0, "failed": []}
+    md = table_markdown(doc)
+    assert "paired by seed (R@10 / N@10) |" in md and "gain (3/3 up) / within spread (1/3 up)" in md
+    assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:] if line.startswith("| "))

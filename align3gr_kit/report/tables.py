@@ -23,7 +23,9 @@ stage through ``--resume`` (e.g. the DPO table trains one SFT model).
 Spread: every row is the mean and sample standard deviation over seeds. A row is compared with its
 reference row (the previous one for cumulative tables, the full setting for "without" tables); a
 difference is called a gain or a loss only when it exceeds the spread of the difference,
-``sqrt(sd_row^2 + sd_ref^2)`` (the standard deviation of the difference of one run of each). With
+``sqrt(sd_row^2 + sd_ref^2)`` (the standard deviation of the difference of one run of each). Rows
+that ran the same seeds are also judged paired by seed (:func:`seed_paired`: the mean of the per-seed
+differences against their standard deviation), since the rows of one seed share its upstream stages. With
 one seed the seed spread is unmeasured; where both rows kept their users' target ranks, the step is
 judged on the same users instead (:func:`paired_verdicts`: a paired-bootstrap interval of the per-user
 difference, marked *(paired)*), else no verdict is given.
@@ -259,6 +261,67 @@ def spread_verdict(d: float | None, sd_row: float | None, sd_ref: float | None) 
     return "within spread"
 
 
+#: Verdicts on the per-seed differences of two rows run with the same seeds (:func:`seed_paired`).
+SEED_GAIN, SEED_LOSS, SEED_WITHIN = "gain", "loss", "within spread"
+
+
+def seed_paired(runs: list[dict[str, Any]], row: str, ref: str, key: str) -> dict[str, Any] | None:
+    """The step from ``ref`` to ``row`` on ``key``, paired by seed: the per-seed differences
+    ``row_s - ref_s`` over the seeds both rows ran (``runs``: one record per method and seed, as a
+    table document's ``runs``). Rows of one seed share that seed's upstream stages (the DPO table's
+    rows one SFT model, the SFT table's rows one tokenizer), so pairing removes their variation
+    from the step; the spread of the step is then the sample standard deviation of the differences,
+    and the rule is the one of :func:`spread_verdict`: a gain or a loss only when the mean difference
+    exceeds it in size.
+
+    Returns ``None`` with fewer than 2 shared seeds, else ``{"seeds", "d" (mean), "sd", "up", "down"
+    (seeds whose difference is above / below 0), "p" (two-sided one-sample t-test of the differences
+    against 0, :func:`scipy.stats.ttest_1samp`; 0 or 1 when they do not vary), "verdict"}``.
+    """
+    from scipy.stats import ttest_1samp
+
+    values: dict[str, dict[int, float]] = {}
+    for r in runs:
+        v = r.get(key)
+        failed = isinstance(r.get("error"), str) and r["error"]
+        if v is not None and not (isinstance(v, float) and math.isnan(v)) and not failed:
+            values.setdefault(r["method"], {})[int(r["seed"])] = float(v)
+    a, b = values.get(row, {}), values.get(ref, {})
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    p = float(ttest_1samp(diffs, 0.0).pvalue) if sd > 1e-12 else (1.0 if abs(mean) <= 1e-12 else 0.0)
+    verdict = (SEED_GAIN if mean > 0 else SEED_LOSS) if abs(mean) > sd else SEED_WITHIN
+    return {"seeds": len(seeds), "d": mean, "sd": sd, "up": sum(d > 0 for d in diffs),
+            "down": sum(d < 0 for d in diffs), "p": p, "verdict": verdict}
+
+
+def seed_paired_verdicts(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` after :func:`verdicts`, with each row's step against its reference (``vs``) also
+    judged paired by seed (:func:`seed_paired`), where both ran at least 2 of the same seeds:
+    ``<metric> paired sd``, ``<metric> paired up`` (e.g. ``"3/3"``), ``<metric> paired p`` and
+    ``<metric> paired verdict`` for :data:`VERDICT_KEYS` (and :data:`LIKED` when judged)."""
+    out = summary.copy()
+    records = runs.to_dict("records")
+    keys = VERDICT_KEYS + ((LIKED,) if LIKED in out else ())
+    for i in range(len(out)):
+        ref = out.loc[i].get("vs")
+        if not ref:
+            continue
+        for k in keys:
+            res = seed_paired(records, out.loc[i, "method"], ref, k)
+            if res is None:
+                continue
+            out.loc[i, f"{k} paired sd"] = round(res["sd"], 6)
+            out.loc[i, f"{k} paired up"] = f"{res['up']}/{res['seeds']}"
+            out.loc[i, f"{k} paired p"] = round(res["p"], 4)
+            out.loc[i, f"{k} paired verdict"] = res["verdict"]
+    return out
+
+
 #: One-seed verdicts judged on the same users (:func:`paired_verdicts`).
 PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN = "gain (paired)", "loss (paired)", "within user noise"
 
@@ -353,7 +416,9 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
     for r in results:
         if r.ranks is not None and not r.error:
             kept.setdefault(r.label, {})[r.seed] = r.ranks
-    summary = with_ratios(paired_verdicts(verdicts(summarise(runs), compare), kept, seed=seeds[0] if seeds else 0))
+    summary = verdicts(summarise(runs), compare)
+    summary = seed_paired_verdicts(paired_verdicts(summary, kept, seed=seeds[0] if seeds else 0), runs)
+    summary = with_ratios(summary)
     notes = {r.label: r.note for r in rungs}
     budgets = {r.label: row_budget(base.override({**inherited, **r.overrides})) for r in rungs}
     rows = []
@@ -431,6 +496,7 @@ def table_markdown(doc: dict[str, Any]) -> str:
     liked = any(r.get(LIKED) is not None for r in doc["rows"])
     verdict_keys = VERDICT_KEYS + ((LIKED,) if liked else ())
     budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"] if r.get("last_stage") != "baseline"}
+    paired = table_seed_paired(doc)
     lines = [
         f"**{doc['title']}** ({doc['source']}) on `{doc['dataset']}`: config `{doc['config']}`"
         + (f" with `{json.dumps(doc['overrides'], sort_keys=True)}`" if doc["overrides"] else "")
@@ -445,8 +511,10 @@ def table_markdown(doc: dict[str, Any]) -> str:
         "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 |" + (" liked@10 |" if liked else "")
         + " vs | Δ Recall@10 | Δ NDCG@10 |" + (" Δ liked@10 |" if liked else "")
         + f" verdict (R@10 / N@10{' / liked' if liked else ''}) |"
+        + (f" paired by seed (R@10 / N@10{' / liked' if liked else ''}) |" if paired else "")
         + (f" R@10 / {RATIO_TO} | N@10 / {RATIO_TO} |" if ratios else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if liked else "") + ("---|---|" if ratios else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if liked else "") + ("---|" if paired else "")
+        + ("---|---|" if ratios else ""),
     ]
     for r in doc["rows"]:
         cells = [_cell(r.get(k), r.get(f"{k} sd")) for k in METRIC_KEYS]
@@ -456,6 +524,10 @@ def table_markdown(doc: dict[str, Any]) -> str:
         verdict = " / ".join(r.get(f"{k} verdict", "") for k in verdict_keys).strip(" /")
         line = (f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
                 + f" | {r.get('vs', '')} | " + " | ".join(deltas) + f" | {verdict} |")
+        if paired:
+            steps = [paired.get((r["method"], k)) for k in verdict_keys]
+            line += " " + (" / ".join(f"{x['verdict']} ({x['up']}/{x['seeds']} up)" if x else "–" for x in steps)
+                           if any(steps) else "") + " |"
         if ratios:
             line += "".join(f" {_ratio(r.get(f'{k} / {RATIO_TO}'))} |" for k in VERDICT_KEYS)
         lines.append(line)
@@ -463,6 +535,11 @@ def table_markdown(doc: dict[str, Any]) -> str:
         lines += ["", "One seed: a verdict marked *(paired)* or *within user noise* compares the two rows' models on "
                       "the same test users: the paired-bootstrap 95% interval of the per-user difference "
                       "(in the JSON, `<metric> ci low/high`, and McNemar's p for Recall@10) excludes 0 or not."]
+    if paired:
+        lines += ["", "Paired by seed: the rows of one seed share that seed's upstream stages, so a step is also "
+                      "judged on its per-seed differences: a gain or a loss when their mean exceeds their standard "
+                      "deviation in size (the same one-spread rule), with how many seeds went up; in the JSON, "
+                      "`<metric> paired sd/up/p` (p: two-sided one-sample t-test of the differences)."]
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
     reading = table_reading(doc)
     if reading:
@@ -478,14 +555,41 @@ def table_markdown(doc: dict[str, Any]) -> str:
 _METRIC_NAMES = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", LIKED: "liked share@10"}
 
 
+def table_seed_paired(doc: dict[str, Any], pairs: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
+    """``{(row, metric): seed_paired(...)}`` for each row's step against its reference (``vs``), or for
+    ``pairs`` of ``(row, reference)``, from the document's per-seed ``runs`` (so a table file written
+    before this judgement existed is judged the same way); empty when no step has 2 shared seeds."""
+    keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
+    if pairs is None:
+        pairs = [(r["method"], r["vs"]) for r in doc["rows"] if r.get("vs")]
+    out = {}
+    for row, ref in pairs:
+        for k in keys:
+            res = seed_paired(doc.get("runs", []), row, ref, k)
+            if res is not None:
+                out[(row, k)] = res
+    return out
+
+
+def _paired_words(res: dict[str, Any]) -> str:
+    """The words of a seed-paired step (:func:`seed_paired`) for the reading."""
+    where = "within the spread" if res["verdict"] == SEED_WITHIN else "beyond the spread"
+    return (f"paired by seed: sd {res['sd']:.4f}, up in {res['up']} of {res['seeds']} seeds, "
+            f"t-test p {res['p']:.2g}, {where}")
+
+
 def table_reading(doc: dict[str, Any]) -> list[str]:
     """One line per row with a paper direction (:data:`PAPER_DIRECTION`): its step against the
     reference row on each verdict metric, and whether that step goes the paper's way *beyond the
-    spread*, against it, or neither; then a count. Written from the table file alone, so the reading
-    in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand)."""
+    spread*, against it, or neither, and the same judged paired by seed where the two rows share
+    seeds (:func:`seed_paired`); then a count of each. Written from the table file alone, so the
+    reading in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand)."""
     directions = PAPER_DIRECTION.get(doc["table"], {})
     keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
-    lines, tally = [], {"the paper's way": 0, "against the paper": 0, "within the spread": 0, "one seed, no spread": 0}
+    buckets = ("the paper's way", "against the paper", "within the spread", "one seed, no spread")
+    tally, seed_tally = dict.fromkeys(buckets, 0), dict.fromkeys(buckets, 0)
+    paired_steps = table_seed_paired(doc)
+    lines = []
     for r in doc["rows"]:
         want = directions.get(r["method"])
         if want is None or not r.get("vs"):
@@ -503,20 +607,30 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
                 call = bucket if verdict == "within spread" else "within the users' noise, one seed"
             else:
                 bucket = call = "one seed, no spread"
+            res = paired_steps.get((r["method"], k))
+            if res is not None:
+                call += "; " + _paired_words(res)
             if k == "recall@10":
                 tally[bucket] += 1
+                if res is not None:
+                    seed_tally["within the spread" if res["verdict"] == SEED_WITHIN else
+                               "the paper's way" if (res["d"] > 0) == (want > 0) else "against the paper"] += 1
             parts.append(f"{_METRIC_NAMES[k]} {d:+.4f} ({call})")
         if parts:
             lines.append(f"**{r['method']}** vs {r['vs']} (paper: {'higher' if want > 0 else 'lower'}): "
                          + ", ".join(parts) + ".")
     if lines:
         n, ours = sum(tally.values()), tally["the paper's way"]
+        n_seed, ours_seed = sum(seed_tally.values()), seed_tally["the paper's way"]
         paired = any(r.get(f"{k} verdict") in (PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN) for r in doc["rows"] for k in keys)
         lines.append(f"On Recall@10, {ours} of {n} steps go the paper's way beyond the spread"
                      + (" (of seeds; with one seed, of users)" if paired else "") + ", "
                      f"{tally['against the paper']} against it, {tally['within the spread']} within the spread"
                      + (f", {tally['one seed, no spread']} with one seed (no spread measured, no verdict)"
-                        if tally["one seed, no spread"] else "") + ".")
+                        if tally["one seed, no spread"] else "") + "."
+                     + (f" Paired by seed: {ours_seed} of {n_seed} the paper's way beyond the spread, "
+                        f"{seed_tally['against the paper']} against it, {seed_tally['within the spread']} within the "
+                        "spread." if n_seed else ""))
     spec = TABLES.get(doc["table"])
     by = {r["method"]: r for r in doc["rows"]}
     calls = {"gain": "beyond the spread", "loss": "beyond the spread", "within spread": "within the spread",
@@ -524,13 +638,16 @@ def table_reading(doc: dict[str, Any]) -> list[str]:
     for name, ref, asks in spec.also if spec else ():
         if name not in by or ref not in by:
             continue
+        also_paired = table_seed_paired(doc, [(name, ref)])
         parts = []
         for k in keys:
             a, b = by[name].get(k), by[ref].get(k)
             if a is None or b is None or pd.isna(a) or pd.isna(b):
                 continue
-            verdict = spread_verdict(a - b, by[name].get(f"{k} sd"), by[ref].get(f"{k} sd"))
-            parts.append(f"{_METRIC_NAMES[k]} {a - b:+.4f} ({calls[verdict]})")
+            call = calls[spread_verdict(a - b, by[name].get(f"{k} sd"), by[ref].get(f"{k} sd"))]
+            if (res := also_paired.get((name, k))) is not None:
+                call += "; " + _paired_words(res)
+            parts.append(f"{_METRIC_NAMES[k]} {a - b:+.4f} ({call})")
         if parts:
             lines.append(f"Also **{name}** vs {ref} ({asks}): " + ", ".join(parts) + ".")
     return lines
