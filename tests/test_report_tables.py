@@ -52,11 +52,15 @@ def test_levels_not_under_study_stay_at_the_full_setting():
     assert len({c.section_hash("prompts", "sft", "dpo") for _, c in token}) == 1
     assert all(r.last_stage == "06_rf_dpo" for r, _ in token) and token[0][1].to_dict() == base.to_dict()
     # SFT and TS-Rec tables: the full tokenizer, SFT only
-    for name in ("sft", "tsrec"):
+    for name in ("sft", "tsrec", "sa-depth"):
         rows = _cfgs(name)
         assert len({c.section_hash("tokenizer") for _, c in rows}) == 1 and rows[0][1].tokenizer == base.tokenizer
         assert all(r.last_stage == "04_sft" for r, _ in rows)
     assert _cfgs("sft")[-1][1].to_dict() == base.to_dict()  # its last row is the full SFT
+    # SA-Init depth: levels 1, 1-2, 1-3 over the random arm's init, which initialises the rest
+    depth = _cfgs("sa-depth")
+    assert [c.model.sa_init_levels for _, c in depth[1:]] == [1, 2, 3] and not depth[0][1].model.sa_init
+    assert {c.model.new_token_init for _, c in depth} == {"mean_resizing"}
 
 
 def test_upto_drops_later_rows_and_ends_the_chain_earlier():
@@ -275,7 +279,10 @@ def test_overview_shows_found_tables_and_the_command_for_the_others(tmp_path, mo
 
 
 def test_cli_refuses_mixed_or_empty_table_options(capsys):
-    from align3gr_kit.cli import main
+    from align3gr_kit.cli import TABLE_CHOICES, main
+    from align3gr_kit.report.tables import TABLE_NAMES
+
+    assert TABLE_CHOICES == TABLE_NAMES  # every table is a command
 
     assert main(["ablate", "--config", SMOKE, "--table", "dpo", "--ladder"]) == 2
     assert "--table runs one table alone" in capsys.readouterr().err

@@ -11,6 +11,8 @@ the full setting of the config, as the papers do:
   ``dpo.n_rejected`` negatives drawn from the SFT policy's own beam; SP-DPO without and with
   progression; RF-DPO without and with progression (after progressive SP-DPO).
 * ``tsrec``  (TS-Rec Table 3): with/without SA-Init x with/without the TS-Align task.
+* ``sa-depth`` (TS-Rec's depth study): random (mean-resizing) SCID rows vs SA-Init on level 1,
+  levels 1-2, levels 1-3 (the other levels mean-resized); full tokenizer and SFT tasks, SFT only.
 * ``backbone`` (what a pretrained LLM brings): SASRec; tiny-llama (from scratch) SFT; the config's
   pretrained backbone SFT with random (mean-resizing) SCID rows and with SA-Init; after SP-DPO. Every
   row carries its ratio to SASRec, scored on the same users.
@@ -142,6 +144,17 @@ TABLES: dict[str, TableSpec] = {
           "token <-> description task"),
          ("+SA-Init +TS-Align", {"model.sa_init": True, "prompts.tasks": ALL_TASKS + ["TS-Align"]}, None, "both")),
         "first", "sft"),
+    "sa-depth": TableSpec(
+        "sa-depth", "TS-Rec: SA-Init depth", "TS-Rec (SA-Init on levels 1, 1-2, 1-3)",
+        (("Random init", {"model.sa_init": False, "model.new_token_init": "mean_resizing"}, None,
+          "every SCID row from transformers' mean resizing"),
+         ("SA-Init level 1", {"model.sa_init": True, "model.sa_init_levels": 1, "model.new_token_init": "mean_resizing"},
+          None, "level-1 rows from their keywords, the deeper levels mean-resized"),
+         ("SA-Init levels 1-2", {"model.sa_init": True, "model.sa_init_levels": 2,
+                                 "model.new_token_init": "mean_resizing"}, None, "levels 1 and 2 from their keywords"),
+         ("SA-Init levels 1-3", {"model.sa_init": True, "model.sa_init_levels": 3,
+                                 "model.new_token_init": "mean_resizing"}, None, "levels 1 to 3 from their keywords")),
+        "first", "sft"),
     "backbone": TableSpec(
         "backbone", "What a pretrained LLM brings", "align3gr-kit (issue 9)",
         (("tiny-llama SFT", TINY_LLAMA, "sft", "1.1 M-parameter Llama trained from scratch on the run's text, full fine-tuning"),
@@ -163,6 +176,7 @@ PAPER_DIRECTION: dict[str, dict[str, int]] = {
     "dpo": {"Softmax-DPO": 1, "SP-DPO w/o progression": 1, "Progressive SP-DPO": 1, "RF-DPO w/o progression": 1,
             "Progressive RF-DPO": 1},
     "tsrec": {"+SA-Init": 1, "+TS-Align": 1, "+SA-Init +TS-Align": 1},
+    "sa-depth": {"SA-Init level 1": 1, "SA-Init levels 1-2": 1, "SA-Init levels 1-3": 1},
     "ladder": {r.label: 1 for r in LADDER[1:]},
 }
 
