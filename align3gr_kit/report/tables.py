@@ -315,24 +315,18 @@ def seed_paired(runs: list[dict[str, Any]], row: str, ref: str, key: str) -> dic
 
 def seed_paired_verdicts(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """``summary`` after :func:`verdicts`, with each row's step against its reference (``vs``) also
-    judged paired by seed (:func:`seed_paired`), where both ran at least 2 of the same seeds:
+    judged paired by seed (:func:`table_seed_paired`), where both ran at least 2 of the same seeds:
     ``<metric> paired sd``, ``<metric> paired up`` (e.g. ``"3/3"``), ``<metric> paired p`` and
     ``<metric> paired verdict`` for :data:`VERDICT_KEYS` (and :data:`LIKED` when judged)."""
     out = summary.copy()
-    records = runs.to_dict("records")
-    keys = VERDICT_KEYS + ((LIKED,) if LIKED in out else ())
-    for i in range(len(out)):
-        ref = out.loc[i].get("vs")
-        if not ref:
-            continue
-        for k in keys:
-            res = seed_paired(records, out.loc[i, "method"], ref, k)
-            if res is None:
-                continue
-            out.loc[i, f"{k} paired sd"] = round(res["sd"], 6)
-            out.loc[i, f"{k} paired up"] = f"{res['up']}/{res['seeds']}"
-            out.loc[i, f"{k} paired p"] = round(res["p"], 4)
-            out.loc[i, f"{k} paired verdict"] = res["verdict"]
+    row_of = {method: i for i, method in enumerate(out["method"])}
+    steps = table_seed_paired({"rows": out.to_dict("records"), "runs": runs.to_dict("records")})
+    for (method, k), res in steps.items():
+        i = row_of[method]
+        out.loc[i, f"{k} paired sd"] = round(res["sd"], 6)
+        out.loc[i, f"{k} paired up"] = f"{res['up']}/{res['seeds']}"
+        out.loc[i, f"{k} paired p"] = round(res["p"], 4)
+        out.loc[i, f"{k} paired verdict"] = res["verdict"]
     return out
 
 
@@ -555,7 +549,7 @@ def table_markdown(doc: dict[str, Any]) -> str:
                       "deviation in size (the same one-spread rule), with how many seeds went up; in the JSON, "
                       "`<metric> paired sd/up/p` (p: two-sided one-sample t-test of the differences)."]
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
-    reading = table_reading(doc)
+    reading = table_reading(doc, paired)
     if reading:
         lines += ["", "Reading beside the paper (written from the numbers above):", ""] + [f"- {x}" for x in reading]
     if doc.get("reused"):
@@ -569,11 +563,15 @@ def table_markdown(doc: dict[str, Any]) -> str:
 _METRIC_NAMES = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", LIKED: "liked share@10"}
 
 
+def _has(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def table_seed_paired(doc: dict[str, Any], pairs: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
     """``{(row, metric): seed_paired(...)}`` for each row's step against its reference (``vs``), or for
     ``pairs`` of ``(row, reference)``, from the document's per-seed ``runs`` (so a table file written
     before this judgement existed is judged the same way); empty when no step has 2 shared seeds."""
-    keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
+    keys = VERDICT_KEYS + ((LIKED,) if any(_has(r.get(LIKED)) for r in doc["rows"]) else ())
     if pairs is None:
         pairs = [(r["method"], r["vs"]) for r in doc["rows"] if r.get("vs")]
     out = {}
@@ -592,17 +590,19 @@ def _paired_words(res: dict[str, Any]) -> str:
             f"t-test p {res['p']:.2g}, {where}")
 
 
-def table_reading(doc: dict[str, Any]) -> list[str]:
+def table_reading(doc: dict[str, Any], paired_steps: dict[tuple[str, str], dict] | None = None) -> list[str]:
     """One line per row with a paper direction (:data:`PAPER_DIRECTION`): its step against the
     reference row on each verdict metric, and whether that step goes the paper's way *beyond the
     spread*, against it, or neither, and the same judged paired by seed where the two rows share
     seeds (:func:`seed_paired`); then a count of each. Written from the table file alone, so the
-    reading in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand)."""
+    reading in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand).
+    ``paired_steps``: :func:`table_seed_paired` of ``doc`` when the caller has it already."""
     directions = PAPER_DIRECTION.get(doc["table"], {})
     keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
     buckets = ("the paper's way", "against the paper", "within the spread", "one seed, no spread")
     tally, seed_tally = dict.fromkeys(buckets, 0), dict.fromkeys(buckets, 0)
-    paired_steps = table_seed_paired(doc)
+    if paired_steps is None:
+        paired_steps = table_seed_paired(doc)
     lines = []
     for r in doc["rows"]:
         want = directions.get(r["method"])
