@@ -241,16 +241,20 @@ def test_pipeline_pairs_consecutive_models_by_their_kept_target_ranks(tmp_path):
 def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_one(tmp_path):
     """A stage copied from another run's identical stage records that run's settings (which differ where
     the stage never reads them): the run's file must describe the run itself."""
-    from align3gr_kit.report.stage_metrics import pipeline_document
+    from align3gr_kit.report.stage_metrics import pipeline_document, pipeline_markdown
     from align3gr_kit.report.tables import config_fingerprint
 
     cfg = RunConfig.from_yaml(SMOKE, run_name="own", runs_dir=str(tmp_path))
     other = cfg.override({"dpo.rf_progressive": not cfg.dpo.rf_progressive})  # what the copied stages recorded
     keys = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-    StageRun(other, "04_sft").finish({f"{s}_{k}": 0.1 for s in ("valid", "test") for k in keys})
+    StageRun(other, "04_sft").finish({**{f"{s}_{k}": 0.1 for s in ("valid", "test") for k in keys},
+                                      "train_resumed_from_step": 350, "train_steps": 600})
     rf = StageRun(cfg, "06_rf_dpo")
     write_json(rf.path("history.json"), {"start": None, "stages": [{"stage": "easy", "metrics": {
         s: {k: 0.2 for k in keys} for s in ("valid", "test")}}]})
     rf.finish({})
     doc = pipeline_document(cfg, SMOKE)
     assert doc["overrides"] == {} and doc["fingerprint"] == config_fingerprint(cfg) != config_fingerprint(other)
+    # the SFT stage continued from a checkpoint: its time is that of the last attempt, and the file says so
+    assert doc["resumed"] == {"04_sft": {"from": 350, "of": 600}}
+    assert "Stage 04 resumed from its checkpoint at step 350 of 600" in pipeline_markdown(doc)

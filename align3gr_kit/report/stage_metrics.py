@@ -180,6 +180,10 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "seeds": [ran.seed],
         "budget": row_budget(ran),
         "stage_seconds": {name: m.get("wall_seconds") for name, m in manifests.items()},
+        # a stage that continued from a training checkpoint timed only its last attempt: say so
+        "resumed": {name: {"from": int(m["metrics"]["train_resumed_from_step"]),
+                           "of": int(m["metrics"].get("train_steps") or 0)}
+                    for name, m in manifests.items() if (m.get("metrics") or {}).get("train_resumed_from_step")},
         "wall_seconds": round(sum(m.get("wall_seconds") or 0.0 for m in manifests.values()), 1),
         "machines": sorted({m["machine"] for m in manifests.values() if m.get("machine")}),
         "commits": sorted({(m.get("git_commit") or "unknown")[:7] for m in manifests.values()}),
@@ -206,7 +210,9 @@ def pipeline_markdown(doc: dict[str, Any]) -> str:
         + ", ".join(f"`{c}`" for c in doc["commits"]) + f", finished {doc['date']}.",
         "",
         f"Wall time {doc['wall_seconds']:,.0f} s in all, the sum of the stages' own times ({times})"
-        + (f", measured on {' and '.join(doc['machines'])}." if doc.get("machines") else "."),
+        + (f", measured on {' and '.join(doc['machines'])}." if doc.get("machines") else ".")
+        + "".join(f" Stage {name.split('_')[0]} resumed from its checkpoint at step {r['from']} of {r['of']}: its time "
+                  "counts that last attempt only." for name, r in (doc.get("resumed") or {}).items()),
         "",
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(doc["budget"].items())),
         "",
