@@ -240,7 +240,8 @@ def test_pipeline_pairs_consecutive_models_by_their_kept_target_ranks(tmp_path):
 
 def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_one(tmp_path):
     """A stage copied from another run's identical stage records that run's settings (which differ where
-    the stage never reads them): the run's file must describe the run itself."""
+    the stage never reads them): the run's file must describe the run itself. A stage that resumed from
+    a training checkpoint timed only its last attempt, and the file must say so."""
     from align3gr_kit.report.stage_metrics import pipeline_document, pipeline_markdown
     from align3gr_kit.report.tables import config_fingerprint
 
