@@ -127,6 +127,12 @@ def test_judged_tables_show_the_liked_share_with_its_own_verdict(tmp_path, monke
     assert "0.5100 ± 0.0100" in md and "+0.1000" in md
     assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:] if line.startswith("| "))
 
+    # a table where no row was judged (its shares are NaN, their verdicts "failed") has no liked column
+    nan = float("nan")
+    unjudged = dict(doc, rows=[dict(r, **{"liked_share@10": nan, "liked_share@10 sd": nan, "d liked_share@10": nan,
+                                          "liked_share@10 verdict": "failed"}) for r in doc["rows"]])
+    assert "liked@10" not in table_markdown(unjudged) and "failed" not in table_markdown(unjudged)
+
     backbone = run_table(base, SMOKE, "backbone", [0])  # SASRec has no judge: a dash
     sasrec = next(line for line in table_markdown(backbone).splitlines() if line.startswith("| SASRec"))
     assert "| – |" in sasrec and "failed" not in sasrec

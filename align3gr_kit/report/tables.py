@@ -501,8 +501,8 @@ def table_markdown(doc: dict[str, Any]) -> str:
         return pipeline_markdown(doc)
     seeds = doc["seeds"]
     ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
-    liked = any(r.get(LIKED) is not None for r in doc["rows"])
-    verdict_keys = VERDICT_KEYS + ((LIKED,) if liked else ())
+    verdict_keys = judged_keys(doc["rows"])
+    liked = LIKED in verdict_keys
     budgets = {json.dumps(r["budget"], sort_keys=True) for r in doc["rows"] if r.get("last_stage") != "baseline"}
     paired = table_seed_paired(doc)
     lines = [
@@ -567,11 +567,17 @@ def _has(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def judged_keys(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The metrics a table's steps are judged on: :data:`VERDICT_KEYS`, plus :data:`LIKED` when some
+    row has a liked share (a number, not None or NaN: the classic baselines have no judge)."""
+    return VERDICT_KEYS + ((LIKED,) if any(_has(r.get(LIKED)) for r in rows) else ())
+
+
 def table_seed_paired(doc: dict[str, Any], pairs: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
     """``{(row, metric): seed_paired(...)}`` for each row's step against its reference (``vs``), or for
     ``pairs`` of ``(row, reference)``, from the document's per-seed ``runs`` (so a table file written
     before this judgement existed is judged the same way); empty when no step has 2 shared seeds."""
-    keys = VERDICT_KEYS + ((LIKED,) if any(_has(r.get(LIKED)) for r in doc["rows"]) else ())
+    keys = judged_keys(doc["rows"])
     if pairs is None:
         pairs = [(r["method"], r["vs"]) for r in doc["rows"] if r.get("vs")]
     out = {}
@@ -598,7 +604,7 @@ def table_reading(doc: dict[str, Any], paired_steps: dict[tuple[str, str], dict]
     reading in BENCHMARKS.md and notebook 07 is regenerated with the numbers (never typed by hand).
     ``paired_steps``: :func:`table_seed_paired` of ``doc`` when the caller has it already."""
     directions = PAPER_DIRECTION.get(doc["table"], {})
-    keys = VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ())
+    keys = judged_keys(doc["rows"])
     buckets = ("the paper's way", "against the paper", "within the spread", "one seed, no spread")
     tally, seed_tally = dict.fromkeys(buckets, 0), dict.fromkeys(buckets, 0)
     if paired_steps is None:
@@ -674,7 +680,7 @@ def table_figure(doc: dict[str, Any]):
 
     fig = go.Figure()
     names = [r["method"] for r in doc["rows"]]
-    for k in VERDICT_KEYS + ((LIKED,) if any(r.get(LIKED) is not None for r in doc["rows"]) else ()):
+    for k in judged_keys(doc["rows"]):
         fig.add_bar(name=k, x=names, y=[r.get(k) for r in doc["rows"]],
                     error_y={"type": "data", "array": [r.get(f"{k} sd") or 0.0 for r in doc["rows"]], "visible": True})
     fig.update_layout(barmode="group", title=f"{doc['title']} ({doc['source']}), {doc['dataset']}, "
