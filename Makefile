@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m align3gr_kit run --config $(CONFIG) --resume
 
+# nbval executes notebook 07 over a real table: `notebooks tables` makes the smoke DPO table first
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+	$(BIN)/python -m align3gr_kit notebooks tables
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks
 
 lab: $(STAMP)

@@ -13,6 +13,7 @@ Commands:
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
               pipeline --config C                      a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
+              tables                                   the smoke table notebook 07 reads (make test runs it before nbval)
 """
 
 from __future__ import annotations
@@ -198,8 +199,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from align3gr_kit.stages.refresh import refresh
+    from align3gr_kit.stages.refresh import refresh, smoke_tables
 
+    if args.nb_cmd == "tables":
+        doc = smoke_tables()
+        _print({k: doc[k] for k in ("table", "dataset", "seeds", "upto", "wall_seconds", "failed", "files")})
+        return 1 if doc["failed"] else 0
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     _print({"refreshed": [str(p) for p in refresh(only)]})
     return 0
@@ -283,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     nsub = p.add_subparsers(dest="nb_cmd", required=True)
     r = nsub.add_parser("refresh", help="re-execute notebooks/ on the smoke config in place and strip metadata")
     r.add_argument("--only", default=None, help="comma-separated stages, e.g. 00,01")
+    nsub.add_parser("tables", help="make the smoke-config table notebook 07 reads (before nbval runs 07)")
     p.set_defaults(func=cmd_notebooks)
     return parser
 

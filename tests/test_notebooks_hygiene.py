@@ -51,3 +51,25 @@ def test_committed_outputs_carry_no_machine_path():
     for nb in sorted((project_root() / "notebooks").glob("*.ipynb")):
         outputs = [json.dumps(c.get("outputs", [])) for c in json.loads(nb.read_text())["cells"]]
         assert not any(root in o for o in outputs), nb.name
+
+
+def test_notebooks_tables_makes_the_smoke_table_that_07_reads(monkeypatch, capsys):
+    """`make test` runs `notebooks tables` before nbval, so that nbval executes notebook 07 over a real
+    table: the DPO table up to SP-DPO on the smoke config, one seed, in the folder 07 reads."""
+    from pathlib import Path
+
+    from align3gr_kit.cli import main
+    from align3gr_kit.report import tables
+
+    calls = []
+
+    def fake_run_table(cfg, config_path, name, seeds, upto=None, **kw):
+        calls.append((cfg.run_name, Path(config_path).name, name, seeds, upto, kw.get("out_dir")))
+        return {"table": name, "dataset": cfg.data.dataset, "seeds": seeds, "upto": upto, "wall_seconds": 1.0,
+                "failed": [], "files": {}}
+
+    monkeypatch.setattr(tables, "run_table", fake_run_table)
+    assert main(["notebooks", "tables"]) == 0
+    # out_dir None: run_table writes to tables_dir(cfg), the folder 07's tables_overview(cfg) reads
+    assert calls == [("smoke", "smoke.yaml", "dpo", [0], "sp", None)]
+    assert json.loads(capsys.readouterr().out)["table"] == "dpo"

@@ -4,6 +4,11 @@ metadata, so that nbval in CI compares real, stable outputs.
 ``python -m align3gr_kit notebooks refresh [--only 00,01]`` executes ``notebooks/*.ipynb`` in place
 (in order, each with its default parameters = the smoke config) and then strips: cell execution
 timestamps, widget state, papermill metadata; execution counts are renumbered 1..n per notebook.
+
+Notebook 07 reads the papers' tables (``ablate --table``); so that it is executed over a real table
+file, not only the commands that would make one, ``python -m align3gr_kit notebooks tables`` makes
+:data:`SMOKE_TABLE` on the smoke config first (``make test`` runs it before nbval; ``refresh`` before
+re-executing 07).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from align3gr_kit.stages.contract import STAGES, get_stage
 from align3gr_kit.utils import atomic_path, project_root
 
 VOLATILE_CELL_KEYS = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
+#: The table notebook 07 shows on the smoke config: the DPO table (Align3GR Table 5) up to SP-DPO, one
+#: seed, at the smoke budgets every smoke table runs with (``SMOKE_REPORT_OVERRIDES``); its files go
+#: to ``runs/tables/synthetic/`` (smoke tables are never committed).
+SMOKE_TABLE = {"name": "dpo", "upto": "sp"}
 
 
 def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -38,8 +47,20 @@ def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def smoke_tables() -> dict:
+    """Make :data:`SMOKE_TABLE` on ``configs/smoke.yaml`` (seed 0; rows recorded before are read) and
+    return its document (:func:`align3gr_kit.report.tables.run_table`)."""
+    from align3gr_kit.config import RunConfig
+    from align3gr_kit.report.tables import run_table
+
+    config = project_root() / "configs" / "smoke.yaml"
+    cfg = RunConfig.from_yaml(str(config))
+    return run_table(cfg, str(config), SMOKE_TABLE["name"], [cfg.seed], upto=SMOKE_TABLE["upto"])
+
+
 def refresh(only: list[str] | None = None, timeout: int = 1800) -> list[Path]:
-    """Execute the stage notebooks in place on their defaults, then strip them."""
+    """Execute the stage notebooks in place on their defaults, then strip them (before notebook 07:
+    :func:`smoke_tables`, which it reads)."""
     from nbclient import NotebookClient
 
     names = [get_stage(s).notebook for s in only] if only else [s.notebook for s in STAGES]
@@ -48,6 +69,8 @@ def refresh(only: list[str] | None = None, timeout: int = 1800) -> list[Path]:
         path = project_root() / "notebooks" / name
         if not path.exists():
             continue
+        if name == get_stage("07").notebook:
+            smoke_tables()
         print(f"executing {path.name}", file=sys.stderr)
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
