@@ -553,7 +553,10 @@ def table_markdown(doc: dict[str, Any]) -> str:
     if reading:
         lines += ["", "Reading beside the paper (written from the numbers above):", ""] + [f"- {x}" for x in reading]
     if doc.get("reused"):
-        lines += ["", "Rows measured earlier with the same config and seed, read from committed results: "
+        # real-data rows are read from files committed under reports/; smoke rows from runs/ of this machine
+        committed = all(r["source"].startswith("reports/") for r in doc["reused"])
+        lines += ["", "Rows measured earlier with the same config and seed, read from "
+                  + ("committed results: " if committed else "earlier runs' result files: ")
                   + "; ".join(f"{r['method']} seed {r['seed']}: `{r['source']}`" for r in doc["reused"]) + "."]
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
