@@ -89,6 +89,13 @@ def test_verdicts_call_a_difference_within_the_spread_what_it_is():
     one = verdicts(summarise(runs[runs.seed == 0]), "first").set_index("method")
     assert one.loc["c", "recall@10 verdict"] == "1 seed" and one.loc["c", "vs"] == "a"
 
+    # against a classic baseline (no judge, no liked share) the liked share is not judged, not "failed"
+    judged = runs.assign(**{"liked_share@10": [float("nan")] * 3 + [0.5] * 6})
+    vs_baseline = verdicts(summarise(judged), "first").set_index("method")
+    assert vs_baseline.loc["b", "liked_share@10 verdict"] == "–" and vs_baseline.loc["b", "recall@10 verdict"] != "failed"
+    assert pd.isna(vs_baseline.loc["b", "d liked_share@10"])
+    assert verdicts(summarise(judged), "previous").set_index("method").loc["c", "liked_share@10 verdict"] == "within spread"
+
 
 def _fake_pipeline(calls, liked=None):
     """``liked(cfg, stages) -> share``: the runs are also judged (``liked_share@10``)."""

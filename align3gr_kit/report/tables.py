@@ -239,12 +239,17 @@ def row_budget(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+#: The liked-share verdict of a step whose reference (or row) is a classic baseline without a judge.
+NOT_JUDGED = "–"
+
+
 def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
     """``summary`` (:func:`~align3gr_kit.report.ablation.summarise`) with, per row, its reference row
     (``vs``), the difference ``d <metric>`` and ``<metric> verdict`` for :data:`VERDICT_KEYS` (and
     :data:`LIKED` when the summary has it): ``gain``/``loss`` when ``|d|`` exceeds
     ``sqrt(sd_row^2 + sd_ref^2)``, ``within spread`` when it does not, ``1 seed`` when either row has
-    no measured spread, ``failed`` when either has no value; the first row is the reference."""
+    no measured spread, ``failed`` when either has no value (on the liked share, :data:`NOT_JUDGED`
+    when either row is a classic baseline, which has no judge); the first row is the reference."""
     out = summary.copy()
     out["vs"] = ""
     keys = VERDICT_KEYS + ((LIKED,) if LIKED in out else ())
@@ -256,6 +261,9 @@ def verdicts(summary: pd.DataFrame, compare: str) -> pd.DataFrame:
         out.loc[i, "vs"] = out.loc[j, "method"]
         for k in keys:
             if k not in out:
+                continue
+            if k == LIKED and (pd.isna(out.loc[i, k]) or pd.isna(out.loc[j, k])):
+                out.loc[i, f"{k} verdict"] = NOT_JUDGED  # a classic baseline has no judge: nothing to compare
                 continue
             d = out.loc[i, k] - out.loc[j, k]
             out.loc[i, f"d {k}"] = d
@@ -620,7 +628,7 @@ def table_reading(doc: dict[str, Any], paired_steps: dict[tuple[str, str], dict]
         parts = []
         for k in keys:
             d, verdict = r.get(f"d {k}"), r.get(f"{k} verdict", "")
-            if d is None or verdict in ("", "failed"):
+            if d is None or verdict in ("", "failed", NOT_JUDGED):
                 continue
             if verdict in ("gain", "loss", PAIRED_GAIN, PAIRED_LOSS):
                 bucket = "the paper's way" if (d > 0) == (want > 0) else "against the paper"
