@@ -130,11 +130,27 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix units (AMX tiles or AVX512-BF16).
+
+    ``torch.backends.cpu.get_cpu_capability()`` only says "AVX512", so the private probes of
+    ``torch.cpu`` are used (present in torch 2.13; absent ones count as "no"). Here, not in
+    :mod:`align3gr_kit.model.precision` (which decides with it), so that :func:`machine_info` needs
+    no import of the model package.
+    """
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
 def machine_info() -> str:
     """The machine a time was measured on, in one line: cores, CPU model, the vector instructions
     torch's CPU kernels use (``AVX2``, ``AVX512``, ``AMX``...) and the GPU if one is visible. The same
     SmolLM2 SFT step (ml-100k, 16 x 256 tokens) took 8.4 s on one 2-core machine of this workplace and
-    20.9 s on another (AVX2), so a stage time means little without it."""
+    20.9 s on another (AVX2), so a stage time means little without it. A CPU with bf16 units (AMX or
+    AVX512-BF16) is named as such: there ``model.dtype: auto`` trains in bf16 autocast, elsewhere in fp32,
+    so the machine also says the precision a row was trained in."""
     import platform
 
     import torch
@@ -148,6 +164,8 @@ def machine_info() -> str:
     except OSError:
         pass
     out = f"{os.cpu_count()} cores, {cpu}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    if cpu_supports_bf16():  # model.dtype auto trains in bf16 autocast here, in fp32 on CPUs without
+        out += ", bf16 units (auto = bf16 autocast)"
     if torch.cuda.is_available():
         out += f", GPU {torch.cuda.get_device_name(0)}"
     return out

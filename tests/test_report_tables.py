@@ -204,6 +204,28 @@ def test_a_table_continues_on_another_machine_from_its_committed_rows(tmp_path, 
     assert len(calls) == 4
 
 
+def test_a_table_names_the_machines_when_its_rows_ran_on_more_than_one(tmp_path, monkeypatch):
+    """Under model.dtype auto a CPU with bf16 units trains in bf16, one without in fp32: a table whose
+    rows were reused from another machine says which row ran where."""
+    from align3gr_kit.utils import machine_info
+
+    monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
+    tables = tmp_path / "tables"
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    doc = run_table(base, SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    here = machine_info()
+    assert [m["machine"] for m in doc["machines"]] == [here] * 4
+    assert "more than one machine" not in table_markdown(doc)  # one machine: nothing to say
+    sft_row = next((tables / "rows").glob("*-s0-04_sft.json"))
+    rec = json.loads(sft_row.read_text())
+    write_json(sft_row, {**rec, "machine": "2 cores, Old CPU, torch CPU capability AVX2"})
+    doc = run_table(base.override({"runs_dir": str(tmp_path / "runs2")}), SMOKE, "dpo", [0], upto="sp", out_dir=tables)
+    md = table_markdown(doc)
+    assert "The rows ran on more than one machine" in md
+    assert "2 cores, Old CPU, torch CPU capability AVX2: SFT seed 0;" in md
+    assert f"{here}: Softmax-DPO seed 0, SP-DPO w/o progression seed 0, Progressive SP-DPO seed 0." in md
+
+
 def test_a_row_is_read_from_a_pipeline_results_file_of_the_same_config_and_seed(tmp_path):
     from align3gr_kit.report.ledger import find_row
     from align3gr_kit.report.tables import config_fingerprint

@@ -24,17 +24,9 @@ import contextlib
 
 import torch
 
+from align3gr_kit.utils import cpu_supports_bf16  # decided here; tests patch this name
+
 _NAMES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix units (AMX tiles or AVX512-BF16).
-
-    ``torch.backends.cpu.get_cpu_capability()`` only says "AVX512", so the private probes of
-    ``torch.cpu`` are used (present in torch 2.13; absent ones count as "no").
-    """
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
 def autocast_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype | None:

@@ -172,6 +172,7 @@ class RungResult:
     error: str = ""
     source: str = ""  # where a row measured before was read from (:mod:`align3gr_kit.report.ledger`)
     ranks: list[int] | None = None  # the final model's per-user test target ranks, when kept
+    machine: str = ""  # where the last stage ran (:func:`align3gr_kit.utils.machine_info`), when known
 
 
 def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
@@ -212,7 +213,7 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                     if ranks is not None:
                         attach_ranks(ledger, cfg, rung.last_stage, ranks)
                 results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
-                                          source=found["source"], ranks=ranks))
+                                          source=found["source"], ranks=ranks, machine=found.get("machine") or ""))
                 continue
             t0 = time.time()
             res = run_pipeline(cfg, config_path, stages=list(rung.stages), resume=True,
@@ -221,9 +222,10 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             if res["ok"]:
                 out.metrics = final_metrics(cfg, rung.last_stage)
                 out.ranks = final_target_ranks(cfg, rung.last_stage)
+                last = read_manifest(cfg, rung.last_stage) or {}
+                out.machine = last.get("machine") or ""
                 if ledger is not None:  # the stages' own times (a resumed or copied stage keeps its cost)
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
-                    last = read_manifest(cfg, rung.last_stage) or {}
                     record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
                                commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"),
                                ranks=out.ranks)

@@ -469,6 +469,7 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         "runs": [json_record(r) for r in runs.to_dict("records")],
         "failed": [r for r in runs.to_dict("records") if isinstance(r.get("error"), str) and r["error"]],
         "reused": [{"method": r.label, "seed": r.seed, "source": r.source} for r in results if r.source],
+        "machines": [{"method": r.label, "seed": r.seed, "machine": r.machine} for r in results if r.machine],
     }
     paths = write_table(doc, folder)
     return {**doc, "files": {ext: str(path) for ext, path in paths.items()}}
@@ -566,9 +567,25 @@ def table_markdown(doc: dict[str, Any]) -> str:
         lines += ["", "Rows measured earlier with the same config and seed, read from "
                   + ("committed results: " if committed else "earlier runs' result files: ")
                   + "; ".join(f"{r['method']} seed {r['seed']}: `{r['source']}`" for r in doc["reused"]) + "."]
+    lines += machines_lines(doc)
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
     return "\n".join(lines) + "\n"
+
+
+def machines_lines(doc: dict[str, Any]) -> list[str]:
+    """A paragraph naming which rows ran on which machine, when the rows ran on more than one (rows
+    reused from another session): under ``model.dtype: auto`` a CPU with bf16 units trains in bf16
+    autocast and one without in fp32, so a step between such rows also changes the precision."""
+    by_machine: dict[str, list[str]] = {}
+    for m in doc.get("machines", []):
+        by_machine.setdefault(m["machine"], []).append(f"{m['method']} seed {m['seed']}")
+    if len(by_machine) < 2:
+        return []
+    return ["", "The rows ran on more than one machine (under `model.dtype: auto` a CPU with bf16 units trains "
+                "in bf16 autocast, one without in fp32, so a step between rows of different machines also changes "
+                "the precision): " + "; ".join(f"{machine}: {', '.join(rows)}" for machine, rows in by_machine.items())
+            + "."]
 
 
 _METRIC_NAMES = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", LIKED: "liked share@10"}
