@@ -238,6 +238,36 @@ def test_pipeline_pairs_consecutive_models_by_their_kept_target_ranks(tmp_path):
     assert paired_reading({"delta": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "loss beyond user-sampling noise"
 
 
+def test_two_runs_are_paired_on_the_same_users_by_bench_paired_runs(tmp_path, capsys):
+    """bench/paired_runs.py: the SFT model of one run against the last SP-DPO policy of another."""
+    import runpy
+
+    a = RunConfig.from_yaml(SMOKE, run_name="fp32", runs_dir=str(tmp_path))
+    b = RunConfig.from_yaml(SMOKE, run_name="bf16", runs_dir=str(tmp_path))
+    sft = StageRun(a, "04_sft")
+    write_target_ranks(sft.dir, {"SFT": {"test": [0, 1, 2, -1, -1, 15]}})  # hits users 0-2 (rank 15 > K)
+    sft.finish({})
+    sp = StageRun(b, "05_sp_dpo")
+    write_json(sp.path("history.json"), {"start": None, "stages": [{"stage": "easy"}, {"stage": "hard"}]})
+    write_target_ranks(sp.dir, {"easy": {"test": [-1] * 6}, "hard": {"test": [-1, 4, 2, 9, 0, -1]}})
+    sp.finish({})
+    script = str(project_root() / "bench" / "paired_runs.py")
+    argv = ["paired_runs.py", "--a", f"{a.run_dir}:04_sft", "--b", f"{b.run_dir}:05_sp_dpo"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    # the 'hard' policy (the last sub-stage) hits users 1-4: user 0 by SFT alone, users 3 and 4 by it alone
+    assert "| fp32:04_sft | bf16:05_sp_dpo | +0.1667 |" in out and "| 1 | 2 |" in out
+    StageRun(b, "06_rf_dpo").finish({})  # a stage that kept no ranks is refused by name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv[:-1] + [f"{b.run_dir}:06_rf_dpo"])
+        with pytest.raises(SystemExit, match="06_rf_dpo: no test ranks"):
+            runpy.run_path(script, run_name="__main__")
+
+
 def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_one(tmp_path):
     """A stage copied from another run's identical stage records that run's settings (which differ where
     the stage never reads them): the run's file must describe the run itself. A stage that resumed from

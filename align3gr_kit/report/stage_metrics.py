@@ -78,16 +78,21 @@ def pipeline_target_ranks(cfg: RunConfig, split: str = "test") -> list[tuple[str
 def final_target_ranks(cfg: RunConfig, stage: str, split: str = "test") -> list[int] | None:
     """Per-user target ranks on ``split`` of the model a finished stage ends with (04: the SFT model;
     05/06: the last DPO sub-stage's policy); ``None`` when the stage kept none."""
-    from align3gr_kit.evaluate import read_target_ranks
-
     if read_manifest(cfg, stage) is None:
         return None
-    kept = read_target_ranks(stage_dir(cfg, stage))
+    return folder_target_ranks(stage_dir(cfg, stage), split)
+
+
+def folder_target_ranks(folder: Path, split: str = "test") -> list[int] | None:
+    """:func:`final_target_ranks` of a finished stage's folder (``<run>/<stage>``), of any run."""
+    from align3gr_kit.evaluate import read_target_ranks
+
+    kept = read_target_ranks(folder)
     if not kept:
         return None
-    if stage == "04_sft":
+    if Path(folder).name == "04_sft":
         return kept.get("SFT", {}).get(split)
-    entries = DPOArtifacts.load(stage_dir(cfg, stage)).history.get("stages") or []
+    entries = DPOArtifacts.load(folder).history.get("stages") or []
     return kept.get(entries[-1]["stage"], {}).get(split) if entries else None
 
 
