@@ -8,7 +8,8 @@ last DPO sub-stage's policy), read from the per-user target ranks its evaluation
 (``target_ranks.json``). Two runs of the same config on different machines (bf16 against fp32), or two
 rows of a table, differ by one seed's draw of users' hits; this prints the Recall@K difference, the
 users each model hits alone, McNemar's exact p and a paired-bootstrap 95% interval
-(:func:`align3gr_kit.report.stage_metrics.paired_steps`), and the training loss of each SFT stage. The
+(:func:`align3gr_kit.report.stage_metrics.paired_steps`), and the training loss of each SFT stage
+(``--loss-after N``: the mean of its logged losses after step N). The
 two runs must have scored the same users (same data, split and ``decode.max_eval_users``); the
 script refuses otherwise. Prints markdown; writes nothing.
 """
@@ -16,20 +17,22 @@ script refuses otherwise. Prints markdown; writes nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 from align3gr_kit.report.stage_metrics import folder_target_ranks, paired_markdown, paired_steps
+from align3gr_kit.stages.contract import MANIFEST
+from align3gr_kit.train.artifacts import LOG_HISTORY
+from align3gr_kit.train.figures import loss_curve
+from align3gr_kit.utils import read_json
 
 
 def stage_ranks(spec: str, split: str) -> tuple[str, list[int]]:
     """``(label, ranks)`` of ``<run folder>:<stage>``; a clear error when the stage kept none."""
     run, _, stage = spec.rpartition(":")
     folder = Path(run) / stage
-    if not run or not (folder / "manifest.json").is_file():
-        raise SystemExit(f"{spec}: expected <run folder>:<stage> with a finished stage (no {folder}/manifest.json)")
+    if not run or not (folder / MANIFEST).is_file():
+        raise SystemExit(f"{spec}: expected <run folder>:<stage> with a finished stage (no {folder / MANIFEST})")
     ranks = folder_target_ranks(folder, split)
     if ranks is None:
         raise SystemExit(f"{folder}: no {split} ranks in target_ranks.json (the stage ran before evaluations "
@@ -37,20 +40,23 @@ def stage_ranks(spec: str, split: str) -> tuple[str, list[int]]:
     return f"{Path(run).name}:{stage}", ranks
 
 
-def loss_summary(spec: str) -> str | None:
-    """First, mean and last logged training loss of an SFT stage, with the mean over its second half."""
+def loss_summary(spec: str, after: int | None = None) -> str | None:
+    """An SFT stage's training loss: the trainer's ``train_loss`` (its manifest), the first and last
+    logged loss, and the mean of the logged losses after step ``after`` (default: half the steps)."""
     run, _, stage = spec.rpartition(":")
-    path = Path(run) / stage / "log_history.json"
-    if not path.is_file():
+    folder = Path(run) / stage
+    if not (folder / LOG_HISTORY).is_file():
         return None
-    losses = [(e["step"], e["loss"]) for e in json.loads(path.read_text()) if "loss" in e]
-    if not losses:
+    curve = loss_curve(read_json(folder / LOG_HISTORY))
+    if curve.empty:
         return None
-    half = losses[-1][0] / 2
-    second = [v for s, v in losses if s > half] or [losses[-1][1]]
-    return (f"`{spec}`: logged loss {losses[0][1]:.2f} at step {losses[0][0]}, {losses[-1][1]:.2f} at step "
-            f"{losses[-1][0]}, mean of the {len(losses)} logged values {statistics.mean(v for _, v in losses):.3f}, "
-            f"over steps after {half:g} {statistics.mean(second):.3f}")
+    after = int(curve["step"].iloc[-1]) // 2 if after is None else after
+    late = curve.loc[curve["step"] > after, "loss"]
+    train_loss = read_json(folder / MANIFEST).get("metrics", {}).get("train_train_loss")
+    return (f"`{spec}`: trainer train_loss {train_loss if train_loss is None else f'{train_loss:.3f}'}; "
+            f"logged loss {curve['loss'].iloc[0]:.2f} at step {curve['step'].iloc[0]}, {curve['loss'].iloc[-1]:.2f} "
+            f"at step {curve['step'].iloc[-1]}; mean of the {len(late)} logged values after step {after}: "
+            f"{late.mean():.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    ap.add_argument("--loss-after", type=int, default=None,
+                    help="mean the logged SFT losses after this step (default: half the steps), e.g. 350 to "
+                         "match a run resumed at step 350, whose train_loss covers only the steps after it")
     args = ap.parse_args(argv)
     a, b = stage_ranks(args.a, args.split), stage_ranks(args.b, args.split)
     if len(a[1]) != len(b[1]):
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{len(a[1])} {args.split} users, the same in both")
     print("\n".join(lines).strip())
     for spec in (args.a, args.b):
-        if (summary := loss_summary(spec)) is not None:
+        if (summary := loss_summary(spec, args.loss_after)) is not None:
             print(f"- {summary}")
     return 0
 

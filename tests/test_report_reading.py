@@ -246,7 +246,9 @@ def test_two_runs_are_paired_on_the_same_users_by_bench_paired_runs(tmp_path, ca
     b = RunConfig.from_yaml(SMOKE, run_name="bf16", runs_dir=str(tmp_path))
     sft = StageRun(a, "04_sft")
     write_target_ranks(sft.dir, {"SFT": {"test": [0, 1, 2, -1, -1, 15]}})  # hits users 0-2 (rank 15 > K)
-    sft.finish({})
+    write_json(sft.path("log_history.json"), [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 2.0},
+                                              {"step": 4, "loss": 1.0}, {"train_runtime": 9.0, "step": 4}])
+    sft.finish({"train_train_loss": 2.5})
     sp = StageRun(b, "05_sp_dpo")
     write_json(sp.path("history.json"), {"start": None, "stages": [{"stage": "easy"}, {"stage": "hard"}]})
     write_target_ranks(sp.dir, {"easy": {"test": [-1] * 6}, "hard": {"test": [-1, 4, 2, 9, 0, -1]}})
@@ -261,6 +263,9 @@ def test_two_runs_are_paired_on_the_same_users_by_bench_paired_runs(tmp_path, ca
     out = capsys.readouterr().out
     # the 'hard' policy (the last sub-stage) hits users 1-4: user 0 by SFT alone, users 3 and 4 by it alone
     assert "| fp32:04_sft | bf16:05_sp_dpo | +0.1667 |" in out and "| 1 | 2 |" in out
+    # the SFT side's loss: the manifest's train_loss, first/last logged, the mean after half the steps (2)
+    assert ("trainer train_loss 2.500; logged loss 4.00 at step 1, 1.00 at step 4; "
+            "mean of the 1 logged values after step 2: 1.000") in out
     StageRun(b, "06_rf_dpo").finish({})  # a stage that kept no ranks is refused by name
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.argv", argv[:-1] + [f"{b.run_dir}:06_rf_dpo"])
