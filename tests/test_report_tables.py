@@ -247,6 +247,18 @@ def test_a_row_is_read_from_a_pipeline_results_file_of_the_same_config_and_seed(
     assert find_row(tmp_path, cfg, "06_rf_dpo") is None  # the run did not reach RF-DPO
     assert find_row(tmp_path, cfg.override({"seed": 1}), "04_sft") is None  # another seed
     assert find_row(tmp_path, cfg.override({"dpo.beta": 0.3}), "04_sft") is None  # another config
+    assert sp["run"] == "p" and sp["ranks"] is None  # a pipeline file keeps no per-user ranks ...
+    # ... but while run "p" is on this machine, with its stage current for this config, they are read there
+    from align3gr_kit.report.ablation import local_ranks
+
+    made = RunConfig.from_yaml(SMOKE, run_name="p", runs_dir=str(tmp_path / "runs"))
+    sft = StageRun(made, "04_sft")
+    write_target_ranks(sft.dir, {"SFT": {"test": [0, 3, -1, 12]}})
+    sft.finish({})
+    assert local_ranks(cfg, "04_sft", "p") == [0, 3, -1, 12]
+    assert local_ranks(cfg, "04_sft") is None  # run "t" itself holds nothing
+    assert local_ranks(cfg.override({"sft.lr": 5e-4}), "04_sft", "p") is None  # "p" trained another config
+    assert local_ranks(cfg.override({"seed": 1}), "04_sft", "p") is None  # ... or another seed
 
 
 def test_backbone_table_leads_with_sasrec_and_gives_every_row_its_ratio(tmp_path, monkeypatch):

@@ -207,9 +207,10 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
             if ledger is not None and reuse and (found := find_row(ledger, cfg, rung.last_stage)) is not None:
                 print(f"[{run_name}] {rung.label}: measured before, read from {found['source']}", file=sys.stderr)
                 ranks = found.get("ranks")
-                if ranks is None and is_current(cfg, get_stage(rung.last_stage)):
-                    # recorded before rows kept ranks, and its run is still on this machine: keep them now
-                    ranks = final_target_ranks(cfg, rung.last_stage)
+                if ranks is None:
+                    # recorded before rows kept ranks (or read from a pipeline file, which keeps none), and
+                    # the run that measured it is still on this machine: read them there, keep them now
+                    ranks = local_ranks(cfg, rung.last_stage, found.get("run"))
                     if ranks is not None:
                         attach_ranks(ledger, cfg, rung.last_stage, ranks)
                 results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
@@ -234,6 +235,22 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
             results.append(out)
     return results
+
+
+def local_ranks(cfg: RunConfig, last_stage: str, measured_by: str | None = None) -> list[int] | None:
+    """The per-user test target ranks of the row ``(cfg, last_stage)`` from a run on this machine that
+    holds it: the row's own run, or ``measured_by`` (the run a committed result names, e.g. the full
+    pipeline run whose file the row was read from), each only while that run's stage is current for
+    ``cfg``'s config and seed (:func:`~align3gr_kit.stages.contract.is_current`); None otherwise."""
+    from align3gr_kit.report.stage_metrics import final_target_ranks
+
+    stage = get_stage(last_stage)
+    names = [cfg.run_name] + ([measured_by] if measured_by and measured_by != cfg.run_name else [])
+    for name in names:
+        run = cfg.override({"run_name": name})
+        if is_current(run, stage):
+            return final_target_ranks(run, last_stage)
+    return None
 
 
 def results_table(results: list[RungResult], split: str = "test") -> pd.DataFrame:

@@ -109,9 +109,10 @@ def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[
 def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
     """The committed result of the row ``(cfg, last_stage)`` in ``folder``, or None.
 
-    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "ranks", "machine"}``,
-    ``source`` naming the file (and the run, commit and date that measured it), ``ranks`` the per-user
-    test target ranks when the row kept them (else None), ``machine`` where it ran (None if unrecorded).
+    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "run", "ranks", "machine"}``,
+    ``source`` naming the file (and the run, commit and date that measured it), ``run`` the name of
+    that run, ``ranks`` the per-user test target ranks when the row kept them (else None; a pipeline
+    file keeps none), ``machine`` where it ran (None if unrecorded).
     """
     from align3gr_kit.report.tables import config_fingerprint, project_relative
 
@@ -120,7 +121,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     if path is not None:
         rec = read_json(path)
         return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": rec.get("test_target_ranks"),
-                "machine": rec.get("machine"),
+                "machine": rec.get("machine"), "run": rec.get("run"),
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
                           f"{(rec.get('commit') or 'unknown')[:7]}, {_minutes(rec.get('date'))})"}
     fp = config_fingerprint(cfg)
@@ -132,7 +133,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
         if metrics is not None:
             upto = sorted(s for s in doc.get("stage_seconds", {}) if s <= last_stage)
             return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1), "ranks": None,
-                    "machine": "; ".join(doc.get("machines") or []),
+                    "machine": "; ".join(doc.get("machines") or []), "run": doc.get("run_name"),
                     "source": f"{project_relative(p)} (run {doc.get('run_name')}, commit(s) "
                               f"{', '.join(doc.get('commits', []))}, {doc.get('date')})"}
     return None
