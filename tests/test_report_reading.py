@@ -288,8 +288,11 @@ def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_
     rf = StageRun(cfg, "06_rf_dpo")
     write_json(rf.path("history.json"), {"start": None, "stages": [{"stage": "easy", "metrics": {
         s: {k: 0.2 for k in keys} for s in ("valid", "test")}}]})
+    write_target_ranks(rf.dir, {"easy": {"test": [2, -1, 0]}})
     rf.finish({})
     doc = pipeline_document(cfg, SMOKE)
+    # the models' per-user ranks travel with the file (the SFT stage kept none here)
+    assert doc["test_target_ranks"] == {"RF-DPO easy": [2, -1, 0]}
     assert doc["overrides"] == {} and doc["fingerprint"] == config_fingerprint(cfg) != config_fingerprint(other)
     # the SFT stage continued from a checkpoint: its time is that of the last attempt, and the file says so
     assert doc["resumed"] == {"04_sft": {"from": 350, "of": 600}}

@@ -247,8 +247,12 @@ def test_a_row_is_read_from_a_pipeline_results_file_of_the_same_config_and_seed(
     assert find_row(tmp_path, cfg, "06_rf_dpo") is None  # the run did not reach RF-DPO
     assert find_row(tmp_path, cfg.override({"seed": 1}), "04_sft") is None  # another seed
     assert find_row(tmp_path, cfg.override({"dpo.beta": 0.3}), "04_sft") is None  # another config
-    assert sp["run"] == "p" and sp["ranks"] is None  # a pipeline file keeps no per-user ranks ...
-    # ... but while run "p" is on this machine, with its stage current for this config, they are read there
+    assert sp["run"] == "p" and sp["ranks"] is None  # a file written before pipeline files kept ranks ...
+    doc["test_target_ranks"] = {"SFT": [0, 3, -1, 12], "SP-DPO hard": [1, -1, -1, 2]}
+    (tmp_path / "pipeline-p.json").write_text(json.dumps(doc))
+    assert find_row(tmp_path, cfg, "05_sp_dpo")["ranks"] == [1, -1, -1, 2]  # the stage's last model's
+    assert find_row(tmp_path, cfg, "04_sft")["ranks"] == [0, 3, -1, 12]
+    # ... and for an old file, while run "p" is on this machine with its stage current for this config, they are read there
     from align3gr_kit.report.ablation import local_ranks
 
     made = RunConfig.from_yaml(SMOKE, run_name="p", runs_dir=str(tmp_path / "runs"))

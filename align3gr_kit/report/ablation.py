@@ -208,8 +208,8 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                 print(f"[{run_name}] {rung.label}: measured before, read from {found['source']}", file=sys.stderr)
                 ranks = found.get("ranks")
                 if ranks is None:
-                    # recorded before rows kept ranks (or read from a pipeline file, which keeps none), and
-                    # the run that measured it is still on this machine: read them there, keep them now
+                    # recorded before rows (and pipeline files) kept ranks, and the run that measured it is
+                    # still on this machine: read them there, keep them now
                     ranks = local_ranks(cfg, rung.last_stage, found.get("run"))
                     if ranks is not None:
                         attach_ranks(ledger, cfg, rung.last_stage, ranks)

@@ -92,7 +92,9 @@ def attach_ranks(folder: Path, cfg: RunConfig, last_stage: str, ranks: list[int]
     return write_json(path, rec)
 
 
-def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[str, float]] | None:
+def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> tuple[dict[str, dict[str, float]], list[int] | None] | None:
+    """``(metrics, test target ranks)`` of the model ``last_stage`` ends with in a pipeline file; the
+    ranks are None in files written before they were kept."""
     rows = [r for r in doc.get("rows", []) if r.get("stage") == last_stage]
     if not rows:
         return None
@@ -103,7 +105,7 @@ def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> dict[str, dict[
         if any(k not in values for k in METRIC_KEYS):
             return None
         out[split] = values
-    return out
+    return out, (doc.get("test_target_ranks") or {}).get(row.get("model"))
 
 
 def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
@@ -111,8 +113,8 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
 
     Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "run", "ranks", "machine"}``,
     ``source`` naming the file (and the run, commit and date that measured it), ``run`` the name of
-    that run, ``ranks`` the per-user test target ranks when the row kept them (else None; a pipeline
-    file keeps none), ``machine`` where it ran (None if unrecorded).
+    that run, ``ranks`` the per-user test target ranks when the row (or the pipeline file) kept them
+    (else None), ``machine`` where it ran (None if unrecorded).
     """
     from align3gr_kit.report.tables import config_fingerprint, project_relative
 
@@ -129,10 +131,11 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
         doc = read_json(p)
         if doc.get("fingerprint") != fp or cfg.seed not in doc.get("seeds", []):
             continue
-        metrics = _from_pipeline_file(doc, last_stage)
-        if metrics is not None:
+        found = _from_pipeline_file(doc, last_stage)
+        if found is not None:
+            metrics, ranks = found
             upto = sorted(s for s in doc.get("stage_seconds", {}) if s <= last_stage)
-            return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1), "ranks": None,
+            return {"metrics": metrics, "seconds": round(sum(doc["stage_seconds"][s] for s in upto), 1), "ranks": ranks,
                     "machine": "; ".join(doc.get("machines") or []), "run": doc.get("run_name"),
                     "source": f"{project_relative(p)} (run {doc.get('run_name')}, commit(s) "
                               f"{', '.join(doc.get('commits', []))}, {doc.get('date')})"}

@@ -149,7 +149,8 @@ PIPELINE = "pipeline"
 
 def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any] | None:
     """A finished run's results as a small file for ``reports/tables/<dataset>/pipeline-<run>.json``:
-    every trained model's valid/test metrics in training order (:func:`pipeline_stage_metrics`), the
+    every trained model's valid/test metrics in training order (:func:`pipeline_stage_metrics`) and
+    per-user test target ranks (:func:`pipeline_target_ranks`), the
     baselines on the same users when stage 07 ran, each stage's wall time and the commit each stage
     ran at. ``None`` before ``04_sft`` finished. Read from the run folder only (nothing recomputed):
     the settings are those the run's last stage recorded, with ``overrides`` saying how they differ from
@@ -168,6 +169,7 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     ran = RunConfig.from_dict(manifests[last]["parameters"], source=str(stage_dir(cfg, last) / MANIFEST))
     overrides = config_diff(ran, config_path)
     rows = pipeline_stage_metrics(cfg).to_dict("records")
+    models = pipeline_target_ranks(cfg)
     baselines = []
     if "07_report" in manifests and (stage_dir(cfg, "07_report") / COMPARISON).exists():
         table = read_comparison(stage_dir(cfg, "07_report"))
@@ -196,7 +198,10 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
         "smoke": cfg.smoke,
         "rows": [json_record(r) for r in rows],
         "baselines": [json_record(r) for r in baselines],
-        "paired": pipeline_paired_steps(cfg, seed=ran.seed),
+        "paired": paired_steps(models, k=10, seed=ran.seed),
+        # each model's per-user test target ranks, so that a table row read from this file
+        # (:func:`align3gr_kit.report.ledger.find_row`) is still compared user by user on another machine
+        "test_target_ranks": {model: [int(r) for r in ranks] for model, ranks in models if ranks is not None},
     }
 
 
