@@ -5,13 +5,21 @@
 
 Each side is ``<run folder>:<stage>``: the model that stage ends with (04: the SFT model; 05/06: the
 last DPO sub-stage's policy), read from the per-user target ranks its evaluation kept
-(``target_ranks.json``). Two runs of the same config on different machines (bf16 against fp32), or two
-rows of a table, differ by one seed's draw of users' hits; this prints the Recall@K difference, the
-users each model hits alone, McNemar's exact p and a paired-bootstrap 95% interval
+(``target_ranks.json``); or a committed result, whose run folder may be gone: a table's row file
+(``reports/tables/<dataset>/rows/<key>.json``) or ``<pipeline file>.json:<model>`` (a model of a
+``report pipeline`` file, e.g. ``reports/tables/ml-100k/pipeline-ml-100k-bf16.json:SFT``); those keep
+the test users' ranks only.
+
+    python bench/paired_runs.py --a reports/tables/ml-100k/rows/8c931bf9ab3c-s0-04_sft.json \
+        --b reports/tables/ml-100k/pipeline-ml-100k-bf16.json:SFT
+
+Two runs of the same config on different machines (bf16 against fp32), or two rows of a table, differ
+by one seed's draw of users' hits; this prints the Recall@K difference, the users each model hits
+alone, McNemar's exact p and a paired-bootstrap 95% interval
 (:func:`align3gr_kit.report.stage_metrics.paired_steps`), and the training loss of each SFT stage
-(``--loss-after N``: the mean of its logged losses after step N). The
-two runs must have scored the same users (same data, split and ``decode.max_eval_users``); the
-script refuses otherwise. Prints markdown; writes nothing.
+(``--loss-after N``: the mean of its logged losses after step N; run folders only). The two runs must
+have scored the same users (same data, split and ``decode.max_eval_users``); the script refuses
+otherwise. Prints markdown; writes nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +35,32 @@ from align3gr_kit.train.figures import loss_curve
 from align3gr_kit.utils import read_json
 
 
+def result_ranks(spec: str, split: str) -> tuple[str, list[int]] | None:
+    """``(label, ranks)`` of a committed result file (a row file, or ``<pipeline file>.json:<model>``);
+    None when ``spec`` names no ``.json`` file; a clear error when the file lacks the ranks asked for."""
+    path, _, model = spec.partition(".json")
+    if not model and not spec.endswith(".json"):
+        return None
+    path, model = Path(path + ".json"), model.removeprefix(":")
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such result file")
+    ranks = read_json(path).get(f"{split}_target_ranks")
+    if ranks is None:
+        raise SystemExit(f"{path}: no {split}_target_ranks (committed results keep the test users' ranks only)")
+    if isinstance(ranks, dict):
+        if model not in ranks:
+            raise SystemExit(f"{path}: name one of its models as {path}:<model>, one of {sorted(ranks)}")
+        return f"{path.stem}:{model}", ranks[model]
+    if model:
+        raise SystemExit(f"{path}: a row file holds one model; drop ':{model}'")
+    return path.stem, ranks
+
+
 def stage_ranks(spec: str, split: str) -> tuple[str, list[int]]:
-    """``(label, ranks)`` of ``<run folder>:<stage>``; a clear error when the stage kept none."""
+    """``(label, ranks)`` of ``<run folder>:<stage>`` or of a committed result file
+    (:func:`result_ranks`); a clear error when the stage kept none."""
+    if (committed := result_ranks(spec, split)) is not None:
+        return committed
     run, _, stage = spec.rpartition(":")
     folder = Path(run) / stage
     if not run or not (folder / MANIFEST).is_file():
@@ -45,7 +77,7 @@ def loss_summary(spec: str, after: int | None = None) -> str | None:
     logged loss, and the mean of the logged losses after step ``after`` (default: half the steps)."""
     run, _, stage = spec.rpartition(":")
     folder = Path(run) / stage
-    if not (folder / LOG_HISTORY).is_file():
+    if ".json" in spec or not (folder / LOG_HISTORY).is_file():
         return None
     curve = loss_curve(read_json(folder / LOG_HISTORY))
     if curve.empty:
@@ -61,8 +93,8 @@ def loss_summary(spec: str, after: int | None = None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", required=True, help="<run folder>:<stage>, the reference model")
-    ap.add_argument("--b", required=True, help="<run folder>:<stage>, the model compared with it")
+    ap.add_argument("--a", required=True, help="<run folder>:<stage> or a committed result file, the reference model")
+    ap.add_argument("--b", required=True, help="<run folder>:<stage> or a committed result file, the model compared with it")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")

@@ -273,6 +273,35 @@ def test_two_runs_are_paired_on_the_same_users_by_bench_paired_runs(tmp_path, ca
             runpy.run_path(script, run_name="__main__")
 
 
+def test_bench_paired_runs_reads_committed_row_and_pipeline_files(tmp_path, capsys):
+    """Run folders do not outlive a session; the committed results keep the test users' ranks. A row
+    file holds one model, a pipeline file one per model (named after ':'); wrong names are refused."""
+    import runpy
+
+    row = write_json(tmp_path / "abc-s0-04_sft.json", {"key": "abc-s0-04_sft",
+                                                       "test_target_ranks": [0, 1, 2, -1, -1, 15]})
+    pipe = write_json(tmp_path / "pipeline-x.json", {"test_target_ranks": {"SFT": [0, 1, 2, -1, -1, 15],
+                                                                            "SP-DPO hard": [-1, 4, 2, 9, 0, -1]}})
+    script = str(project_root() / "bench" / "paired_runs.py")
+
+    def run(a: str, b: str) -> int | str:
+        """The script's exit: 0, or the message it stopped with."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("sys.argv", ["paired_runs.py", "--a", a, "--b", b])
+            with pytest.raises(SystemExit) as done:
+                runpy.run_path(script, run_name="__main__")
+        return done.value.code
+
+    assert run(str(row), f"{pipe}:SP-DPO hard") == 0
+    out = capsys.readouterr().out
+    assert "| abc-s0-04_sft | pipeline-x:SP-DPO hard | +0.1667 |" in out and "| 1 | 2 |" in out
+    assert run(f"{pipe}:SFT", str(row)) == 0  # the same ranks: no user hit by one alone
+    assert "| pipeline-x:SFT | abc-s0-04_sft | +0.0000 |" in capsys.readouterr().out
+    assert "one of ['SFT', 'SP-DPO hard']" in run(str(row), f"{pipe}:RF-DPO")
+    assert "a row file holds one model" in run(f"{row}:SFT", str(row))
+    assert "no such result file" in run(str(tmp_path / "gone.json"), str(row))
+
+
 def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_one(tmp_path):
     """A stage copied from another run's identical stage records that run's settings (which differ where
     the stage never reads them): the run's file must describe the run itself. A stage that resumed from
