@@ -93,8 +93,10 @@ def loss_summary(spec: str, after: int | None = None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", required=True, help="<run folder>:<stage> or a committed result file, the reference model")
-    ap.add_argument("--b", required=True, help="<run folder>:<stage> or a committed result file, the model compared with it")
+    ap.add_argument("--a", required=True,
+                    help="<run folder>:<stage> or a committed result file, the reference model")
+    ap.add_argument("--b", required=True,
+                    help="<run folder>:<stage> or a committed result file, the model compared with it")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
