@@ -28,6 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from align3gr_kit.report.ledger import kept_ranks
 from align3gr_kit.report.stage_metrics import folder_target_ranks, paired_markdown, paired_steps
 from align3gr_kit.stages.contract import MANIFEST
 from align3gr_kit.train.artifacts import LOG_HISTORY
@@ -44,16 +45,15 @@ def result_ranks(spec: str, split: str) -> tuple[str, list[int]] | None:
     path, model = Path(path + ".json"), model.removeprefix(":")
     if not path.is_file():
         raise SystemExit(f"{path}: no such result file")
-    ranks = read_json(path).get(f"{split}_target_ranks")
-    if ranks is None:
-        raise SystemExit(f"{path}: no {split}_target_ranks (committed results keep the test users' ranks only)")
-    if isinstance(ranks, dict):
-        if model not in ranks:
-            raise SystemExit(f"{path}: name one of its models as {path}:<model>, one of {sorted(ranks)}")
-        return f"{path.stem}:{model}", ranks[model]
-    if model:
+    doc = read_json(path)
+    if split != "test" or doc.get("test_target_ranks") is None:
+        raise SystemExit(f"{path}: no {split} target ranks (committed results keep the test users' ranks only)")
+    models = doc["test_target_ranks"]
+    if isinstance(models, dict) and model not in models:
+        raise SystemExit(f"{path}: name one of its models as {path}:<model>, one of {sorted(models)}")
+    if not isinstance(models, dict) and model:
         raise SystemExit(f"{path}: a row file holds one model; drop ':{model}'")
-    return path.stem, ranks
+    return (f"{path.stem}:{model}" if model else path.stem), kept_ranks(doc, model)
 
 
 def stage_ranks(spec: str, split: str) -> tuple[str, list[int]]:

@@ -92,6 +92,13 @@ def attach_ranks(folder: Path, cfg: RunConfig, last_stage: str, ranks: list[int]
     return write_json(path, rec)
 
 
+def kept_ranks(doc: dict[str, Any], model: str | None = None) -> list[int] | None:
+    """The per-user test target ranks a committed result kept: a row file's (one model), or model
+    ``model``'s in a pipeline file (keyed by model); None when it kept none."""
+    ranks = doc.get("test_target_ranks")
+    return ranks.get(model) if isinstance(ranks, dict) else ranks
+
+
 def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> tuple[dict[str, dict[str, float]], list[int] | None] | None:
     """``(metrics, test target ranks)`` of the model ``last_stage`` ends with in a pipeline file; the
     ranks are None in files written before they were kept."""
@@ -105,7 +112,7 @@ def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> tuple[dict[str,
         if any(k not in values for k in METRIC_KEYS):
             return None
         out[split] = values
-    return out, (doc.get("test_target_ranks") or {}).get(row.get("model"))
+    return out, kept_ranks(doc, row.get("model"))
 
 
 def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
@@ -122,7 +129,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     path = row_path(folder, cfg, last_stage)
     if path is not None:
         rec = read_json(path)
-        return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": rec.get("test_target_ranks"),
+        return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": kept_ranks(rec),
                 "machine": rec.get("machine"), "run": rec.get("run"),
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
                           f"{(rec.get('commit') or 'unknown')[:7]}, {_minutes(rec.get('date'))})"}
