@@ -197,3 +197,73 @@ def test_chat_template_frames_prompts_and_cuts_only_the_text(tables):
     n_prompt = mask.index(1)
     assert row[:len(head)] == head and row[n_prompt - len(tail): n_prompt] == tail
     assert tok.convert_ids_to_tokens(row[n_prompt:-1]) == items.tokens(2) and row[-1] == tok.eos_token_id
+
+
+def hub_folder(tmp_path, extra_rows: int = 0):
+    """A saved causal LM that knows no SCID token, loaded through the hub path (``model.base`` = a folder)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(CFG, CORPUS, [])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok) + extra_rows, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "hub")  # a bf16 checkpoint, as hub models often are
+    tok.save_pretrained(tmp_path / "hub")
+    return tmp_path / "hub", len(tok) + extra_rows
+
+
+def hub_config(folder, dtype: str = "auto") -> ModelConfig:
+    return ModelConfig(**{**CFG.__dict__, "base": str(folder), "dtype": dtype})
+
+
+@pytest.mark.parametrize("cuda, multiple", [(False, 8), (True, 64)])
+def test_weights_load_fp32_and_resized_rows_are_padded(tables, tmp_path, monkeypatch, cuda, multiple):
+    """Weights are fp32 whatever model.dtype says (the old rule loaded bf16 under auto on an Ampere GPU);
+    the grown embedding matrices are padded to a multiple of 8 (CPU) or 64 (GPU)."""
+    items, users = tables
+    folder, base_rows = hub_folder(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda)
+    for dtype in ("auto", "bf16", "fp16"):
+        cfg = hub_config(folder, dtype)
+        model, tok = build_backbone(cfg, CORPUS, scid_tokens(items, users), seed=0)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, dtype
+        rows = {m.weight.shape[0] for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+        assert rows == {-(-len(tok) // multiple) * multiple} and model.config.vocab_size in rows
+        assert len(tok) > base_rows and rows != {len(tok)}  # grown, and by padding beyond the tokenizer
+    save_model(model, tok, tmp_path / "saved", items, users)
+    loaded = load_model(tmp_path / "saved", "bf16")[0]
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+def test_resize_only_grows(tables, tmp_path):
+    items, users = tables
+    n_scid = len(set(scid_tokens(items, users)))
+    folder, rows = hub_folder(tmp_path, extra_rows=n_scid + 3)  # a hub matrix already larger (Qwen-style)
+    model, tok = build_backbone(hub_config(folder), CORPUS, scid_tokens(items, users), 0)
+    assert len(tok) < rows and model.get_input_embeddings().weight.shape[0] == rows
+
+
+def test_padding_rows_are_never_decoded(tables, tmp_path):
+    """Even when the padding rows past len(tokenizer) take nearly all the probability mass, constrained
+    decoding returns catalogue items only: the trie allows SCID ids and nothing else."""
+    from align3gr_kit.decoding import constrained_beam_search, trie_from_scids
+
+    items, users = tables
+    folder, _ = hub_folder(tmp_path)
+    model, tok = build_backbone(hub_config(folder), CORPUS, scid_tokens(items, users), 0)
+    V = len(tok)
+    assert model.get_output_embeddings().weight.shape[0] > V
+    padding = torch.arange(V, model.get_output_embeddings().weight.shape[0])
+    model.get_output_embeddings().register_forward_hook(lambda m, i, out: out.index_fill(-1, padding, 1e4))
+    ids, mask = left_pad(encode_prompts(tok, [f"User {users.string(0)} bought {items.string(1)}. Next:", "Hi"]),
+                         tok.pad_token_id)
+    with torch.no_grad():
+        assert (model.eval()(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1) >= V).all()  # the hook bites
+    trie = trie_from_scids(items, tok)
+    assert set(trie.paths().unique().tolist()) <= set(tok.convert_tokens_to_ids(items.vocabulary()))
+    res = constrained_beam_search(model, ids, mask, trie, beam_width=4)
+    assert ((res.items >= 0) & (res.items < items.n)).all()
+    assert torch.isfinite(res.scores).all() and (res.scores < -1e3).all()  # the padding held the mass, unused

@@ -127,7 +127,7 @@ def test_lora_trains_only_scid_rows_in_both_roles_and_saves(smollm2_folder, tmp_
     model, tok = build_backbone(cfg.model, [], TOKENS, cfg.seed)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     ids = torch.as_tensor(tok.convert_tokens_to_ids(TOKENS))
-    old = torch.ones(len(tok), dtype=torch.bool)
+    old = torch.ones(model.get_input_embeddings().weight.shape[0], dtype=torch.bool)  # padding rows too
     old[ids] = False
     in0, out0 = effective_rows(model)
     res = train_sft(cfg, model, tok, toy_sft(), tmp_path / "out")
@@ -160,7 +160,7 @@ def test_smollm2_end_to_end_sa_init_sft_decoding_dpo(smollm2_folder, tmp_path):
     from align3gr_kit.dpo import SoftmaxDPOCollator, SoftmaxDPOTrainer, make_reference, precompute_reference_logps
     from align3gr_kit.evaluate import count_invalid, evaluation_prompts, recommend
     from align3gr_kit.model import apply_lora
-    from align3gr_kit.model.precision import trainer_bf16
+    from align3gr_kit.model.precision import trainer_precision
     from align3gr_kit.prompts.keywords import token_keywords
     from align3gr_kit.train.sft import train_sft
 
@@ -209,7 +209,7 @@ def test_smollm2_end_to_end_sa_init_sft_decoding_dpo(smollm2_folder, tmp_path):
     delta0 = [p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad]
     args = TrainingArguments(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=2, max_steps=1,
                              learning_rate=1e-3, report_to="none", save_strategy="no", remove_unused_columns=False,
-                             use_cpu=True, bf16=trainer_bf16("auto"), logging_steps=1)
+                             use_cpu=True, **trainer_precision("auto"), logging_steps=1)
     trainer = SoftmaxDPOTrainer(model=trainable, args=args, beta=0.1, train_dataset=Dataset.from_list(examples),
                                 data_collator=collator, processing_class=tok)
     out = trainer.train()

