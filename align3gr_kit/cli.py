@@ -126,12 +126,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     from align3gr_kit.utils import process_state
 
     cfg = _load_config(args)
+    # First: the process group gets the config's timeout only if the kit creates it (before any
+    # TrainingArguments), and several GPUs without a launch are refused here, before any model.
+    state = process_state(cfg)
     stage = "04_sft" if args.what == "sft" else {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}[args.stage]
-    ensure_upstream(cfg, stage)
+    ensure_upstream(cfg, stage, how=config_flags(args))
     out = run_stage(cfg, stage, all_processes=True)
-    if process_state().is_main_process:
+    if state.is_main_process:
         _print({"stage": stage, "run_dir": str(cfg.run_dir), "metrics": out})
     return 0
+
+
+def config_flags(args: argparse.Namespace) -> str:
+    """``--config C`` and the overrides of this command line (``--set``, ``--run-name``, ``--seed``), quoted
+    for a shell: what another command needs to address the same run with the same settings."""
+    import shlex
+
+    flags = ["--config", args.config]
+    for item in getattr(args, "set", None) or []:
+        flags += ["--set", item]
+    if getattr(args, "run_name", None):
+        flags += ["--run-name", args.run_name]
+    if getattr(args, "seed", None) is not None:
+        flags += ["--seed", str(args.seed)]
+    return " ".join(shlex.quote(f) for f in flags)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -235,9 +235,15 @@ class ModelConfig:
             ``resize_token_embeddings(mean_resizing=True)``: N(mean, 1e-9 cov), nearly identical rows,
             the "random init" baseline TS-Rec compares SA-Init with).
         trust_remote_code: allow a hub model's own code (off by default: safety).
-        dtype: ``auto`` (bf16 autocast with fp32 weights on a GPU that supports it and on CPUs with
-            AMX/avx512_bf16, fp32 elsewhere; :mod:`align3gr_kit.model.precision`), ``float32`` or
-            ``bfloat16``.
+        dtype: the *compute* precision; weights that training changes (directly or through a merged
+            LoRA delta) are fp32 on every device whatever this says, and bf16/fp16 run only through
+            autocast and the Trainer's ``bf16``/``fp16`` (:mod:`align3gr_kit.model.precision`).
+            ``auto``: bf16 on a CUDA GPU with native bf16 (compute capability 8.0+), fp16 with loss
+            scaling on an older CUDA GPU, bf16 on a CPU with AMX/AVX512-BF16, fp32 on any other CPU.
+            ``float32``/``fp32``; ``bfloat16``/``bf16`` (refused on a CUDA GPU without native bf16;
+            allowed, emulated and slow, on a CPU without bf16 units, for checks); ``float16``/``fp16``
+            (loss-scaled; needs a CUDA GPU). A value this machine cannot run is refused when the config
+            is built.
     """
 
     base: str = "tiny-llama"
@@ -261,13 +267,22 @@ class ModelConfig:
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "fp32", "bfloat16", "bf16",
                                                             "float16", "fp16")})
 
-    def check(self, where: str) -> None:
+    def check(self, where: str, machine: bool = True) -> None:
+        """Raise :class:`ConfigError` for settings that cannot work; ``machine``: also refuse a ``dtype``
+        this machine cannot run."""
         if self.sa_init_extractor == "llm" and self.base in ("tiny-llama", "minilm"):
             raise ConfigError(f"{where}: model.sa_init_extractor = llm needs an instruct LLM backbone, but model.base = "
                               f"{self.base!r} writes no text; use sa_init_extractor: tfidf or base: smollm2-135m")
         if self.base == "tiny-llama" and self.hidden_size % self.num_heads:
             raise ConfigError(f"{where}: model.hidden_size = {self.hidden_size} must be divisible by "
                               f"model.num_heads = {self.num_heads}")
+        if machine and self.dtype not in ("auto", "float32", "fp32"):  # those run everywhere: no torch import to decide
+            from align3gr_kit.model.precision import unsupported_reason
+
+            # Decided on the machine that builds the config, so a run stops before any work is done.
+            reason = unsupported_reason(self.dtype)
+            if reason is not None:
+                raise ConfigError(f"{where}: {reason}")
 
 
 @dataclass
@@ -291,6 +306,13 @@ class SFTConfig:
             this many steps into ``<run>/.checkpoints/``; a killed SFT stage re-run with ``run
             --resume`` (or ``ablate``) continues from the last one, and a finished stage deletes it.
             0 = never. It cannot change the result, so it is not part of the stage's fingerprint.
+        save_minutes: also write a checkpoint when this many minutes of wall time passed since the last
+            one (the main process's clock decides for every rank): ``save_steps`` sized for CPU step
+            times checkpoints every few seconds on a GPU, where ``save_steps: 0`` with ``save_minutes:
+            15`` keeps a killed run's loss under 15 minutes. 0 = by steps only. Not in the fingerprint.
+        gradient_checkpointing: recompute activations in the backward pass instead of keeping them
+            (non-reentrant checkpointing): less memory for long sequences or large backbones, about a
+            third more compute. The same gradients, so not in the fingerprint.
     """
 
     epochs: float = field(default=3.0, metadata={"min_exclusive": 0.0})
@@ -306,6 +328,8 @@ class SFTConfig:
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     logging_steps: int = field(default=10, metadata={"min": 1})
     save_steps: int = field(default=50, metadata={"min": 0, "fingerprint": False})
+    save_minutes: float = field(default=0.0, metadata={"min": 0.0, "fingerprint": False})
+    gradient_checkpointing: bool = field(default=False, metadata={"fingerprint": False})
 
 
 @dataclass
@@ -384,6 +408,7 @@ class DPOConfig:
             off: N + 1 full ``prompt + response`` sequences. Same log-probs; backbones whose attention
             takes no custom 4D mask (flash-attention, sliding windows) use full sequences either way.
         logging_steps: log loss / rewards / accuracy every this many steps.
+        gradient_checkpointing: as ``sft.gradient_checkpointing``, for the DPO stages' Trainer.
     """
 
     beta: float = field(default=0.1, metadata={"min_exclusive": 0.0})
@@ -408,6 +433,27 @@ class DPOConfig:
     precompute_ref: bool = True
     share_prompt: bool = True
     logging_steps: int = field(default=5, metadata={"min": 1})
+    gradient_checkpointing: bool = field(default=False, metadata={"fingerprint": False})
+
+
+@dataclass
+class DistributedConfig:
+    """Several processes (``accelerate launch`` / ``torchrun``); read by no stage's fingerprint (none
+    of it changes a result).
+
+    Attributes:
+        timeout_minutes: how long a collective (a barrier, a gradient all-reduce, a gather) waits for
+            the slowest rank before the run fails. It reaches the process group because the kit creates
+            it first (:func:`align3gr_kit.utils.process_state`); torch's own default is 10 minutes for
+            NCCL, shorter than one rank's checkpoint save or evaluation on a large split.
+        find_unused_parameters: DDP's search for parameters that got no gradient in a step. Every
+            trainable parameter of the kit's models (LoRA, SCID rows) gets one, so off: the search costs
+            a graph traversal per step. Turn it on only if DDP reports parameters that "did not
+            receive grad".
+    """
+
+    timeout_minutes: float = field(default=120.0, metadata={"min_exclusive": 0.0})
+    find_unused_parameters: bool = False
 
 
 @dataclass
@@ -422,6 +468,7 @@ class RunConfig:
             :data:`SMOKE_CAPS` are applied once, when the config is built, so every manifest records
             the values that ran.
         runs_dir: where run directories live (relative paths: see :func:`align3gr_kit.utils.resolve_path`).
+        distributed: process-group settings for ``accelerate launch`` / ``torchrun`` (:class:`DistributedConfig`).
     """
 
     run_name: str = "default"
@@ -435,11 +482,16 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>", recorded: bool = False) -> "RunConfig":
         """Build, convert and check every field from a nested dict; then apply the smoke caps.
+
+        ``recorded``: the settings a finished run recorded (a manifest), read back on any machine, so the
+        checks of what *this* machine can run (``model.dtype``) are skipped: a GPU run's fp16 manifest
+        must still be readable on a CPU.
 
         Raises :class:`ConfigError` naming ``source``, the field, the value and what is allowed.
         """
@@ -448,7 +500,7 @@ class RunConfig:
         for section in _SECTIONS:
             check = getattr(getattr(cfg, section), "check", None)
             if check is not None:
-                check(source)
+                check(source, **({"machine": False} if recorded and section == "model" else {}))
         return apply_smoke(cfg) if cfg.smoke else cfg
 
     @classmethod
@@ -688,4 +740,5 @@ _SECTIONS: dict[str, type] = {
     "sft": SFTConfig,
     "decode": DecodeConfig,
     "dpo": DPOConfig,
+    "distributed": DistributedConfig,
 }

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from align3gr_kit.config import DecodeConfig, RunConfig
+from align3gr_kit.distributed import sharded_map
 from align3gr_kit.metrics import metrics_from_ranks, target_ranks
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.utils import read_json, write_json
@@ -83,8 +84,14 @@ def recommend(
     k: int | None = None,
     progress: bool = True,
     precision: str = "auto",
+    sharded: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items for every row of ``samples`` by constrained beam search.
+
+    Under a distributed launch the processes share the work (:func:`align3gr_kit.distributed.sharded_map`):
+    the length-sorted batches are cut as in one process, batch ``j`` is decoded by rank ``j % world``, and
+    the results are gathered on every rank, so each batch is the same tensor as in one process and the
+    result is the one-process result. Every process of the launch must call it together.
 
     Args:
         model: causal LM with the SCID tokens (PEFT models work too).
@@ -98,6 +105,7 @@ def recommend(
         progress: tqdm over batches.
         precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`): ``auto`` = bf16 autocast
             on GPUs and AMX/AVX512-BF16 CPUs, fp32 elsewhere; ``float32`` for exact comparisons.
+        sharded: False: this process decodes every row alone, even inside a launch.
     Returns:
         ``(items [n, k] int64 with -1 padding, scores [n, k] float32 log-probabilities)`` in row order.
     """
@@ -114,14 +122,20 @@ def recommend(
     scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
     # Batches of similar lengths waste less compute on padding; results go back to row order.
     order = np.argsort([len(x) for x in ids], kind="stable")
-    for start in tqdm(range(0, len(order), decode.batch_size), desc="beam search", disable=not progress):
-        rows = order[start:start + decode.batch_size]
-        input_ids, mask = left_pad([ids[r] for r in rows], pad)
-        res = constrained_beam_search(model, input_ids, mask, trie, beam_width=decode.beam_width, topk=k,
-                                      precision=precision)
-        got = res.items.cpu().numpy()
-        items[rows, : got.shape[1]] = got
-        scores[rows, : got.shape[1]] = res.scores.float().cpu().numpy()
+
+    def decode_rows(rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for start in tqdm(range(0, len(rows), decode.batch_size), desc="beam search", disable=not progress):
+            batch = rows[start:start + decode.batch_size]
+            input_ids, mask = left_pad([ids[r] for r in batch], pad)
+            res = constrained_beam_search(model, input_ids, mask, trie, beam_width=decode.beam_width, topk=k,
+                                          precision=precision)
+            out.extend(zip(res.items.cpu().numpy(), res.scores.float().cpu().numpy()))
+        return out
+
+    for row, (got, got_scores) in zip(order, sharded_map(order.tolist(), decode.batch_size, decode_rows, sharded)):
+        items[row, : len(got)] = got
+        scores[row, : len(got)] = got_scores
     return items, scores
 
 
@@ -150,6 +164,7 @@ def evaluate(
     judge=None,
     precision: str = "auto",
     keep_ranks: bool = False,
+    sharded: bool = True,
 ) -> dict[str, Any]:
     """Recall@K / NDCG@K of the model on a split's samples (one held-out target per user), and with a
     ``judge`` (a :class:`~align3gr_kit.feedback.FeedbackOracle`, e.g.
@@ -161,7 +176,9 @@ def evaluate(
         decode: ``beam_width``, ``topk`` (the K of the metrics), ``batch_size``.
         judge: grades the top-``max(decode.topk)`` lists (no second beam search); None = skip.
         keep_ranks: also return ``target_ranks``, each user's 0-based target rank (-1 = not in the top K).
-        Other arguments: as :func:`recommend`.
+        Other arguments: as :func:`recommend` (under a launch the ranks share the beam search; every rank
+        gets the same metrics).
+
     Returns:
         ``{"recall@5", "recall@10", "ndcg@5", "ndcg@10", "users", "invalid", "seconds"}`` (one key
         per K in ``decode.topk``), plus ``liked_share@K``, ``mean_rating@K``, ``graded_share@K`` with a judge.
@@ -176,7 +193,7 @@ def evaluate(
         raise ValueError(f"decode.topk {decode.topk} exceeds decode.beam_width {decode.beam_width}; "
                          "the beam search returns at most beam_width items")
     items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
-                         max_length, k=k, progress=progress, precision=precision)
+                         max_length, k=k, progress=progress, precision=precision, sharded=sharded)
     ranks = target_ranks(items, samples.target.to_numpy())
     metrics = metrics_from_ranks(ranks, ks=decode.topk)
     if judge is not None:

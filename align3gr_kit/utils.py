@@ -171,14 +171,31 @@ def machine_info() -> str:
     return out
 
 
-def process_state():
+def process_state(cfg=None):
     """accelerate's ``PartialState`` for this process, created the same way everywhere.
+
+    ``cfg`` (a :class:`~align3gr_kit.config.RunConfig`): the first call creates the state, and with it
+    the process group of a distributed launch, with ``distributed.timeout_minutes`` (default 120) as its
+    timeout. The state is a singleton and ``torch.distributed`` keeps the group of whoever initialised it
+    first (``TrainingArguments`` resets accelerate's state but cannot re-create the group), so the entry
+    points (``train``, ``sft_main``, the stages) call this first, before any ``TrainingArguments``. Later
+    calls return the existing state. Every call first refuses several visible GPUs without a launch
+    and engines that shard parameters (ZeRO-3, FSDP) (:mod:`align3gr_kit.distributed`).
 
     Without GPUs it is created with ``cpu=True``, so that under ``accelerate launch`` (or torchrun)
     the gloo process group is set up and only rank 0 is the main process; otherwise accelerate may
     see no GPU, stay single-process, and every rank would think itself the main one.
     """
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    from align3gr_kit.distributed import DEFAULT_TIMEOUT_MINUTES, refuse_data_parallel, refuse_sharded_engine
+
+    refuse_data_parallel()  # cheap checks, on every call: a state made elsewhere must not skip them
+    refuse_sharded_engine()
+    if PartialState._shared_state:
+        return PartialState()
+    minutes = cfg.distributed.timeout_minutes if cfg is not None else DEFAULT_TIMEOUT_MINUTES
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=minutes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -124,6 +125,11 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
     assert manifest["metrics"]["hard/valid/n_params"] > 0 and "easy/train/rewards/accuracies" in manifest["metrics"]
     hist = read_json(sp_dir / "history.json")
     assert hist["stages"][1]["reference_fingerprint"] == hist["stages"][0]["policy_fingerprint"]
+    # what each stage trained on and with what batch: one process here (tests/test_distributed.py: two)
+    for e in hist["stages"]:
+        assert e["world_size"] == 1 and e["global_batch"] == cfg.dpo.batch_size * cfg.dpo.grad_accum
+        assert e["lr"] == cfg.dpo.lr and re.fullmatch(r"[0-9a-f]{16}", e["examples_sha256"])
+    assert len({e["examples_sha256"] for e in hist["stages"]}) == 3
 
     _check_figures(cfg, sp)
 

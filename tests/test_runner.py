@@ -160,6 +160,29 @@ def test_stage_artifacts_copy_an_identical_stage_instead_of_recomputing(cfg, mon
         contract.stage_artifacts(changed, "00_data")
 
 
+def test_ensure_upstream_builds_in_one_process_and_only_checks_inside_a_launch(cfg, monkeypatch):
+    import align3gr_kit.stages.contract as contract
+    from align3gr_kit.distributed import LaunchError
+
+    built = []
+    monkeypatch.setattr(contract, "run_stage", lambda c, name, **k: built.append(name))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a launch: a file check, nothing is built
+    with pytest.raises(LaunchError) as e:
+        contract.ensure_upstream(cfg, "05_sp_dpo", how="--config c.yaml --set sft.lr=0.01")
+    assert built == []
+    message = str(e.value)
+    assert "00_data, 01_tokenize, 03_sft_prompts, 04_sft" in message and "\n" not in message
+    assert message.endswith("python -m align3gr_kit run --stages 00,01,03 --resume --config c.yaml --set sft.lr=0.01 "
+                            "then python -m align3gr_kit train sft --config c.yaml --set sft.lr=0.01")
+    run_stage(cfg, "00_data")  # once stage 00 is current, a launch of 01 may start
+    monkeypatch.setattr(contract, "run_stage", lambda c, name, **k: built.append(name))
+    contract.ensure_upstream(cfg, "01_tokenize")
+    assert built == []
+    monkeypatch.delenv("WORLD_SIZE")  # one process: the missing stages are built, upstream first
+    contract.ensure_upstream(cfg, "04_sft")
+    assert built == ["01_tokenize", "03_sft_prompts"]
+
+
 def test_chain_fingerprint_follows_what_each_stage_and_its_upstream_read(cfg):
     def fp(c):
         return {s: chain_fingerprint(c, s) for s in ("00_data", "01_tokenize", "03_sft_prompts", "04_sft", "05_sp_dpo",

@@ -16,8 +16,9 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.scid import ScidTable
 
 
-def make_run(root: Path, n_users: int = 40, n_items: int = 30) -> Path:
-    """A run folder with stages 00_data and 01_tokenize done (SCIDs from the ground-truth category)."""
+def make_run(root: Path, n_users: int = 40, n_items: int = 30, prompts: bool = True) -> Path:
+    """A run folder with stages 00_data and 01_tokenize done (item SCIDs from the ground-truth category) and,
+    with ``prompts``, 03_sft_prompts built in this process: a launch never builds upstream stages."""
     from align3gr_kit.data.split import leave_one_out
     from align3gr_kit.data.synthetic import generate_synthetic
     from align3gr_kit.data.artifacts import DataArtifacts
@@ -39,11 +40,15 @@ def make_run(root: Path, n_users: int = 40, n_items: int = 30) -> Path:
     st = StageRun(cfg, "01_tokenize")
     cat = ds.items.category.astype("category").cat.codes.to_numpy()
     within = ds.items.groupby("category").cumcount().to_numpy()
-    items = ScidTable(np.stack([cat, within], 1), "item")
+    items = ScidTable(np.stack([cat, within % 2, within // 2], 1), "item")  # 3 levels: SP-DPO's hard stage needs them
     users = ScidTable(np.stack([np.arange(ds.n_users) % 4, np.arange(ds.n_users)], 1), "user")
     TokenizeArtifacts(items, users, items.codes, users.codes, np.zeros((items.n, 4)), np.zeros((users.n, 4)), [],
                       {}).save(st.dir)
     st.finish({})
+    if prompts:
+        from align3gr_kit.stages.contract import run_stage
+
+        run_stage(cfg, "03_sft_prompts")
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     return path

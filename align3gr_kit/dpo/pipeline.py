@@ -6,9 +6,13 @@ embeddings (01), and the starting model: SP from the SFT model (04); RF from the
 model (05), or from the SFT model when ``dpo.sp_stages`` is empty. What it writes is
 :class:`align3gr_kit.dpo.artifacts.DPOArtifacts` (see :mod:`align3gr_kit.dpo.progressive`).
 
-Under ``accelerate launch`` every process builds the same preference data (the beam search and the
-catalogue fill are deterministic), the Trainer shards the batches, and evaluation and saving run on
-the main process.
+Under ``accelerate launch`` / ``torchrun`` every process builds the same preference data from work
+done once: the self-play beams are shared between the ranks by whole decoding batches and gathered
+(:func:`align3gr_kit.distributed.sharded_map`), the policy's per-row log-probs that rank catalogue
+items are computed by the main process and broadcast (:func:`align3gr_kit.distributed.from_main`), and
+the catalogue fill is seeded; :func:`align3gr_kit.dpo.progressive.run_progressive` then checks that the
+ranks' examples agree. The Trainer shards the training batches, the ranks share the evaluation, and
+the main process alone writes files.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from align3gr_kit.dpo.preferences import (
     sequential_prompts,
     sp_preference_stats,
 )
+from align3gr_kit.distributed import from_main, sharded_map
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
 from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.scid import ScidTable
@@ -110,6 +115,7 @@ def run_dpo(
     """
     if stage not in STAGE_FOLDERS:
         raise ValueError(f"stage must be 'sp' or 'rf', got {stage!r}")
+    process_state(cfg)  # first, so that the process group (when this is a launch) has the config's timeout
     seed_everything(cfg.seed)
     data, tok = stage_run.input("00_data"), stage_run.input("01_tokenize")
     dataset, split, item_scids, user_scids = data.dataset, data.split, tok.items, tok.users
@@ -143,8 +149,12 @@ def run_dpo(
     n_prompts = cfg.dpo.max_prompts
 
     def proposals(model: torch.nn.Module, prompts: list[str], width: int) -> np.ndarray:
-        return beam_candidates(model, tokenizer, prompts, item_scids, beam_width=width,
-                               batch_size=cfg.decode.batch_size, encode_prompt=encode, precision=cfg.model.dtype)
+        def beams(part: list[str]) -> np.ndarray:
+            return beam_candidates(model, tokenizer, part, item_scids, beam_width=width,
+                                   batch_size=cfg.decode.batch_size, encode_prompt=encode, precision=cfg.model.dtype)
+
+        rows = sharded_map(prompts, cfg.decode.batch_size, beams)  # each rank its batches; all get every row
+        return np.stack(rows) if rows else np.full((0, width), -1, dtype=np.int64)
 
     if stage == "sp":
         embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
@@ -163,8 +173,11 @@ def run_dpo(
                 cands = None if name == "random" else proposals(ref, prompts, sp_width)
 
                 def rank(row: int, items: list[int]) -> np.ndarray:
-                    return response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
-                                          cfg.sft.max_length, cfg.decode.batch_size, cfg.model.dtype)
+                    # called at the same rows on every rank (the beams are the same): the main process
+                    # scores, every rank gets its numbers, so the negatives picked cannot differ
+                    return from_main(lambda: response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
+                                                            cfg.sft.max_length, cfg.decode.batch_size,
+                                                            cfg.model.dtype))
 
                 examples = build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected,
                                                 cfg.seed, cands, rank, cfg.dpo.sp_rank_pool)
@@ -211,10 +224,11 @@ def run_dpo(
     history = run_progressive(
         policy, tokenizer, specs, cfg.dpo, out_dir, evaluate_fn=evaluate_fn, seed=cfg.seed,
         encode_prompt=encode, max_length=cfg.sft.max_length,
-        wrap_fn=(lambda m: apply_lora(m, cfg.model)) if cfg.model.lora else None,
+        wrap_fn=(lambda m: apply_lora(m, cfg.model, dropout=0.0)) if cfg.model.lora else None,
         save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, item_scids, user_scids),
         precision=cfg.model.dtype,
         start_metrics=start_metrics,
+        distributed=cfg.distributed,
     )
     history.pop("policy")
     _link_final_model(out_dir, names[-1])
@@ -245,7 +259,8 @@ def run_dpo(
 
 def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
     """Flat ``<label>/<split>/<metric>`` numbers (label: ``start``, each stage, ``final``) plus
-    ``<stage>/train/<statistic>``, for the manifest."""
+    ``<stage>/train/<statistic>`` and ``<stage>/run/<world_size|global_batch|lr|steps>`` (how it trained:
+    the global batch is per-device batch x grad_accum x world size), for the manifest."""
     out: dict[str, float] = {}
     rows = [("start", history.get("start"))] + [(e["stage"], e.get("metrics")) for e in history["stages"]]
     if history["stages"]:
@@ -257,6 +272,9 @@ def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
     for e in history["stages"]:
         for k, v in e.get("train", {}).items():
             out[f"{e['stage']}/train/{k}"] = round(float(v), 6)
+        for k in ("world_size", "global_batch", "lr", "steps"):
+            if k in e:
+                out[f"{e['stage']}/run/{k}"] = float(e[k])
     return out
 
 

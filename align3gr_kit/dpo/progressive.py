@@ -14,6 +14,17 @@ For every stage ``s`` in order::
 statistics, metrics, and parameter fingerprints of its reference and trained policy (the reference
 fingerprint of stage i+1 equals the policy fingerprint of stage i).
 
+Under ``accelerate launch`` / ``torchrun`` every rank runs this together. The stage's examples must
+be the same on every rank (DDP pairs the ranks' batches; datasets of different lengths hang it): the
+``build`` functions share their beam searches between the ranks and gather them
+(:mod:`align3gr_kit.dpo.pipeline`), the reference log-probs are computed once the same way
+(:func:`align3gr_kit.distributed.sharded_map`), and the examples' hash is compared across ranks before
+training (a mismatch stops the run; the hash is ``examples_sha256`` in the stage's entry), as is the
+merged policy's fingerprint after it (it is the next stage's reference). Evaluation is shared by the
+ranks too (:func:`align3gr_kit.evaluate.recommend`); the main process alone writes files. Under
+DeepSpeed, ZeRO-2 keeps whole parameters on every rank, so the merge runs on each rank alike; ZeRO-3 and
+sharded FSDP are refused at the start (:func:`align3gr_kit.distributed.refuse_sharded_engine`).
+
 With a ``wrap_fn`` (e.g. :func:`align3gr_kit.model.apply_lora`) each stage trains a fresh adapter
 on top of the current policy and merges it afterwards (``merge_and_unload``): the next stage's
 reference is then exactly the merged policy, never ``disable_adapter()`` (which would also drop
@@ -28,10 +39,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import TrainingArguments
 from trl.trainer.utils import disable_dropout_in_model
 
-from align3gr_kit.config import DPOConfig
+from align3gr_kit.config import DistributedConfig, DPOConfig
+from align3gr_kit.distributed import (
+    check_ranks_agree,
+    examples_hash,
+    refuse_data_parallel,
+    refuse_deepspeed_low_precision_merge,
+    sharded_map,
+)
 from align3gr_kit.dpo.trainer import (
     SoftmaxDPOCollator,
     SoftmaxDPOTrainer,
@@ -42,7 +61,7 @@ from align3gr_kit.dpo.trainer import (
 from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
 from align3gr_kit.dpo.shared_prompt import shared_prompt_supported
 from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
-from align3gr_kit.model.precision import trainer_bf16
+from align3gr_kit.model.precision import trainer_precision
 from align3gr_kit.utils import atomic_path, process_state, write_json
 
 TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -77,6 +96,7 @@ def run_progressive(
     save_fn: Callable[[torch.nn.Module, Any, Path], Any] | None = None,
     precision: str = "auto",
     start_metrics: dict | None = None,
+    distributed: DistributedConfig | None = None,
 ) -> dict[str, Any]:
     """Train the stages in order (see the module docstring).
 
@@ -87,7 +107,8 @@ def run_progressive(
         cfg: the DPO settings (beta, batch size, lr, epochs/steps, precompute_ref, share_prompt...).
         out_dir: where ``<stage>/`` folders and ``history.json`` go.
         evaluate_fn: ``evaluate_fn(model) -> dict`` of metrics, run before the first stage
-            (``start``) and after every stage, on the main process; None skips evaluation.
+            (``start``) and after every stage, on every process (under a launch every rank must call
+            it: :func:`align3gr_kit.evaluate.evaluate` shares the beam search); None skips evaluation.
         seed: Trainer seed.
         encode_prompt: ``prompt -> token ids`` shared with the self-play beam search and evaluation
             (default: :func:`align3gr_kit.model.encoding.prompt_encoder`).
@@ -99,19 +120,22 @@ def run_progressive(
             autocast where the hardware has it) and the reference log-probs alike.
         start_metrics: the starting policy's metrics when they were already measured by the same
             ``evaluate_fn`` (the upstream stage's last evaluation); None = evaluate it here.
+        distributed: the process-group settings (``ddp_timeout``, ``ddp_find_unused_parameters``);
+            None = :class:`~align3gr_kit.config.DistributedConfig`'s defaults.
     Returns:
         ``{"start": metrics|None, "stages": [per-stage entries], "final_model": path, "policy": model}``.
     """
     if not stages:
         raise ValueError("run_progressive: no stages to train (check dpo.sp_stages / dpo.rf_stages)")
     out_dir = Path(out_dir)
+    refuse_deepspeed_low_precision_merge(precision)
     # TrainingArguments sets up the distributed state the Trainer will use (e.g. gloo for CPU
     # processes under torchrun); read it from there so "main process" means the same thing here.
-    device = _training_args(cfg, out_dir, seed, precision).device
+    device = _training_args(cfg, out_dir, seed, precision, distributed).device
     state = process_state()
     policy.to(device)
     disable_dropout_in_model(policy)  # DPO compares log-probs of the same sequences: no dropout noise
-    if start_metrics is None and evaluate_fn and state.is_main_process:
+    if start_metrics is None and evaluate_fn:  # every rank: the evaluation is shared between them
         start_metrics = evaluate_fn(policy)
     history: dict[str, Any] = {"start": start_metrics if evaluate_fn else None, "stages": []}
     for spec in stages:
@@ -128,23 +152,31 @@ def run_progressive(
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt,
                                       share_prompt=cfg.share_prompt and shared_prompt_supported(policy))
         ref_fp = parameter_fingerprint(ref)
-        if cfg.precompute_ref:
-            examples = precompute_reference_logps(ref, examples, collator, batch_size=cfg.batch_size,
-                                                  precision=precision)
+        if cfg.precompute_ref:  # each rank scores its share of the batches; every rank gets all of them
+            examples = sharded_map(examples, cfg.batch_size, lambda part: precompute_reference_logps(
+                ref, part, collator, batch_size=cfg.batch_size, precision=precision))
             ref = None  # the frozen copy is no longer needed: free it before training
+        examples_sha = check_ranks_agree(examples_hash(examples),
+                                         f"DPO stage {spec.name!r}: the training examples")[0]
         trainable = wrap_fn(policy) if wrap_fn else policy
+        disable_dropout_in_model(trainable)  # and in the adapters wrap_fn adds: policy scored as the reference
         trainer = SoftmaxDPOTrainer(
             model=trainable,
             ref_model=ref,
             beta=cfg.beta,
-            args=_training_args(cfg, stage_dir, seed, precision),
+            args=_training_args(cfg, stage_dir, seed, precision, distributed),
             train_dataset=_dataset(examples),
             data_collator=collator,
             processing_class=tokenizer,
         )
         result = trainer.train()
-        policy = trainable.merge_and_unload() if wrap_fn else trainable
+        # accelerate wraps a trained model's forward in its autocast and leaves it there; unwrapped, the
+        # policy scores (evaluation, the next reference) in the precision precision.autocast gives it
+        unwrapped = extract_model_from_parallel(trainable, keep_fp32_wrapper=False)
+        policy = unwrapped.merge_and_unload() if wrap_fn else unwrapped
         policy.eval()
+        # the merged policy is the next stage's reference: the ranks must hold the same one
+        policy_fp = check_ranks_agree(parameter_fingerprint(policy), f"DPO stage {spec.name!r}: the trained policy")[0]
         model_dir = stage_dir / MODEL
         if state.is_main_process:
             (save_fn or _save_pretrained)(policy, tokenizer, model_dir)
@@ -156,13 +188,18 @@ def run_progressive(
             "from_beams_share": round(
                 sum(e.get("from_beams", 0) for e in examples) / max(1, sum(len(e["rejected"]) for e in examples)), 4
             ),
+            "examples_sha256": examples_sha,
             "steps": trainer.state.global_step,
+            "world_size": int(trainer.args.world_size),
+            "global_batch": int(trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+                                * trainer.args.world_size),
+            "lr": float(trainer.args.learning_rate),
             "train_loss": float(result.training_loss),
             "train": last_logged(trainer.state.log_history),
             "reference_fingerprint": ref_fp,
-            "policy_fingerprint": parameter_fingerprint(policy),
+            "policy_fingerprint": policy_fp,
             "model_dir": f"{spec.name}/{MODEL}",  # relative: the stage folder is renamed into place
-            "metrics": evaluate_fn(policy) if evaluate_fn and state.is_main_process else None,
+            "metrics": evaluate_fn(policy) if evaluate_fn else None,
         }
         history["stages"].append(entry)
         if state.is_main_process:
@@ -185,9 +222,11 @@ def last_logged(log_history: list[dict]) -> dict[str, float]:
     return out
 
 
-def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, precision: str) -> TrainingArguments:
+def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, precision: str,
+                   distributed: DistributedConfig | None = None) -> TrainingArguments:
+    distributed = distributed or DistributedConfig()
+    refuse_data_parallel()  # before the arguments exist: their n_gpu would make the Trainer use DataParallel
     max_steps = cfg.max_steps or -1
-    bf16 = trainer_bf16(precision)
     return TrainingArguments(
         output_dir=str(stage_dir / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -202,16 +241,21 @@ def _training_args(cfg: DPOConfig, stage_dir: Path, seed: int, precision: str) -
         remove_unused_columns=False,  # the collator reads the raw prompt/chosen/rejected columns
         seed=seed,
         data_seed=seed,
-        bf16=bf16,
+        **trainer_precision(precision),
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # on CPU, bf16=True is accelerate's CPU autocast
+        ddp_timeout=int(distributed.timeout_minutes * 60),
+        ddp_find_unused_parameters=distributed.find_unused_parameters,
+        activation_checkpointing=cfg.gradient_checkpointing,  # non-reentrant; adds the LoRA input-grad hook
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
     )
 
 
 def _dataset(examples: list[dict]):
     from datasets import Dataset
 
-    keep = ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
+    keep = ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps",
+            "prompt_ids", "chosen_ids", "rejected_ids")
     return Dataset.from_list([{k: e[k] for k in keep if k in e} for e in examples])
 
 

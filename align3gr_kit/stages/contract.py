@@ -330,7 +330,8 @@ def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs:
     from align3gr_kit.utils import process_state
 
     s = get_stage(stage)
-    if not all_processes or process_state().is_main_process:
+    # with all_processes, the kit's state comes first (the process group gets the config's timeout)
+    if not all_processes or process_state(cfg).is_main_process:
         clean_leftovers(cfg.run_dir)
     run = StageRun(cfg, s.name, all_processes=all_processes)
     metrics = importlib.import_module(s.module).run(cfg, run, **kwargs)
@@ -354,15 +355,60 @@ def ensure_stage(cfg: RunConfig, stage: str) -> None:
     run_stage(cfg, s.name)
 
 
-def ensure_upstream(cfg: RunConfig, stage: str) -> None:
-    """Make every upstream stage of ``stage`` current (the main process builds, the others wait)."""
-    from align3gr_kit.utils import process_state
+#: The command that builds a stage in one process (``{how}``: ``--config C`` and its overrides); the
+#: data stages run as notebooks, the training stages through ``train``.
+BUILD_COMMANDS = {
+    "05_sp_dpo": "python -m align3gr_kit train dpo --stage sp {how}",
+    "04_sft": "python -m align3gr_kit train sft {how}",
+}
 
-    state = process_state()
-    with state.main_process_first():
-        if state.is_main_process:
-            for up in get_stage(stage).upstream:
-                ensure_stage(cfg, up)
+
+def build_command(stages: list[str], how: str = "--config <your config>") -> str:
+    """One line that builds ``stages`` (names) in one process: ``run --stages ... --resume`` for the data
+    stages, then ``train sft`` / ``train dpo --stage sp`` for the training stages, joined by ``then``."""
+    prep = [s.split("_")[0] for s in stages if s not in BUILD_COMMANDS]
+    steps = [f"python -m align3gr_kit run --stages {','.join(prep)} --resume {how}"] if prep else []
+    steps += [BUILD_COMMANDS[s].format(how=how) for s in stages if s in BUILD_COMMANDS]
+    return " then ".join(steps)
+
+
+def upstream_chain(stage: str) -> list[str]:
+    """Every stage ``stage`` depends on, directly or through its upstream stages, in pipeline order."""
+    todo, chain = list(get_stage(stage).upstream), set()
+    while todo:
+        name = todo.pop()
+        if name not in chain:
+            chain.add(name)
+            todo.extend(STAGE_BY_NAME[name].upstream)
+    return [s.name for s in STAGES if s.name in chain]
+
+
+def ensure_upstream(cfg: RunConfig, stage: str, how: str = "--config <your config>") -> None:
+    """Make every upstream stage of ``stage`` current before it runs.
+
+    In one process, build the ones that are not (:func:`ensure_stage`). Inside a distributed launch
+    (:func:`align3gr_kit.distributed.launched`), never: building a stage there would run one rank's
+    Trainer or data code while the others wait at a collective that times out (or pairs with the
+    wrong one). Every rank checks the files alone (no collective), and when a stage of the chain is
+    missing or stale, every rank stops at once with the command that builds it in one process.
+
+    Args:
+        how: ``--config C`` plus the overrides of this command (``--set``, ``--run-name``, ``--seed``),
+            for the command in the message: the upstream stages must be built with the same settings.
+    Raises:
+        LaunchError: inside a launch, naming the stages that are not current and the command.
+    """
+    from align3gr_kit.distributed import LaunchError, launched
+
+    if not launched():
+        for up in get_stage(stage).upstream:
+            ensure_stage(cfg, up)
+        return
+    stale = [s for s in upstream_chain(stage) if not is_current(cfg, get_stage(s))]
+    if stale:
+        raise LaunchError(f"{cfg.run_dir}: stage(s) {', '.join(stale)} of run {cfg.run_name!r} are missing or stale, "
+                          f"and a distributed launch of {stage} does not build them; build them first in one process: "
+                          f"{build_command(stale, how)}")
 
 
 def stage_artifacts(cfg: RunConfig, stage: str) -> Any:

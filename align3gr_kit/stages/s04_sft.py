@@ -1,8 +1,9 @@
 """Stage 04: the backbone with SCID tokens, multi-task SFT, then Recall/NDCG on valid and test.
 
 Works in one process or under ``torchrun`` / ``accelerate launch``
-(:mod:`align3gr_kit.train.sft_main`): every rank trains on its shard; rank 0 alone saves the model,
-evaluates it and writes the files.
+(:mod:`align3gr_kit.train.sft_main`): every rank trains on its shard of the batches, then every rank
+evaluates its share of the decoding batches (:func:`align3gr_kit.evaluate.recommend`, gathered: the
+metrics of one process); rank 0 alone saves the model and writes the files.
 """
 
 from __future__ import annotations
@@ -28,34 +29,34 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     Returns the flat metrics (``train_*``, ``valid_recall@10``...); also writes them, with the
     nested results, into the stage's ``metrics.json`` (:class:`align3gr_kit.train.artifacts.SFTArtifacts`).
     """
-    state = process_state()
+    state = process_state(cfg)
     seed_everything(cfg.seed)
     data, tok, prompts = stage.input("00_data"), stage.input("01_tokenize"), stage.input("03_sft_prompts")
     model, tokenizer = build_sft_model(cfg, data.dataset, tok.items, tok.users, prompts.tokenizer,
                                        keyword_cache=stage.dir / KEYWORDS, reuse_keywords=stage_dir(cfg, "03_sft_prompts") / KEYWORDS)
     # A killed SFT leaves checkpoints keyed by this stage's fingerprint; the re-run continues from them.
     res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir, checkpoint_dir=stage.checkpoint_dir)
-    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "seconds",
-                                 "resumed_from_step")}
+    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr",
+                                 "seconds", "resumed_from_step")}
     train["trainable"] = res["trainable"]["trainable"]
     flat = {f"train_{k}": v for k, v in train.items()}
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return flat
     model = getattr(res["model"], "module", res["model"])  # without DDP/accelerate wrappers
-    save_model(model, tokenizer, stage.dir / MODEL, tok.items, tok.users)
+    if state.is_main_process:
+        save_model(model, tokenizer, stage.dir / MODEL, tok.items, tok.users)
     use_user = cfg.prompts.user_scid_in_prompt and tok.users is not None
     judge = optional_judge(data.dataset, cfg.seed) if evaluate_splits else None  # what users like
     out: dict[str, Any] = {"train": train}
     ranks: dict[str, list[int]] = {}
     for name in evaluate_splits:
         out[name] = evaluate(model, tokenizer, tok.items, tok.users, data.split.samples(name), cfg.decode, use_user,
-                             max_length=cfg.sft.max_length, progress=progress, judge=judge,
+                             max_length=cfg.sft.max_length, progress=progress and state.is_main_process, judge=judge,
                              precision=cfg.model.dtype, keep_ranks=True)
         ranks[name] = out[name].pop("target_ranks")
         flat.update({f"{name}_{k}": v for k, v in out[name].items()})
     out["metrics"] = flat
-    write_metrics(stage.dir, out)
-    if ranks:
-        write_target_ranks(stage.dir, {"SFT": ranks})
+    if state.is_main_process:
+        write_metrics(stage.dir, out)
+        if ranks:
+            write_target_ranks(stage.dir, {"SFT": ranks})
     return flat

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.model.attention import forward_accepts
@@ -142,11 +143,19 @@ def length_grouping_report(lengths: Sequence[int], batch_size: int, group_size: 
 def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Path | None = None):
     """``transformers.TrainingArguments`` from the run config.
 
-    With ``checkpoint_dir`` and ``sft.save_steps > 0`` the Trainer writes a full checkpoint
-    (weights or adapter, optimiser, scheduler, RNG states) there every ``save_steps`` steps, keeping
-    the last one only; :func:`train_sft` resumes from it.
+    With ``checkpoint_dir`` and ``sft.save_steps > 0`` (or ``sft.save_minutes > 0``) the Trainer writes a
+    full checkpoint (weights or adapter, optimiser, scheduler, RNG states) there every ``save_steps``
+    steps (and every ``save_minutes`` of wall time: :class:`WallClockCheckpoints`), keeping the last one
+    only; :func:`train_sft` resumes from it.
 
-    Precision from ``model.dtype`` (:func:`align3gr_kit.model.precision.trainer_bf16`): ``bf16=True``
+    Several processes: ``ddp_timeout`` is ``distributed.timeout_minutes`` (the group itself got it from
+    :func:`align3gr_kit.utils.process_state`), ``ddp_find_unused_parameters`` is
+    ``distributed.find_unused_parameters`` (off: every trainable parameter gets a gradient). Several GPUs
+    without a launch are refused before the arguments exist (their ``n_gpu`` would mean DataParallel).
+    ``sft.gradient_checkpointing``: transformers' non-reentrant activation checkpointing (the model's
+    ``activation_checkpointing_enable`` also adds the input-gradient hook LoRA models need).
+
+    Precision from ``model.dtype`` (:func:`align3gr_kit.model.precision.trainer_precision`): ``bf16=True``
     is accelerate's bf16 autocast, on a GPU and on CPUs with AMX/AVX512-BF16 alike (fp32 master
     weights). Batches are length-grouped (``train_sampling_strategy="group_by_length"`` over the
     ``length`` column): rows of similar length share a batch, so little of the compute is padding.
@@ -154,10 +163,12 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
     import torch
     from transformers import TrainingArguments
 
-    from align3gr_kit.model.precision import trainer_bf16
+    from align3gr_kit.distributed import refuse_data_parallel
+    from align3gr_kit.model.precision import trainer_precision
 
+    refuse_data_parallel()
     s = cfg.sft
-    saving = checkpoint_dir is not None and s.save_steps > 0
+    saving = checkpoint_dir is not None and (s.save_steps > 0 or s.save_minutes > 0)
     return TrainingArguments(
         output_dir=str(checkpoint_dir if saving else Path(out_dir) / "trainer"),
         num_train_epochs=s.epochs,
@@ -171,11 +182,11 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
         logging_steps=s.logging_steps,
         logging_first_step=True,  # a loss curve even when max_steps < logging_steps
         save_strategy="steps" if saving else "no",
-        save_steps=max(s.save_steps, 1),  # read only when saving
+        # save_steps 0 with save_minutes: checkpoints by wall time only (no step ever reaches the huge period)
+        save_steps=s.save_steps if s.save_steps > 0 else 10**9,
         save_total_limit=1,
         report_to="none",
-        bf16=trainer_bf16(cfg.model.dtype),
-        fp16=False,
+        **trainer_precision(cfg.model.dtype),
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         remove_unused_columns=False,  # the collator needs completion_mask, which forward() does not take
@@ -184,8 +195,36 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
         dataloader_num_workers=0,
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=cfg.distributed.find_unused_parameters,
+        ddp_timeout=int(cfg.distributed.timeout_minutes * 60),
+        activation_checkpointing=s.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
     )
+
+
+class WallClockCheckpoints(TrainerCallback):
+    """Ask the Trainer for a checkpoint when ``minutes`` of wall time passed since the last one (``sft.save_minutes``).
+
+    Step-based saving is sized by step time, which differs by orders of magnitude between a CPU and a
+    GPU; this bounds the work a kill loses in time instead. The main process's clock decides for every
+    rank (:func:`align3gr_kit.distributed.main_decides`): a save has collectives under DeepSpeed, and
+    ranks whose clocks disagreed would wait for each other.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * minutes
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from align3gr_kit.distributed import main_decides
+
+        if main_decides(time.monotonic() - self.last >= self.seconds):
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+        return control
 
 
 def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, checkpoint_dir: str | Path | None = None,
@@ -210,10 +249,11 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         callbacks: extra ``transformers.TrainerCallback`` objects.
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
-        "first_loss", "last_loss", "steps", "world_size", "seconds", "padding": {...}, "bf16",
+        "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr", "seconds", "padding": {...}, "bf16",
         "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this call's training
         time only, when it resumed).
     """
+    from accelerate.utils import extract_model_from_parallel
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -238,8 +278,11 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
           f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = CompletionCollator(int(pad_id), logits_to_keep=forward_accepts(model, "logits_to_keep"))
+    callbacks = list(callbacks)
+    if args.save_strategy != "no" and cfg.sft.save_minutes > 0:
+        callbacks.append(WallClockCheckpoints(cfg.sft.save_minutes))
     trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer,
-                      callbacks=list(callbacks) or None)
+                      callbacks=callbacks or None)
     if last:
         print(f"resuming SFT from step {resumed} ({last}): a killed run of this same stage left it")
     t0 = time.time()
@@ -250,13 +293,18 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     if trainer.is_world_process_zero():
         write_log_history(out_dir, history)
     return {
-        "model": trainer.model,
+        # without accelerate's autocast wrapper around forward: evaluation picks its own precision
+        "model": extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False),
         "trainable": trainable,
         "train_loss": float(result.training_loss),
         "first_loss": float(losses[0]) if losses else float("nan"),
         "last_loss": float(losses[-1]) if losses else float("nan"),
         "steps": int(trainer.state.global_step),
         "world_size": int(trainer.args.world_size),
+        # what one optimiser step saw and did: per-device batch x grad_accum x world size
+        "global_batch": int(trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+                            * trainer.args.world_size),
+        "lr": float(trainer.args.learning_rate),
         "seconds": round(seconds, 2),
         "padding": padding,
         "bf16": bool(args.bf16),

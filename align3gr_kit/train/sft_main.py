@@ -7,14 +7,17 @@
 (``--multi_gpu`` is accelerate's torch.distributed launcher; without GPUs it runs gloo on CPU, while
 accelerate's ``--cpu`` multi-process mode needs MPI. DeepSpeed/FSDP: pass an accelerate config.)
 
-Stages 00, 01 and 03 are built first by rank 0 when they are not current. Rank 0 prints one JSON
-object (the stage's metrics) on stdout.
+In one process, stages 00, 01 and 03 are built first when they are not current; under a launch they
+must be current already (every rank stops at once with the command that builds them). Rank 0 prints
+one JSON object (the stage's metrics) on stdout; a refused setup prints one line ``error: ...`` and
+exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import yaml
 
@@ -33,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from align3gr_kit.cli import config_flags
+    from align3gr_kit.errors import InputError
     from align3gr_kit.stages.contract import ensure_upstream, run_stage
     from align3gr_kit.utils import process_state
 
@@ -43,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
-    cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=args.run_name, seed=args.seed)
-    ensure_upstream(cfg, "04_sft")
+    try:
+        cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=args.run_name,
+                                  seed=args.seed)
+        state = process_state(cfg)  # first: the process group's timeout is the config's (see process_state)
+        ensure_upstream(cfg, "04_sft", how=config_flags(args))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = run_stage(cfg, "04_sft", all_processes=True, evaluate_splits=() if args.no_eval else ("valid", "test"))
-    if process_state().is_main_process:
+    if state.is_main_process:
         print(json.dumps(out, default=str))
     return 0
 
