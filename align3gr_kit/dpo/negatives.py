@@ -193,22 +193,65 @@ def response_logps(
     """``[len(items)]`` log-probability of each item's SCID after ``prompt`` under ``model``: the
     score the constrained beam search ranks items by, computed exactly (teacher-forced) through the
     DPO collator, so the policy's best items of a difficulty can be found when its beam holds too few.
-    ``precision``: ``model.dtype``, as in the beam search (:mod:`align3gr_kit.model.precision`)."""
+    ``precision``: ``model.dtype``, as in the beam search (:mod:`align3gr_kit.model.precision`).
+    One prompt of :func:`response_logps_batch`, which scores many prompts in shared forward passes."""
+    return response_logps_batch(model, tokenizer, [(prompt, items)], item_scids, encode_prompt, max_length,
+                                batch_size, precision)[0]
+
+
+@torch.no_grad()
+def response_logps_batch(
+    model: torch.nn.Module,
+    tokenizer,
+    queries: Sequence[tuple[str, Sequence[int]]],
+    item_scids: ScidTable,
+    encode_prompt: PromptEncoder | None = None,
+    max_length: int = 256,
+    batch_size: int = 64,
+    precision: str = "auto",
+) -> list[np.ndarray]:
+    """:func:`response_logps` of many ``(prompt, items)`` queries: ``[len(items)]`` float64 per query.
+
+    Queries are packed together, about ``batch_size`` items per forward pass (a query with more items
+    is split into parts of ``batch_size``), and the scores stay on the device until one transfer at
+    the end. Each prompt is encoded once and each item's SCID tokenized once (the collator's cache).
+    """
     from align3gr_kit.dpo.trainer import SoftmaxDPOCollator, score_batch
     from align3gr_kit.model.precision import autocast
 
+    if batch_size < 1:
+        raise ValueError(f"response_logps_batch: batch_size={batch_size}; use 1 or more (decode.batch_size)")
     collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt)
     device = next(model.parameters()).device
     model.eval()
-    out = []
-    for start in range(0, len(items), batch_size):
-        part = [item_scids.string(int(i)) for i in items[start:start + batch_size]]
-        # one example: the first item as "chosen", all of them as "rejected" (needs at least one)
-        batch = {k: v.to(device) for k, v in collator([{"prompt": prompt, "chosen": part[0], "rejected": part}]).items()}
+    # one example per part: its first item as "chosen", all of them as "rejected" (needs at least one)
+    parts = []
+    for prompt, items in queries:
+        for start in range(0, len(items), batch_size):
+            strings = [item_scids.string(int(i)) for i in items[start:start + batch_size]]
+            parts.append({"prompt": prompt, "chosen": strings[0], "rejected": strings})
+    parts = collator.tokenize(parts)
+    scores = []  # [items of the forward] per forward, on the device
+    group, n_group = [], 0
+    for k, part in enumerate(parts):
+        group.append(part)
+        n_group += len(part["rejected"])
+        if k + 1 < len(parts) and n_group + len(parts[k + 1]["rejected"]) <= batch_size:
+            continue
+        batch = collator(group)
+        # the scored slots, found on the CPU: a boolean index on the device would wait for it
+        slots = batch["rejected_mask"].flatten().nonzero().squeeze(1).to(device)
+        batch = {key: v.to(device) for key, v in batch.items()}
         with autocast(precision, device):
             _, rejected = score_batch(model, batch)
-        out.extend(rejected[0, :len(part)].float().cpu().tolist())
-    return np.asarray(out, dtype=np.float64)
+        scores.append(rejected.flatten()[slots].float())
+        group, n_group = [], 0
+    flat = torch.cat(scores).cpu().double().numpy() if scores else np.zeros(0)
+    out, pos = [], 0
+    for _, items in queries:
+        out.append(np.asarray(flat[pos:pos + len(items)], dtype=np.float64))
+        pos += len(items)
+    return out
 
 
 def default_prompt_encoder(tokenizer, max_length: int | None = None) -> PromptEncoder:

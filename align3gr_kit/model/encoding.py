@@ -88,8 +88,19 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = N
 
 
 def prompt_encoder(tokenizer, max_length: int | None = None) -> Callable[[str], list[int]]:
-    """``prompt -> ids`` with the rule above (for callers that encode one prompt at a time, e.g. DPO)."""
-    return lambda prompt: encode_prompts(tokenizer, [prompt], max_length)[0]
+    """``prompt -> ids`` with the rule above (for callers that encode one prompt at a time, e.g. DPO);
+    the same ids as :func:`encode_prompts`.
+
+    The frame is rendered once, here, not per prompt (rendering the chat template costs more than
+    tokenizing a prompt): change ``tokenizer.chat_template`` before making the encoder, not after.
+    """
+    head, tail = prompt_frame(tokenizer)
+
+    def encode(prompt: str) -> list[int]:
+        ids = head + list(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + tail
+        return ids if max_length is None else fit_prompt(ids, len(head), len(tail), max_length)
+
+    return encode
 
 
 def encode_sft_batch(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int) -> dict:

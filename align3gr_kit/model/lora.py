@@ -64,7 +64,8 @@ def scid_token_ids(model: nn.Module) -> list[int]:
     return [int(i) for i in ids]
 
 
-def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None = None):
+def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None = None,
+               dropout: float | None = None):
     """Wrap ``model`` with LoRA adapters (``cfg.lora_r``, ``lora_alpha``, ``lora_dropout``,
     ``lora_target_modules``) and trainable SCID rows (module docstring). Returns the PEFT model.
 
@@ -73,6 +74,8 @@ def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None
         cfg: the LoRA settings.
         new_ids: the SCID token ids whose rows train; ``None`` = those recorded in ``model.config``
             (:func:`scid_token_ids`).
+        dropout: the LoRA branch's dropout instead of ``cfg.lora_dropout``; DPO passes 0, since it
+            compares the policy's log-probs with the reference's, which are scored without dropout.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -84,7 +87,7 @@ def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        lora_dropout=cfg.lora_dropout if dropout is None else float(dropout),
         target_modules=target_modules,
         trainable_token_indices={name: ids for name in (names[:1] if tied else names)},
         task_type="CAUSAL_LM",

@@ -136,8 +136,9 @@ def normal_init(model, new_ids: Sequence[int], seed: int) -> None:
     for w, new_ids, old, gen in _new_rows(model, new_ids, seed):
         old = old.float()
         mean, std = old.mean(0), old.std()
-        noise = torch.randn(len(new_ids), w.shape[1], generator=gen) * std + mean
-        w[new_ids] = noise.to(w.dtype).to(w.device)
+        # drawn on the CPU (the same rows on every device), then moved to the matrix's device
+        noise = torch.randn(len(new_ids), w.shape[1], generator=gen).to(w.device) * std + mean
+        w[new_ids] = noise.to(w.dtype)
 
 
 @torch.no_grad()
@@ -159,7 +160,7 @@ def mean_resizing_init(model, new_ids: Sequence[int], seed: int) -> None:
         chol, info = torch.linalg.cholesky_ex(cov)
         rows = mean.expand(len(new_ids), -1)
         if int(info) == 0:
-            z = torch.randn(len(new_ids), w.shape[1], generator=gen, dtype=torch.float64)
+            z = torch.randn(len(new_ids), w.shape[1], generator=gen, dtype=torch.float64).to(chol.device)
             rows = rows + z @ chol.T
         w[new_ids] = rows.to(w.dtype).to(w.device)
 

@@ -23,6 +23,7 @@ folder) asks the model only about tokens whose inputs changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -137,6 +138,9 @@ class LLMKeywords:
         max_keyword_tokens: budget of the keyword line.
         batch_size: prompts per ``generate`` call (left-padded).
         precision: ``model.dtype`` name for autocast (:mod:`align3gr_kit.model.precision`).
+        device: where generation runs; ``None`` = ``cuda`` when a GPU is present, else the CPU. The
+            model is moved there for the tokens not in the cache and back to where it was loaded
+            afterwards (its GPU memory freed for the training that follows).
         stats: ``llm`` (tokens answered by the model), ``fallback`` (tokens given TF-IDF keywords),
             ``cached`` (answers read from the cache), ``generated`` (answers generated), summed over calls.
     """
@@ -150,6 +154,7 @@ class LLMKeywords:
     max_keyword_tokens: int = 48
     batch_size: int = 16
     precision: str = "auto"
+    device: str | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"llm": 0, "fallback": 0, "cached": 0, "generated": 0})
     _loaded: tuple[Any, Any] | None = field(default=None, init=False, repr=False)
     _line_stops: list[int] = field(default_factory=list, init=False, repr=False)
@@ -189,12 +194,14 @@ class LLMKeywords:
         keys = [self.cache_key(m) for m in messages]
         todo = [i for i, (m, key) in enumerate(zip(messages, keys)) if m and key not in cache]
         self.stats["cached"] += sum(1 for m, key in zip(messages, keys) if m and key in cache)
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            for i, ans in zip(batch, self._generate([messages[i] for i in batch], kind)):
-                cache[keys[i]] = ans
-            self.stats["generated"] += len(batch)
-            self._write_cache(cache)  # after every batch: an interrupted run keeps what it paid for
+        if todo:
+            with self._on_device():
+                for start in range(0, len(todo), self.batch_size):
+                    batch = todo[start:start + self.batch_size]
+                    for i, ans in zip(batch, self._generate([messages[i] for i in batch], kind)):
+                        cache[keys[i]] = ans
+                    self.stats["generated"] += len(batch)
+                    self._write_cache(cache)  # after every batch: an interrupted run keeps what it paid for
         empty = {"description": "", "keywords": [], "answer": ""}
         return [cache[key] if m else empty for m, key in zip(messages, keys)]
 
@@ -206,6 +213,22 @@ class LLMKeywords:
             self._line_stops = _ids_decoding_to(tokenizer, "\n") + eos
             self._list_stops = _ids_decoding_to(tokenizer, "\n\n") + eos
         return self._loaded
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """The loaded model on :attr:`device` for the duration, then back where it was."""
+        import torch
+
+        model, _ = self._model()
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        home = model.device
+        model.to(device)
+        try:
+            yield
+        finally:
+            model.to(home)
+            if device.type == "cuda" and home.type != "cuda":
+                torch.cuda.empty_cache()
 
     def _generate(self, messages: Sequence[str], kind: str) -> list[dict]:
         model, tok = self._model()
