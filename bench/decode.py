@@ -23,6 +23,11 @@ With ``--run-dir runs/<run>``: the SFT model saved in ``04_sft/model`` (model, t
 SCIDs, read by ``align3gr_kit.model.backbone.load_model``) and the task-A prompts of the first
 ``--users`` test users of ``00_data/split``, encoded as the evaluation encodes them.
 
+Both paths run on ``--device`` (default: CUDA when present) under ``--precision`` (``model.dtype``:
+``float32`` by default, so that the two paths' scores are comparable to ~1e-6); every timing syncs the
+device first. The header line (stderr) names the device and compute dtype; the JSON adds the peak
+memory (:mod:`align3gr_kit.bench_device`).
+
 Run: ``.venv/bin/python bench/decode.py --users 64 --beam 20``
 """
 
@@ -30,15 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from align3gr_kit import bench_device
 from align3gr_kit.decoding import ItemTrie, constrained_beam_search, generate_reference, trie_from_scids
 from align3gr_kit.decoding.beam import BeamResult
+from align3gr_kit.model.precision import autocast
 
 
 def synthetic_codes(n_items: int, levels: int, codebook: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,12 +114,25 @@ def make_prompts(n: int, id_range: tuple[int, int], rng: np.random.Generator, lo
     return ids, mask
 
 
-def run_batches(fn, model, ids, mask, trie, beam, batch_size) -> tuple[BeamResult, float]:
+def trie_search(model, ids, mask, trie, beam_width: int, precision: str) -> BeamResult:
+    """The kit's trie beam search, autocast as ``model.dtype = precision`` says."""
+    return constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, precision=precision)
+
+
+def generate_search(model, ids, mask, trie, beam_width: int, precision: str) -> BeamResult:
+    """``generate`` + ``prefix_allowed_tokens_fn`` under the same autocast as :func:`trie_search`."""
+    with autocast(precision, next(model.parameters()).device):
+        return generate_reference(model, ids, mask, trie, beam_width=beam_width)
+
+
+def run_batches(fn, model, ids, mask, trie, beam, batch_size, precision: str) -> tuple[BeamResult, float]:
+    """All prompts through ``fn`` in batches of ``batch_size``: ``(results on the CPU, seconds)``, the
+    clock read after the device has finished."""
     parts = []
-    t0 = time.perf_counter()
-    for s in range(0, len(ids), batch_size):
-        parts.append(fn(model, ids[s : s + batch_size], mask[s : s + batch_size], trie, beam_width=beam).cpu())
-    return BeamResult.concat(parts), time.perf_counter() - t0
+    with bench_device.timed(next(model.parameters()).device) as t:
+        for s in range(0, len(ids), batch_size):
+            parts.append(fn(model, ids[s : s + batch_size], mask[s : s + batch_size], trie, beam, precision).cpu())
+    return BeamResult.concat(parts), t.seconds
 
 
 def agreement(a: BeamResult, b: BeamResult, tol: float) -> tuple[float, float]:
@@ -153,9 +172,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each path (best is reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="float32", help="model.dtype of both paths (auto, float32, bfloat16)")
+    bench_device.add_device_argument(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device
+    bench_device.header(device, args.precision)
 
     rng = np.random.default_rng(args.seed)
     if args.run_dir:
@@ -164,18 +187,21 @@ def main() -> None:
     else:
         model, trie, id_range = build_default(args, rng)
         ids, mask = make_prompts(args.users, id_range, rng)
+    model = model.to(device)
+    ids, mask = ids.to(device), mask.to(device)
 
     # warm-up (first calls pay one-off allocation/dispatch costs)
-    constrained_beam_search(model, ids[:2], mask[:2], trie, beam_width=args.beam)
-    generate_reference(model, ids[:2], mask[:2], trie, beam_width=args.beam)
+    trie_search(model, ids[:2], mask[:2], trie, args.beam, args.precision)
+    generate_search(model, ids[:2], mask[:2], trie, args.beam, args.precision)
+    bench_device.reset_peak(device)
 
     # Interleaved repeats, best time of each path: the machine may be shared, and the minimum is
     # the least disturbed measurement of the same deterministic work.
     t_fast = t_ref = float("inf")
     for _ in range(args.repeats):
-        fast, t = run_batches(constrained_beam_search, model, ids, mask, trie, args.beam, args.batch_size)
+        fast, t = run_batches(trie_search, model, ids, mask, trie, args.beam, args.batch_size, args.precision)
         t_fast = min(t_fast, t)
-        ref, t = run_batches(generate_reference, model, ids, mask, trie, args.beam, args.batch_size)
+        ref, t = run_batches(generate_search, model, ids, mask, trie, args.beam, args.batch_size, args.precision)
         t_ref = min(t_ref, t)
     exact, ties = agreement(fast, ref, args.tie_tol)
 
@@ -203,6 +229,8 @@ def main() -> None:
                 "max_score_diff": score_gap,
                 "model": args.run_dir or "tiny-random-llama",
                 "threads": torch.get_num_threads(),
+                "precision": args.precision,
+                **bench_device.device_fields(device, args.precision),
             }
         )
     )

@@ -24,10 +24,16 @@ Output: ``*_step_s`` the mean step time (over steps 2..N when ``--steps`` > 1, s
 kernels and the optimiser state; the one step otherwise), ``speedup`` = full / shared,
 ``*_tokens`` the tokens (padding included) one step feeds each model, ``loss_max_abs_diff`` the
 largest |loss_full - loss_shared| over the steps, ``logps_max_abs_diff`` the largest difference of the
-policy's response log-probs at step 1 (same weights in both layouts), ``*_peak_rss_gb`` the process's
-peak resident memory after each layout (the shared layout runs first, so its peak is its own; the
-full layout's includes everything before it). The reference equals the starting
-policy, so the step-1 loss is ``log(1 + N)`` in both layouts; later steps differ from it.
+policy's response log-probs at step 1 (same weights in both layouts), ``*_peak_memory_mb`` the peak
+memory of each layout (:mod:`align3gr_kit.bench_device`; ``peak_memory_of`` says which: on a GPU
+``torch.cuda.max_memory_allocated``, reset before each layout; on the CPU the process's peak RSS,
+which cannot be reset: the shared layout runs first, so its peak is its own, the full layout's
+includes everything before it). The reference equals the starting policy, so the step-1 loss is
+``log(1 + N)`` in both layouts; later steps differ from it.
+
+Everything runs on ``--device`` (default: CUDA when present), autocast as ``--precision``
+(``model.dtype``) says on that device; each step is timed between two device syncs. The header line
+(stderr) names the device and compute dtype.
 
 Run: ``.venv/bin/python bench/dpo_speed.py`` (tiny, seconds) and
 ``.venv/bin/python bench/dpo_speed.py --model smollm2-135m --steps 1 --prompts 2`` (minutes, fp32).
@@ -38,12 +44,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
-import time
 
 import numpy as np
 import torch
 
+from align3gr_kit import bench_device
 from align3gr_kit.config import ModelConfig
 from align3gr_kit.dpo import SoftmaxDPOCollator, make_reference, softmax_dpo_loss
 from align3gr_kit.dpo.trainer import score_batch
@@ -82,22 +87,24 @@ def make_examples(tokenizer, scid_tokens: list[list[str]], n_batches: int, promp
 
 def run(policy: torch.nn.Module, ref: torch.nn.Module, batches: list[dict], lr: float, beta: float,
         precision: str) -> dict[str, list]:
-    """Softmax-DPO steps on collated ``batches``: losses, step seconds, step-1 policy log-probs."""
+    """Softmax-DPO steps on collated ``batches`` (on the policy's device): losses, step seconds, step-1
+    policy log-probs."""
+    device = next(policy.parameters()).device
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr)
     policy.train()
     out: dict[str, list] = {"losses": [], "seconds": [], "logps": []}
     for batch in batches:
-        t0 = time.perf_counter()
-        with autocast(precision, "cpu"):
-            chosen, rejected = score_batch(policy, batch)
-            with torch.no_grad():
-                ref_chosen, ref_rejected = score_batch(ref, batch)
-        mask = batch["rejected_mask"]
-        loss = softmax_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, mask).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        out["seconds"].append(time.perf_counter() - t0)
+        with bench_device.timed(device) as t:
+            with autocast(precision, device):
+                chosen, rejected = score_batch(policy, batch)
+                with torch.no_grad():
+                    ref_chosen, ref_rejected = score_batch(ref, batch)
+            mask = batch["rejected_mask"]
+            loss = softmax_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, mask).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        out["seconds"].append(t.seconds)
         out["losses"].append(float(loss.detach()))
         if not out["logps"]:
             out["logps"] = torch.cat([chosen.detach(), rejected.detach()[mask]]).tolist()
@@ -115,38 +122,43 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=8, help="SCID tokens per level")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="train the policy with LoRA (default: on for smollm2-135m, off for tiny-llama)")
-    p.add_argument("--precision", default="float32", help="model.dtype for both layouts (fp32: this CPU has no bf16 units)")
+    p.add_argument("--precision", default="float32",
+                   help="model.dtype for both layouts: float32 (default: the layouts' losses compare exactly), "
+                        "auto, bfloat16")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
+    bench_device.add_device_argument(p)
     args = p.parse_args()
     if args.levels < 6:
         p.error("--levels must be >= 6 (responses have 5 or 6 SCID tokens)")
     if args.threads:
         torch.set_num_threads(args.threads)
     lora = args.model != "tiny-llama" if args.lora is None else args.lora
+    device = args.device
+    bench_device.header(device, args.precision)
 
     cfg = ModelConfig(base=args.model, lora=lora, lora_r=8, lora_alpha=16, lora_dropout=0.0,
                       max_positions=max(512, 2 * args.prompt_len))
     scid = [[f"<{chr(ord('a') + lv)}_{c}>" for c in range(args.codes)] for lv in range(args.levels)]
-    t0 = time.perf_counter()
-    model, tok = build_backbone(cfg, CORPUS, [t for level in scid for t in level], seed=args.seed)
-    load_s = time.perf_counter() - t0
-    model.float()
+    with bench_device.timed("cpu") as load:
+        model, tok = build_backbone(cfg, CORPUS, [t for level in scid for t in level], seed=args.seed)
+    model.float().to(device)  # fp32 master weights, whatever model.dtype loads; autocast does the rest
     examples, prompt_ids = make_examples(tok, scid, args.steps, args.prompts, args.n_rejected, args.prompt_len, args.seed)
     ref = make_reference(model)
     torch.manual_seed(args.seed)
     start = apply_lora(model, cfg) if lora else model
 
-    results, tokens, peak_gb = {}, {}, {}
+    results, tokens, peak_mb = {}, {}, {}
     for layout, share in (("shared", True), ("full", False)):
         collator = SoftmaxDPOCollator(tok, max_length=2 * args.prompt_len, encode_prompt=prompt_ids.__getitem__,
                                       share_prompt=share)
-        batches = [collator(b) for b in examples]
+        batches = [bench_device.to_device(collator(b), device) for b in examples]
         tokens[layout] = int(batches[0]["input_ids"].numel())
+        bench_device.reset_peak(device)
         results[layout] = run(copy.deepcopy(start), ref, batches, args.lr, args.beta, args.precision)
-        peak_gb[layout] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+        peak_mb[layout] = bench_device.peak_memory_mb(device)
     timed = slice(1, None) if args.steps > 1 else slice(None)
     step_s = {k: float(np.mean(v["seconds"][timed])) for k, v in results.items()}
     full, shared = results["full"], results["shared"]
@@ -160,11 +172,12 @@ def main() -> None:
         "prompt_len": args.prompt_len,
         "threads": torch.get_num_threads(),
         "cpu_bf16_units": cpu_supports_bf16(),
-        "load_s": round(load_s, 2),
+        "load_s": round(load.seconds, 2),
         "full_tokens": tokens["full"],
         "shared_tokens": tokens["shared"],
-        "shared_peak_rss_gb": round(peak_gb["shared"], 2),
-        "full_peak_rss_gb": round(peak_gb["full"], 2),
+        **bench_device.device_fields(device, args.precision, peak=False),
+        "shared_peak_memory_mb": round(peak_mb["shared"], 1),
+        "full_peak_memory_mb": round(peak_mb["full"], 1),
         "full_step_s": round(step_s["full"], 3),
         "shared_step_s": round(step_s["shared"], 3),
         "speedup": round(step_s["full"] / step_s["shared"], 2),

@@ -19,7 +19,8 @@ alone, McNemar's exact p and a paired-bootstrap 95% interval
 (:func:`align3gr_kit.report.stage_metrics.paired_steps`), and the training loss of each SFT stage
 (``--loss-after N``: the mean of its logged losses after step N; run folders only). The two runs must
 have scored the same users (same data, split and ``decode.max_eval_users``); the script refuses
-otherwise. Prints markdown; writes nothing.
+otherwise. Prints markdown; writes nothing. It reads saved ranks and logs only (no model), so it runs
+on the CPU whatever ``--device`` says (the flag is accepted like every bench's).
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from align3gr_kit import bench_device
 from align3gr_kit.report.ledger import kept_ranks
 from align3gr_kit.report.stage_metrics import folder_target_ranks, paired_markdown, paired_steps
 from align3gr_kit.stages.contract import MANIFEST
 from align3gr_kit.train.artifacts import LOG_HISTORY
 from align3gr_kit.train.figures import loss_curve
 from align3gr_kit.utils import read_json
+
+CPU_REASON = "reads saved ranks and logs, no model"
 
 
 def result_ranks(spec: str, split: str) -> tuple[str, list[int]] | None:
@@ -103,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss-after", type=int, default=None,
                     help="mean the logged SFT losses after this step (default: half the steps), e.g. 350 to "
                          "match a run resumed at step 350, whose train_loss covers only the steps after it")
+    bench_device.add_device_argument(ap, cpu_by_nature=CPU_REASON)
     args = ap.parse_args(argv)
+    bench_device.cpu_by_nature_note(args.device, CPU_REASON)
     a, b = stage_ranks(args.a, args.split), stage_ranks(args.b, args.split)
     if len(a[1]) != len(b[1]):
         raise SystemExit(f"the two models scored different users ({len(a[1])} vs {len(b[1])}); "

@@ -12,7 +12,11 @@ the kit uses, then a 3-token SCID completion + EOS, labels on the completion onl
 where they are scored (:class:`align3gr_kit.train.sft.CompletionCollator`, as SFT does). Both runs start from the same weights (a deep
 copy) and train with AdamW (lr ``--lr``) on the same batches, fp32 first, then under
 ``torch.autocast(device, bfloat16)`` with fp32 master weights (what ``model.dtype: auto`` does where
-the hardware has bf16 units).
+the hardware has bf16 units), both on ``--device`` (default: CUDA when present; autocast through
+:func:`align3gr_kit.model.precision.autocast` on that device). Each step is timed between two device
+syncs; the header line (stderr) names the device, the JSON adds each run's peak memory
+(:mod:`align3gr_kit.bench_device`: on a GPU ``torch.cuda.max_memory_allocated``, reset before each
+run; on the CPU the process's peak RSS, which includes the earlier run's).
 
 - ``*_tokens_per_s``: tokens (padding included; there is none) per second over steps 2..N (step 1
   warms up kernels and the optimiser state);
@@ -29,11 +33,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
+import sys
 
 import numpy as np
 import torch
 
+from align3gr_kit import bench_device
 from align3gr_kit.config import ModelConfig
 from align3gr_kit.model import apply_lora, autocast, build_backbone, prompt_frame, trainable_parameters
 from align3gr_kit.model.precision import cpu_supports_bf16
@@ -63,18 +68,19 @@ def make_batches(tokenizer, scid_ids: list[int], steps: int, batch: int, length:
 
 
 def train_run(model: torch.nn.Module, batches: list[dict], lr: float, precision: str) -> tuple[list[float], list[float]]:
-    """Train ``model`` on ``batches``; returns ``(losses, step seconds)``."""
+    """Train ``model`` on ``batches`` (both on the same device); returns ``(losses, step seconds)``."""
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     losses, seconds = [], []
     for b in batches:
-        t0 = time.perf_counter()
-        with autocast(precision, "cpu"):
-            loss = model(**b).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - t0)
+        with bench_device.timed(device) as t:
+            with autocast(precision, device):
+                loss = model(**b).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        seconds.append(t.seconds)
         losses.append(float(loss.detach()))
     return losses, seconds
 
@@ -90,29 +96,36 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
+    bench_device.add_device_argument(p)
     args = p.parse_args()
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device
+    print(f"# {bench_device.describe(device, 'float32', peak=False)} vs "
+          f"{bench_device.compute_dtype(device, 'bfloat16')} autocast", file=sys.stderr, flush=True)
 
     cfg = ModelConfig(base=args.base, lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0)
     tokens = [f"<{lvl}_{c}>" for lvl in "abc" for c in range(args.scid_codes)]
-    t0 = time.perf_counter()
-    model, tok = build_backbone(cfg, [], tokens, seed=args.seed)
-    load_s = time.perf_counter() - t0
+    with bench_device.timed("cpu") as load:
+        model, tok = build_backbone(cfg, [], tokens, seed=args.seed)
+    model.to(device)  # fp32 master weights (build_backbone); autocast does the rest
     scid_ids = tok.convert_tokens_to_ids(tokens)
-    batches = make_batches(tok, scid_ids, args.steps, args.batch, args.length, args.seed)
+    batches = [bench_device.to_device(b, device)
+               for b in make_batches(tok, scid_ids, args.steps, args.batch, args.length, args.seed)]
     torch.manual_seed(args.seed)
     start = apply_lora(model, cfg)
     trainable = trainable_parameters(start)
 
     results = {}
     for precision in ("float32", "bfloat16"):
+        bench_device.reset_peak(device)
         losses, seconds = train_run(copy.deepcopy(start), batches, args.lr, precision)
         timed = sum(seconds[1:])
         results[precision] = {"losses": losses, "step_s": timed / (len(seconds) - 1),
-                              "tokens_per_s": args.batch * args.length * (len(seconds) - 1) / timed}
+                              "tokens_per_s": args.batch * args.length * (len(seconds) - 1) / timed,
+                              "peak_mb": bench_device.peak_memory_mb(device)}
     f32, b16 = results["float32"], results["bfloat16"]
     print(json.dumps({
         "base": args.base,
@@ -122,7 +135,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu_bf16_units": cpu_supports_bf16(),
         "trainable": trainable["trainable"],
-        "load_s": round(load_s, 2),
+        "load_s": round(load.seconds, 2),
+        **bench_device.device_fields(device, "float32", peak=False),
+        "compute_dtype": f"float32 vs {bench_device.compute_dtype(device, 'bfloat16')}",
+        "fp32_peak_memory_mb": round(f32["peak_mb"], 1),
+        "bf16_peak_memory_mb": round(b16["peak_mb"], 1),
         "fp32_step_s": round(f32["step_s"], 3),
         "bf16_step_s": round(b16["step_s"], 3),
         "fp32_tokens_per_s": round(f32["tokens_per_s"], 1),

@@ -13,6 +13,12 @@ beside chance) and user SCID -> profile (the share of stated attributes the gene
 beside the same texts scored against another user's attributes). tiny-llama runs with its own
 from-scratch budget (:data:`align3gr_kit.report.tables.TINY_LLAMA`).
 
+The measurement runs on ``--device`` (default: CUDA when present), autocast as the config's
+``model.dtype`` says there; stages 00-04, when they must be built first, train as the pipeline does
+(on the GPU the Trainer finds). The header line (stderr) names the device and compute dtype; each
+backbone's line adds its measuring time (between device syncs) and peak memory
+(:mod:`align3gr_kit.bench_device`; on a GPU reset before each backbone).
+
 Writes ``reports/user_alignment/<dataset>.json`` and ``.md`` (smoke: under the runs folder) and
 prints the JSON.
 """
@@ -47,6 +53,7 @@ def markdown(doc: dict) -> str:
 
 
 def main() -> None:
+    from align3gr_kit import bench_device
     from align3gr_kit.config import RunConfig
     from align3gr_kit.report.tables import TINY_LLAMA, dataset_label
     from align3gr_kit.stages.contract import stage_artifacts
@@ -58,10 +65,13 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.1, help="share of users whose B2 rows SFT leaves out")
     p.add_argument("--backbones", default="config,tiny-llama",
                    help="comma-separated: 'config' (the config's model) and/or 'tiny-llama'")
+    bench_device.add_device_argument(p)
     args = p.parse_args()
+    device = args.device
 
     own = RunConfig.from_yaml(args.config)
     base = own.override({"prompts.b2_holdout": args.holdout})
+    bench_device.header(device, base.model.dtype)
     rows = []
     t0 = time.time()
     for name in args.backbones.split(","):
@@ -74,12 +84,18 @@ def main() -> None:
         if tok.users is None:
             raise SystemExit(f"{args.config}: no user SCIDs (tokenizer.dual is off); B2 needs them")
         model, tokenizer, _, users = stage_artifacts(cfg, "04_sft").load_model(cfg.model.dtype)
+        model.to(device)
         held = b2_heldout_users(data.dataset.n_users, args.holdout, cfg.seed)
-        metrics = evaluate_user_alignment(model, tokenizer, data.dataset, users, held, max_length=cfg.sft.max_length,
-                                          max_text_words=cfg.prompts.max_text_words,
-                                          batch_size=cfg.decode.batch_size, precision=cfg.model.dtype)
-        rows.append({"backbone": label, "run": cfg.run_name, "sft_steps": cfg.sft.max_steps, "metrics": metrics})
-        print(json.dumps({"backbone": label, **{k: metrics[k] for k in COLUMNS}}), flush=True)
+        bench_device.reset_peak(device)
+        with bench_device.timed(device) as measured:
+            metrics = evaluate_user_alignment(model, tokenizer, data.dataset, users, held,
+                                              max_length=cfg.sft.max_length, max_text_words=cfg.prompts.max_text_words,
+                                              batch_size=cfg.decode.batch_size, precision=cfg.model.dtype)
+        measure = {"measure_seconds": round(measured.seconds, 1), **bench_device.device_fields(device, cfg.model.dtype)}
+        rows.append({"backbone": label, "run": cfg.run_name, "sft_steps": cfg.sft.max_steps, "metrics": metrics,
+                     **measure})
+        print(json.dumps({"backbone": label, **{k: metrics[k] for k in COLUMNS}, **measure}), flush=True)
+        del model
     doc = {"dataset": dataset_label(base), "config": args.config, "holdout": args.holdout, "seed": base.seed,
            "users": rows[0]["metrics"]["users"],
            "commit": git_commit() or "unknown", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -27,6 +27,10 @@ With two or more stages, a third table compares each model with the one before i
 hits alone, McNemar's exact p and a paired-bootstrap 95% interval. One seed's difference between two
 consecutive models is a gain or a loss only when it clears this user-sampling noise.
 
+The models rank and SASRec retrains on ``--device`` (default: CUDA when present), autocast as the
+config's ``model.dtype`` says there; the header line (stderr) names the device and compute dtype, the
+last line the ranking time (between device syncs) and the peak memory (:mod:`align3gr_kit.bench_device`).
+
 Writes ``reports/where_recall/<dataset>-<run>.json`` and ``.md`` (smoke: under the runs
 folder) and prints the markdown.
 """
@@ -92,6 +96,7 @@ def target_levels(dataset, samples) -> np.ndarray | None:
 
 
 def main() -> None:
+    from align3gr_kit import bench_device
     from align3gr_kit.baselines.popularity import popularity_counts
     from align3gr_kit.config import RunConfig
     from align3gr_kit.encoders.sasrec import train_sasrec
@@ -113,7 +118,9 @@ def main() -> None:
     p.add_argument("--no-sasrec", action="store_true", help="skip retraining SASRec")
     p.add_argument("--run", default=None, help="another run of the config (an ablate row: <run>-<table>-NN-sS)")
     p.add_argument("--seed", type=int, default=None, help="the run's seed, when not the config's")
+    bench_device.add_device_argument(p)
     args = p.parse_args()
+    device = args.device
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     for s in stages:
         if s not in ("04_sft", "05_sp_dpo", "06_rf_dpo"):
@@ -127,6 +134,8 @@ def main() -> None:
                          f"`python -m align3gr_kit run --config {args.config} --resume` (or name an ablate row's run "
                          "with --run and its --seed)")
     seed_everything(cfg.seed)
+    bench_device.header(device, cfg.model.dtype)
+    bench_device.reset_peak(device)
     t0 = time.time()
     data, tok = stage_artifacts(cfg, "00_data"), stage_artifacts(cfg, "01_tokenize")
     samples = data.split.samples(args.split)
@@ -135,17 +144,22 @@ def main() -> None:
     targets = samples.target.to_numpy()
     rankings: dict[str, np.ndarray] = {}
     codes = None
+    rank_seconds = 0.0
     for stage in stages:
         folder = get_stage(stage).load_artifacts(stage_dir(cfg, stage)).model_dir
         model, tokenizer, item_scids, user_scids = load_model(folder, cfg.model.dtype, cfg.model.trust_remote_code)
+        model.to(device)
         codes = item_scids.codes
-        rankings[f"{cfg.model.base} after {stage}"], _ = recommend(
-            model, tokenizer, item_scids, user_scids, samples, cfg.decode, cfg.prompts.user_scid_in_prompt,
-            cfg.sft.max_length, k=args.k, precision=cfg.model.dtype)
+        with bench_device.timed(device) as ranking:
+            rankings[f"{cfg.model.base} after {stage}"], _ = recommend(
+                model, tokenizer, item_scids, user_scids, samples, cfg.decode, cfg.prompts.user_scid_in_prompt,
+                cfg.sft.max_length, k=args.k, precision=cfg.model.dtype)
+        rank_seconds += ranking.seconds
         del model
     stage01 = sasrec_recall = None
     if not args.no_sasrec:
-        sasrec = train_sasrec(data.split, data.dataset.n_items, cfg.tokenizer.sasrec, cfg.seed, progress=False).model
+        sasrec = train_sasrec(data.split, data.dataset.n_items, cfg.tokenizer.sasrec, cfg.seed, device=device,
+                              progress=False).model
         rankings["SASRec"] = sasrec.topk(samples.history.tolist(), k=args.k)
         sasrec_recall = float((rankings["SASRec"] == targets[:, None]).any(axis=1).mean())
         if tok.sasrec_ranks and args.split in tok.sasrec_ranks:
@@ -174,7 +188,8 @@ def main() -> None:
            "sasrec_recall": sasrec_recall, "sasrec_stage01_recall": stage01, "rows": rows,
            "by_target_rating": by_rating, "paired": paired, "commit": git_commit() or "unknown",
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "wall_seconds": round(time.time() - t0, 1), "command": command}
+           "wall_seconds": round(time.time() - t0, 1), "ranking_seconds": round(rank_seconds, 1),
+           **bench_device.device_fields(device, cfg.model.dtype), "command": command}
     out = (cfg.run_dir.parent / "where_recall") if cfg.smoke else project_root() / "reports" / "where_recall"
     out.mkdir(parents=True, exist_ok=True)
     name = f"{doc['dataset']}-{cfg.run_name}"
@@ -183,7 +198,8 @@ def main() -> None:
     with atomic_path(out / f"{name}.md") as tmp:
         Path(tmp).write_text(text)
     print(text)
-    print(f"written: {out / name}.json and .md ({doc['wall_seconds']} s)")
+    print(f"written: {out / name}.json and .md ({doc['wall_seconds']} s, of which {doc['ranking_seconds']} s "
+          f"ranking; {bench_device.describe(device, cfg.model.dtype)})")
 
 
 if __name__ == "__main__":
