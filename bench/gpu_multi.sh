@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # All visible GPUs: the run of bench/gpu_ml100k.sh (same install, config and printout) with stages
-# 04-06 under `accelerate launch`, one process per GPU (configs/accelerate/ddp.yaml, or
-# ACCELERATE_CONFIG=configs/accelerate/deepspeed-zero2.yaml after `pip install deepspeed`).
+# 04-06 under `accelerate launch`, one process per GPU (configs/accelerate/ddp.yaml, or for SFT
+# ACCELERATE_CONFIG=configs/accelerate/deepspeed-zero2.yaml after `pip install deepspeed`; the DPO
+# stages always launch under DDP: DeepSpeed's bf16 mode holds the weights in bf16, and the kit refuses
+# to merge a DPO delta into them).
 # Stages 00-03 are built first in one plain process (a launch never builds upstream stages), and a
 # last plain `run --resume` makes stage 07 and the reports.
 #
@@ -15,6 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_ml100k.sh"
 
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}
+DPO_ACCELERATE_CONFIG=configs/accelerate/ddp.yaml
 
 t0=$SECONDS
 check_gpu
@@ -26,9 +29,9 @@ name_args
 resume=()
 if [[ "${RESUME:-0}" == 1 ]]; then resume=(--resume); fi
 "$PY" -m align3gr_kit run --config "$CONFIG" "${NAME_ARGS[@]}" "${resume[@]}" --stages 00,01,02,03
-launch=("$PY" -m accelerate.commands.launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NPROC")
-"${launch[@]}" -m align3gr_kit train sft --config "$CONFIG" "${NAME_ARGS[@]}"
-"${launch[@]}" -m align3gr_kit train dpo --stage sp --config "$CONFIG" "${NAME_ARGS[@]}"
-"${launch[@]}" -m align3gr_kit train dpo --stage rf --config "$CONFIG" "${NAME_ARGS[@]}"
+launch=("$PY" -m accelerate.commands.launch --num_processes "$NPROC" --config_file)
+"${launch[@]}" "$ACCELERATE_CONFIG" -m align3gr_kit train sft --config "$CONFIG" "${NAME_ARGS[@]}"
+"${launch[@]}" "$DPO_ACCELERATE_CONFIG" -m align3gr_kit train dpo --stage sp --config "$CONFIG" "${NAME_ARGS[@]}"
+"${launch[@]}" "$DPO_ACCELERATE_CONFIG" -m align3gr_kit train dpo --stage rf --config "$CONFIG" "${NAME_ARGS[@]}"
 "$PY" -m align3gr_kit run --config "$CONFIG" "${NAME_ARGS[@]}" --resume
 print_results "$((SECONDS - t0))"
