@@ -1,8 +1,8 @@
 """Command line: ``python -m align3gr_kit <command>``. Every command prints one JSON object on stdout.
 
 Commands:
-    run       --config C [--stages 00,01] [--resume]   the notebooks through papermill, then reports/
-    data      stats --dataset D [--data-path P] [--name N] | download ml-100k [--dest data/ml-100k]
+    run       --config C [--stages 00,01] [--resume [--verify]]   the notebooks through papermill, then reports/
+    data      stats --dataset D [--data-path P] [--name N] [--min-interactions K] | download ml-100k [--dest data/ml-100k]
     tokenize  --config C                               dual SCID tokenization (stage 01)
     baseline  sasrec|popularity --config C             a baseline under the shared protocol
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
@@ -25,9 +25,9 @@ import sys
 import time
 from typing import Any
 
-from align3gr_kit.config import RunConfig
+from align3gr_kit.config import CLI_FLAGS, RunConfig
 
-#: ``ablate --table`` names (:data:`align3gr_kit.report.tables.TABLE_NAMES`, which a test holds them to;
+#: ``ablate --table`` names (:data:`align3gr_kit.report.specs.TABLE_NAMES`, which a test holds them to;
 #: spelled out so that ``--help`` does not import pandas and the table code).
 TABLE_CHOICES = ("token", "sft", "dpo", "tsrec", "sa-depth", "backbone", "ladder")
 
@@ -50,8 +50,8 @@ def _load_config(args: argparse.Namespace) -> RunConfig:
         import yaml
 
         overrides[k] = yaml.safe_load(v)
-    return RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=getattr(args, "run_name", None),
-                               seed=getattr(args, "seed", None))
+    return RunConfig.from_yaml(args.config, overrides=overrides, source="--set", flags=CLI_FLAGS,
+                               run_name=getattr(args, "run_name", None), seed=getattr(args, "seed", None))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -66,8 +66,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         _print({"downloaded": str(download(args.dest or "data/ml-100k"))})
         return 0
     t0 = time.time()
+    if args.min_interactions < 0:
+        raise SystemExit(f"--min-interactions {args.min_interactions}: must be >= 0 (0 = the loader's default)")
     cfg = DataConfig(dataset=args.dataset, data_path=args.data_path or "", name=args.name or "",
-                     max_history=args.max_history)
+                     max_history=args.max_history, min_interactions=args.min_interactions)
     ds = load_dataset(cfg, seed=args.seed)
     split = leave_one_out(ds, cfg.max_history)
     out = {"dataset": ds.name, "users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions),
@@ -79,10 +81,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from align3gr_kit.stages.runner import run_pipeline
 
+    from align3gr_kit.stages.contract import Interrupted
+
     cfg = _load_config(args)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    result = run_pipeline(cfg, config_path=args.config, stages=stages, resume=args.resume,
-                          overrides=cfg_overrides(args))
+    if args.verify and not args.resume:
+        raise SystemExit("run: --verify checks finished stages before --resume skips them; add --resume")
+    try:
+        result = run_pipeline(cfg, config_path=args.config, stages=stages, resume=args.resume,
+                              overrides=cfg_overrides(args), verify=args.verify)
+    except Interrupted as e:
+        if e.result is not None:  # the JSON says where it stopped too; main prints the one line
+            _print(e.result)
+        raise
     _print(result)
     return 0 if result["ok"] else 1
 
@@ -102,11 +113,12 @@ def cfg_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from align3gr_kit.stages.contract import ensure_upstream, run_stage
+    from align3gr_kit.stages.contract import ensure_upstream, run_lock, run_stage
 
     cfg = _load_config(args)
-    ensure_upstream(cfg, "01_tokenize")
-    _print(run_stage(cfg, "01_tokenize"))
+    with run_lock(cfg):  # one writer per run, for the whole command
+        ensure_upstream(cfg, "01_tokenize")
+        _print(run_stage(cfg, "01_tokenize"))
     return 0
 
 
@@ -122,16 +134,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from align3gr_kit.stages.contract import ensure_upstream, run_stage
-    from align3gr_kit.utils import process_state
+    from align3gr_kit.stages.contract import ensure_upstream, run_lock, run_stage
+    from align3gr_kit.distributed import process_state
 
     cfg = _load_config(args)
     # First: the process group gets the config's timeout only if the kit creates it (before any
     # TrainingArguments), and several GPUs without a launch are refused here, before any model.
     state = process_state(cfg)
     stage = "04_sft" if args.what == "sft" else {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}[args.stage]
-    ensure_upstream(cfg, stage, how=config_flags(args))
-    out = run_stage(cfg, stage, all_processes=True)
+    # the main process alone holds the run's lock for the launch (the other ranks never take it, so rank
+    # 0's lock cannot refuse them); when another command holds it, rank 0 stops and the launcher stops the rest
+    with run_lock(cfg, take=state.is_main_process):
+        ensure_upstream(cfg, stage, how=config_flags(args))
+        out = run_stage(cfg, stage, all_processes=True)
     if state.is_main_process:
         _print({"stage": stage, "run_dir": str(cfg.run_dir), "metrics": out})
     return 0
@@ -196,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from align3gr_kit.report.benchmarks_md import update_benchmarks
 
     if args.report_cmd == "pipeline":
-        from align3gr_kit.report.stage_metrics import write_pipeline_document
+        from align3gr_kit.report.pipeline_file import write_pipeline_document
 
         cfg = _load_config(args)
         path = write_pipeline_document(cfg, args.config)
@@ -242,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the notebooks of the pipeline through papermill, render reports/")
     _add_config_args(p)
     p.add_argument("--stages", default=None, help="comma-separated stages, e.g. 00,01 (default: all)")
-    p.add_argument("--resume", action="store_true", help="skip stages whose parameters and inputs are unchanged")
+    p.add_argument("--resume", action="store_true",
+                   help="skip stages whose parameters, inputs and files are unchanged (sizes, and hashes of files "
+                        "up to 16 MB, checked); a stage that fails the check is re-run")
+    p.add_argument("--verify", action="store_true", help="with --resume: hash every file of a finished stage, "
+                                                          "model weights too (seconds per GB)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("data", help="dataset statistics and downloads")
@@ -252,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-path", default=None)
     s.add_argument("--name", default=None, help="file prefix (lcrec) or category (amazon2018)")
     s.add_argument("--max-history", type=int, default=20)
+    s.add_argument("--min-interactions", type=int, default=0,
+                   help="k-core filter on users and items, as data.min_interactions (0 = the loader's default)")
     s.add_argument("--seed", type=int, default=0)
     d = dsub.add_parser("download", help="fetch a dataset that may be downloaded (ml-100k)")
     d.add_argument("name")
@@ -313,11 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input (:class:`~align3gr_kit.errors.InputError`, a missing file, a usage
-    error a command raises) prints one line ``error: <message>`` on stderr and returns 2, without a
-    traceback; ``--debug`` anywhere on the line, or ``ALIGN3GR_DEBUG=1``, re-raises it to show one.
-    Anything else is a bug and keeps its traceback.
+    error a command raises, a run another command holds) prints one line ``error: <message>`` on stderr
+    and returns 2, without a traceback; ``--debug`` anywhere on the line, or ``ALIGN3GR_DEBUG=1``,
+    re-raises it to show one. Ctrl-C or SIGTERM prints one line (``interrupted in stage 04_sft after
+    73 s; run again with --resume``) and returns 130. Anything else is a bug and keeps its traceback.
     """
     import os
+    import signal
     import warnings
 
     from align3gr_kit.errors import DataWarning, InputError
@@ -339,10 +362,23 @@ def main(argv: list[str] | None = None) -> int:
 
     global _STDOUT
     _STDOUT = sys.stdout
+    t0 = time.time()
+    from align3gr_kit.stages.contract import Interrupted
+
+    def terminate(signum, frame):  # SIGTERM (a scheduler, kill) stops like Ctrl-C: partial folders removed
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.showwarning = show
             return args.func(args)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if debug:
+            raise
+        where = str(e) if isinstance(e, Interrupted) else f"interrupted after {time.time() - t0:.0f} s"
+        print(where, file=sys.stderr, flush=True)
+        return 130
     except (InputError, FileNotFoundError) as e:
         if debug:
             raise
@@ -351,5 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not isinstance(e.code, str):
             raise
         message = e.code
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
     return 2
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from align3gr_kit.dtypes import DTYPE_NAMES  # the one list of model.dtype spellings
 from align3gr_kit.errors import InputError
 
 
@@ -194,6 +195,8 @@ class PromptConfig:
     b2_holdout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
 
 
+
+
 @dataclass
 class ModelConfig:
     """The LLM backbone, its SCID vocabulary and how it is fine-tuned.
@@ -264,8 +267,7 @@ class ModelConfig:
     sa_init_extractor: str = field(default="tfidf", metadata={"choices": ("tfidf", "llm")})
     new_token_init: str = field(default="normal", metadata={"choices": ("normal", "mean_resizing")})
     trust_remote_code: bool = False
-    dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "fp32", "bfloat16", "bf16",
-                                                            "float16", "fp16")})
+    dtype: str = field(default="auto", metadata={"choices": tuple(DTYPE_NAMES)})
 
     def check(self, where: str, machine: bool = True) -> None:
         """Raise :class:`ConfigError` for settings that cannot work; ``machine``: also refuse a ``dtype``
@@ -276,7 +278,7 @@ class ModelConfig:
         if self.base == "tiny-llama" and self.hidden_size % self.num_heads:
             raise ConfigError(f"{where}: model.hidden_size = {self.hidden_size} must be divisible by "
                               f"model.num_heads = {self.num_heads}")
-        if machine and self.dtype not in ("auto", "float32", "fp32"):  # those run everywhere: no torch import to decide
+        if machine and DTYPE_NAMES[self.dtype] not in ("auto", "float32"):  # those run everywhere: no torch import
             from align3gr_kit.model.precision import unsupported_reason
 
             # Decided on the machine that builds the config, so a run stops before any work is done.
@@ -444,7 +446,7 @@ class DistributedConfig:
     Attributes:
         timeout_minutes: how long a collective (a barrier, a gradient all-reduce, a gather) waits for
             the slowest rank before the run fails. It reaches the process group because the kit creates
-            it first (:func:`align3gr_kit.utils.process_state`); torch's own default is 10 minutes for
+            it first (:func:`align3gr_kit.distributed.process_state`); torch's own default is 10 minutes for
             NCCL, shorter than one rank's checkpoint save or evaluation on a large split.
         find_unused_parameters: DDP's search for parameters that got no gradient in a step. Every
             trainable parameter of the kit's models (LoRA, SCID rows) gets one, so off: the search costs
@@ -505,13 +507,15 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None, source: str = "overrides",
-                  **top: Any) -> "RunConfig":
+                  flags: dict[str, str] | None = None, **top: Any) -> "RunConfig":
         """Load a YAML file, then apply ``top`` (flat top-level/data fields) and dotted ``overrides``.
 
         ``top`` keys may be top-level fields (``run_name``, ``seed``, ``smoke``, ``runs_dir``) or
         ``dataset``/``data_path`` (shortcuts for ``data.*``); ``None`` values are ignored so that a
         notebook's parameters cell can leave them unset. ``source`` names where the overrides came
-        from in error messages (``--set``, ``notebook parameters``).
+        from in error messages (``--set``, ``notebook parameters``); ``flags`` names where a ``top``
+        key came from when that is not ``source`` (:data:`CLI_FLAGS`: ``--run-name``, ``--seed``), so
+        that a bad ``--run-name`` is reported as such and not as a ``--set`` value.
         """
         from align3gr_kit.utils import resolve_path
 
@@ -525,11 +529,19 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of config sections")
         cfg = cls.from_dict(raw, source=str(p))
-        extra = {**_top_overrides(top), **(overrides or {})}
+        flags = flags or {}
+        flagged = {k: v for k, v in top.items() if k in flags and v is not None}
+        for key, value in _top_overrides(flagged).items():  # one at a time: an error names its own flag
+            cfg = cfg.override({key: value}, source=flags[key.split(".")[-1]])
+        extra = {**_top_overrides({k: v for k, v in top.items() if k not in flagged}), **(overrides or {})}
         return cfg.override(extra, source=source) if extra else cfg
 
     def override(self, dotted: dict[str, Any], source: str = "overrides") -> "RunConfig":
-        """A copy with ``{"tokenizer.levels": 2, "seed": 1}``-style overrides applied (and checked)."""
+        """A copy with ``{"tokenizer.levels": 2, "seed": 1}``-style overrides applied (and checked).
+
+        Under ``smoke`` an override that :data:`SMOKE_CAPS` lowers is applied capped, with a
+        :class:`~align3gr_kit.errors.DataWarning` that names the key, the value asked for and the cap.
+        """
         d = self.to_dict()
         for key, value in dotted.items():
             parts = key.split(".")
@@ -543,7 +555,10 @@ class RunConfig:
                 raise ConfigError(f"{source}: unknown config field {key!r}{_rename_hint(key)}; "
                                   f"valid: {', '.join(sorted(node))}")
             node[parts[-1]] = value
-        return RunConfig.from_dict(d, source=source)
+        cfg = RunConfig.from_dict(d, source=source)
+        if cfg.smoke:
+            _warn_capped(cfg, {k: v for k, v in dotted.items() if k in SMOKE_CAPS}, source)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -603,6 +618,27 @@ def apply_smoke(cfg: RunConfig) -> RunConfig:
         setattr(node, name, cap if (zero_unlimited and value <= 0) else min(value, cap))
     return cfg
 
+
+def _warn_capped(cfg: RunConfig, asked: dict[str, Any], source: str) -> None:
+    """Warn for each of ``asked`` (smoke-capped keys given as overrides) whose value the cap changed."""
+    import warnings
+
+    from align3gr_kit.errors import DataWarning
+
+    for key, value in asked.items():
+        *path, name = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        wanted, got = _convert(value, int, key, source), getattr(node, name)
+        if wanted != got:
+            what = f"{wanted} (no limit)" if wanted <= 0 and SMOKE_CAPS[key][1] else str(wanted)
+            warnings.warn(DataWarning(f"{source}: {key} = {what} is capped to {got} because smoke is on "
+                                      f"(config.SMOKE_CAPS); set smoke: false to run with {what}"), stacklevel=3)
+
+
+#: The command-line flags that set top-level fields, for :meth:`RunConfig.from_yaml`'s ``flags``.
+CLI_FLAGS: dict[str, str] = {"run_name": "--run-name", "seed": "--seed"}
 
 #: Old YAML keys and what replaced them (they are refused with this hint).
 RENAMED: dict[str, str] = {

@@ -75,10 +75,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented strict JSON, atomically.
+
+    A float that is NaN or infinite (a metric that could not be computed) is written as ``null``:
+    ``NaN``/``Infinity`` are not JSON, and strict readers (``jq``, JavaScript, ``json.loads`` with
+    ``parse_constant``) refuse the file. Where a value may be missing, the writer says why beside it
+    (e.g. stage 02's ``item_code_category_nmi_reason``). numpy scalars/arrays and paths are converted.
+    """
+    text = json.dumps(_strict(obj), indent=2, sort_keys=False, allow_nan=False, default=_json_default)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
     return Path(path)
+
+
+def _strict(o: Any) -> Any:
+    """``o`` with every non-finite float (numpy ones and those inside arrays too) replaced by None."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _strict(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
 
 
 def _json_default(o: Any) -> Any:
@@ -169,33 +189,3 @@ def machine_info() -> str:
     if torch.cuda.is_available():
         out += f", GPU {torch.cuda.get_device_name(0)}"
     return out
-
-
-def process_state(cfg=None):
-    """accelerate's ``PartialState`` for this process, created the same way everywhere.
-
-    ``cfg`` (a :class:`~align3gr_kit.config.RunConfig`): the first call creates the state, and with it
-    the process group of a distributed launch, with ``distributed.timeout_minutes`` (default 120) as its
-    timeout. The state is a singleton and ``torch.distributed`` keeps the group of whoever initialised it
-    first (``TrainingArguments`` resets accelerate's state but cannot re-create the group), so the entry
-    points (``train``, ``sft_main``, the stages) call this first, before any ``TrainingArguments``. Later
-    calls return the existing state. Every call first refuses several visible GPUs without a launch
-    and engines that shard parameters (ZeRO-3, FSDP) (:mod:`align3gr_kit.distributed`).
-
-    Without GPUs it is created with ``cpu=True``, so that under ``accelerate launch`` (or torchrun)
-    the gloo process group is set up and only rank 0 is the main process; otherwise accelerate may
-    see no GPU, stay single-process, and every rank would think itself the main one.
-    """
-    from datetime import timedelta
-
-    import torch
-    from accelerate import PartialState
-
-    from align3gr_kit.distributed import DEFAULT_TIMEOUT_MINUTES, refuse_data_parallel, refuse_sharded_engine
-
-    refuse_data_parallel()  # cheap checks, on every call: a state made elsewhere must not skip them
-    refuse_sharded_engine()
-    if PartialState._shared_state:
-        return PartialState()
-    minutes = cfg.distributed.timeout_minutes if cfg is not None else DEFAULT_TIMEOUT_MINUTES
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=minutes))

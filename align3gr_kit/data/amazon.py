@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, kcore_filter,
+from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, kcore_or_fail,
                                      make_items, make_users, reindex)
 from align3gr_kit.data.textio import json_lines
 from align3gr_kit.errors import bad_input
@@ -84,7 +84,8 @@ def _clean(text) -> str:
 
 
 def load_amazon2018(path: str | Path, category: str, min_interactions: int = 5) -> RecDataset:
-    """Read a category's raw reviews and metadata from ``path``, 5-core filter, canonical form."""
+    """Read a category's raw reviews and metadata from ``path``, k-core filter (``min_interactions``,
+    0 = 5), canonical form; the filter runs before the per-user minimum is checked."""
     path = Path(path)
     if not category:
         raise DataError(f"{path}: set data.name to the category file stem (e.g. Musical_Instruments)")
@@ -118,9 +119,7 @@ def load_amazon2018(path: str | Path, category: str, min_interactions: int = 5) 
         meta.append({"raw_id": str(asin), "title": _clean(m.get("title")), "description": _clean(m.get("description")),
                      "categories": cats, "brand": _clean(m.get("brand")), "category": cats[1] if len(cats) > 1 else (cats[0] if cats else "")})
     items = make_items(meta, str(meta_path))
-    inter = kcore_filter(inter, min_interactions or 5)
-    if inter.empty:
-        raise DataError(f"{reviews_path}: nothing is left after the {min_interactions or 5}-core filter")
+    inter = kcore_or_fail(inter, min_interactions or 5, str(reviews_path))
     users = make_users([{"raw_id": u} for u in sorted(inter["user"].unique())], str(reviews_path))
     items, users, interactions = reindex(items, users, inter, str(reviews_path))
     extra = {"repeat_events_dropped": repeats} if repeats else {}

@@ -53,4 +53,6 @@ class DataArtifacts:
         ds, n = self.dataset, len(self.dataset.interactions)
         return {"users": ds.n_users, "items": ds.n_items, "interactions": n,
                 "density": round(n / max(1, ds.n_users * ds.n_items), 6), **self.split.stats(),
-                "has_ratings": ds.has_ratings}
+                "has_ratings": ds.has_ratings,
+                # with data.user_profile: from_history, how many items fed each profile part (0 = part absent)
+                **({"profile_fields": ds.extra["profile_fields"]} if "profile_fields" in ds.extra else {})}

@@ -1,11 +1,17 @@
 """LC-Rec / LETTER preprocessed Amazon sets: ``<name>.inter.json`` (+ ``.item.json``, ``.index.json``).
 
 ``<name>.inter.json`` maps a user index to their items in chronological order (already 5-core).
-It carries no timestamps and no ratings: the position in the list is the time. ``<name>.item.json``
+It carries no timestamps and no ratings: the position in the list is the time. Item indices may be
+JSON integers or strings of ASCII digits (``["3557", "2660"]``, as some re-exports write them): both
+name the same item (``"3557"`` is item ``3557``), so a string is read as the integer it spells; anything else
+(``"B00X"``, ``-1``, ``3.0``) is refused naming the user and the value. ``<name>.item.json``
 (optional) maps an item index to ``title``/``description``/``categories``/``brand``;
 ``<name>.index.json`` (optional) holds a published reference tokenization, kept in ``extra``.
 An item repeated in a user's list keeps its first position (:func:`~align3gr_kit.data.schema.drop_repeat_events`,
-which warns with the count); a repeated JSON key, an empty file or an empty user list is an error.
+which warns with the count); a repeated JSON key or an empty file is an error. ``data.min_interactions``
+(the ``min_interactions`` argument) applies the iterative k-core filter before the per-user minimum
+(3 events for leave-one-out) is checked, so a set with a few short users loads with it; without it an
+empty user list is an error.
 With ``<name>.item.json`` and no ``<name>.inter.json`` the result is a catalogue: every item, no
 users, no interactions (for catalogue-only tokenization).
 
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from align3gr_kit.data.schema import (DataError, RecDataset, drop_repeat_events, item_field_counts,
+from align3gr_kit.data.schema import (DataError, RecDataset, drop_repeat_events, item_field_counts, kcore_or_fail,
                                       make_interactions, make_items, make_users, reindex)
 from align3gr_kit.data.textio import read_json
 from align3gr_kit.errors import bad_input
@@ -75,8 +81,29 @@ def _categories(value) -> list[str]:
     return out
 
 
-def load_lcrec(path: str | Path, name: str) -> RecDataset:
-    """Read ``<path>/<name>.inter.json`` (+ optional item/index files) into canonical form."""
+def _item_index(x) -> str | None:
+    """An item index as its canonical string (``3557`` and ``"3557"`` both give ``"3557"``), or None
+    when ``x`` is not a non-negative integer or a string of ASCII digits."""
+    if isinstance(x, int) and not isinstance(x, bool) and x >= 0:
+        return str(x)
+    if isinstance(x, str) and x.isascii() and x.isdigit():
+        return str(int(x))
+    return None
+
+
+def _describe(x) -> str:
+    """``x`` and what kind of JSON value it is, for an error message (``'B00X' (a string)``)."""
+    kind = {str: "a string", float: "a decimal number", bool: "a boolean", type(None): "null",
+            list: "a list", dict: "an object"}.get(type(x), type(x).__name__)
+    return f"{x!r} ({'a negative number' if isinstance(x, int) and not isinstance(x, bool) else kind})"
+
+
+def load_lcrec(path: str | Path, name: str, min_interactions: int = 0) -> RecDataset:
+    """Read ``<path>/<name>.inter.json`` (+ optional item/index files) into canonical form.
+
+    ``min_interactions``: iterative k-core filter on users and items (``data.min_interactions``),
+    applied before the per-user minimum is checked; 0 = none (the LC-Rec sets are already 5-core).
+    """
     path = Path(path)
     if not name:
         found = sorted(p.name[: -len(".inter.json")] for p in path.glob("*.inter.json")) or \
@@ -96,18 +123,24 @@ def load_lcrec(path: str | Path, name: str) -> RecDataset:
     users, items_, times = [], [], []
     for u in sorted(seqs, key=_sort_key):
         seq = seqs[u]
-        if not isinstance(seq, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                                for x in seq):
-            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices "
-                            f"(>= 0), found {str(seq)[:60]}")
-        if not seq:
+        if not isinstance(seq, list):
+            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices (>= 0) "
+                            f"in order, found {_describe(seq)[:80]}")
+        ids = [_item_index(x) for x in seq]
+        if None in ids:
+            bad = seq[ids.index(None)]
+            raise DataError(f"{inter_path}: user {u!r}: the value must be a list of integer item indices (>= 0, "
+                            f"written 17 or \"17\"); item {_describe(bad)[:80]} at position {ids.index(None)} is not one")
+        if not seq and not min_interactions:
             raise bad_input(inter_path, f"user {u!r}", "", "the item list is empty",
-                            "every user needs at least 3 items (train, valid, test): remove the user")
+                            "every user needs at least 3 items (train, valid, test): remove the user, or set "
+                            "data.min_interactions (a k-core filter, e.g. 5) to drop short users")
         users.extend([u] * len(seq))
-        items_.extend(str(x) for x in seq)
+        items_.extend(ids)
         times.extend(range(len(seq)))
     inter = pd.DataFrame({"user": users, "item": items_, "timestamp": times, "rating": np.nan})
     inter, repeats = drop_repeat_events(inter, str(inter_path))
+    inter = kcore_or_fail(inter, min_interactions, str(inter_path))
 
     if item_path.exists():
         meta = _read_json(item_path)

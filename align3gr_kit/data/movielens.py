@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, make_items,
-                                     make_users, reindex)
+from align3gr_kit.data.schema import (DataError, RecDataset, check_timestamp, drop_repeat_events, kcore_or_fail,
+                                     make_items, make_users, reindex)
 from align3gr_kit.data.textio import read_text
 from align3gr_kit.errors import DataWarning, bad_input
 
@@ -72,8 +72,11 @@ def _int(text: str, path: Path, n: int, field: str, what: str) -> int:
     return int(text)
 
 
-def load_ml100k(path: str | Path) -> RecDataset:
+def load_ml100k(path: str | Path, min_interactions: int = 0) -> RecDataset:
     """Read ``u.data``, ``u.item`` (latin-1) and ``u.user`` from ``path`` into canonical form.
+
+    ``min_interactions`` (``data.min_interactions``): an iterative k-core filter on users and items,
+    applied before the per-user minimum is checked; 0 = none (ml-100k has 20+ ratings per user).
 
     A (user, item) pair rated more than once keeps its first rating (earliest time, then file order;
     :func:`~align3gr_kit.data.schema.drop_repeat_events` warns with the count); users of ``u.user``
@@ -133,6 +136,7 @@ def load_ml100k(path: str | Path) -> RecDataset:
     if unrated:  # an item without ratings is an ordinary catalogue entry; a user without any is worth a word
         warnings.warn(DataWarning(f"{user_path}: {len(unrated)} user(s) have no rating in u.data and are left "
                                   f"out (e.g. user {unrated[0]!r})"), stacklevel=2)
+    inter = kcore_or_fail(inter, min_interactions, str(data_path))
     items, users, interactions = reindex(make_items(item_rows, str(item_path)),
                                          make_users(user_rows, str(user_path)), inter, str(data_path))
     extra = {"repeat_events_dropped": repeats} if repeats else {}

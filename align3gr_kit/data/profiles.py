@@ -18,6 +18,9 @@ The rule, for a user whose training items are ``t_1 .. t_m`` (chronological):
 
 The parts are written as ``Interested in: A, B, C. Brands: X, Y. Recently: T1; T2; T3.``; a part
 with nothing to say is left out. The profile of a user whose training items carry no text is empty.
+Which parts the catalogue can feed at all is said once (:func:`profile_fields`): recorded in
+``extra["profile_fields"]`` and the stage-00 metrics, with a warning naming the missing ones (the
+Amazon Industrial set has no categories, so its profiles have brands and titles only).
 
 ``data.user_profile`` chooses what the data stage does (:func:`apply_user_profiles`): ``given``
 keeps the dataset's own profiles (and says so, with advice, when it has none), ``from_history``
@@ -35,9 +38,13 @@ import numpy as np
 import pandas as pd
 
 from align3gr_kit.data.schema import DataError, RecDataset
+from align3gr_kit.errors import DataWarning
 from align3gr_kit.data.split import Split
 
 PROFILE_MODES = ("given", "from_history", "none")
+# What an item must carry to feed each profile part (for the warning naming a part no item can feed).
+_WHAT = {"categories": "an informative category (one carried by at most half of the items)", "brands": "a brand",
+         "titles": "a title"}
 
 
 def item_labels(ds: RecDataset, max_share: float = 0.5) -> list[list[str]]:
@@ -98,6 +105,19 @@ def history_profile(ds: RecDataset, items: Sequence[int], labels: list[list[str]
     return " ".join(parts)
 
 
+def profile_fields(ds: RecDataset, labels: list[list[str]] | None = None) -> dict[str, int]:
+    """How many items can feed each part of a history profile.
+
+    Returns:
+        ``{"categories": items with an informative label (:func:`item_labels`), "brands": items with
+        a brand, "titles": items with a title}``; a part whose count is 0 is in no profile.
+    """
+    labels = item_labels(ds) if labels is None else labels
+    return {"categories": sum(1 for lb in labels if lb),
+            "brands": int((ds.items.brand.str.len() > 0).sum()),
+            "titles": int((ds.items.title.str.len() > 0).sum())}
+
+
 def history_profiles(ds: RecDataset, split: Split, **kwargs) -> list[str]:
     """Every user's profile from their training sequence only (``split.train_sequences``).
 
@@ -119,9 +139,12 @@ def apply_user_profiles(ds: RecDataset, split: Split, mode: str) -> RecDataset:
         mode: ``given`` (keep the dataset's profiles; a warning with advice when there are none),
             ``from_history`` (the module's rule, replacing any given profile) or ``none`` (blank).
     Returns:
-        A new :class:`RecDataset` (``ds`` is not modified); ``extra["user_profile"]`` records the mode.
+        A new :class:`RecDataset` (``ds`` is not modified); ``extra["user_profile"]`` records the mode,
+        and with ``from_history`` ``extra["profile_fields"]`` the :func:`profile_fields` counts (a
+        :class:`~align3gr_kit.errors.DataWarning` names the parts no item can feed).
     Raises:
-        DataError: an unknown mode, or ``from_history`` on a dataset without item text.
+        DataError: an unknown mode, or ``from_history`` on items without text (title or description)
+            or without a title, category or brand.
     """
     if mode not in PROFILE_MODES:
         raise DataError(f"data.user_profile: unknown value {mode!r}; choose one of {', '.join(PROFILE_MODES)}")
@@ -134,11 +157,20 @@ def apply_user_profiles(ds: RecDataset, split: Split, mode: str) -> RecDataset:
                           "item-only SCIDs (tokenizer.dual: false)", stacklevel=2)
         return dataclasses.replace(ds, extra={**ds.extra, "user_profile": mode})
     if mode == "from_history":
-        if not ds.has_item_text:
+        fields = profile_fields(ds)
+        used = [part for part, n in fields.items() if n]
+        if not used or not ds.has_item_text:  # items without a title or description are no catalogue to profile
             raise DataError(f"{src}: data.user_profile: from_history builds profiles from item titles, categories "
                             "and brands, and these items have none; use data.user_profile: none (CF-only runs "
                             "need no profile) or give the items text")
+        missing = [part for part, n in fields.items() if not n]
+        if missing:
+            warnings.warn(DataWarning(
+                f"{src}: data.user_profile: from_history builds profiles from {' and '.join(used)} only; no item has "
+                f"{' or '.join(_WHAT[p] for p in missing)} (of {ds.n_items} items), so no profile names "
+                f"{' or '.join(missing)}"), stacklevel=2)
         users["profile"] = pd.Series(history_profiles(ds, split), index=users.index, dtype=str)
-    else:
-        users["profile"] = ""
+        return dataclasses.replace(ds, users=users, extra={**ds.extra, "user_profile": mode, "profile_fields": fields})
+    users["profile"] = ""
     return dataclasses.replace(ds, users=users, extra={**ds.extra, "user_profile": mode})
+

@@ -275,6 +275,23 @@ def kcore_filter(inter: pd.DataFrame, k: int, user_col: str = "user", item_col: 
         df = df[keep]
 
 
+def kcore_or_fail(inter: pd.DataFrame, k: int, source: str, user_col: str = "user",
+                  item_col: str = "item") -> pd.DataFrame:
+    """:func:`kcore_filter` for a loader (``k`` = ``data.min_interactions``; ``k <= 1`` keeps every row).
+
+    Loaders call it on raw ids *before* they re-index and :meth:`RecDataset.validate` checks the
+    per-user minimum, so ``data.min_interactions``, the fix that check advises, takes effect.
+
+    Raises:
+        DataError: nothing is left after the filter (naming ``source`` and the fix).
+    """
+    out = kcore_filter(inter, k, user_col, item_col)
+    if out.empty and not inter.empty:
+        raise DataError(f"{source}: nothing is left after a {k}-core filter (every user and item needs {k} "
+                        "interactions); lower data.min_interactions")
+    return out
+
+
 def reindex(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame, source: str) -> tuple:
     """Keep only items/users that occur in ``inter`` (raw ids) and re-number everything from 0.
 

@@ -16,13 +16,19 @@ metrics``, called alike by its notebook and the command line. ``stage`` is a :cl
   not at all. A kill at any point leaves the previous finished stage (or nothing) in place.
 
 The ``fingerprint`` chains the stage's config sections and its upstream stages' fingerprints, and
-:func:`is_current` is the one place that decides whether a finished stage may be skipped
-(``--resume``). :func:`reuse_stage` copies an identical stage of another run (never hard links:
+:func:`check_stage` is the one place that decides whether a finished stage may be skipped
+(``--resume``): its manifest must be readable, its fingerprint the one the stage would have now, and
+every artifact the manifest lists present with its size (and its sha256 where that is cheap, or with
+``run --verify``). :func:`reuse_stage` copies an identical stage of another run (never hard links:
 a later in-place write in one run must not change another run's files).
+
+One writer per run: :func:`run_lock` holds ``<runs_dir>/.locks/<run_name>.lock`` for a whole command;
+a second command on the same run is refused with the holder's PID and start time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -33,15 +39,20 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from align3gr_kit.config import RunConfig
+from align3gr_kit.errors import InputError
 from align3gr_kit.utils import git_commit, machine_info, package_versions, read_json, write_json
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
 RETIRED = ".retired"  # suffix of a finished folder being replaced: ``.<stage>.retired``
 CHECKPOINTS = ".checkpoints"  # ``<run>/.checkpoints/<stage>-<fingerprint>``: resumable mid-stage state
+LOCKS = ".locks"  # ``<runs_dir>/.locks/<run_name>.lock`` (+ ``.json``, the holder): one writer per run
+#: Artifacts up to this size are hashed on every ``--resume`` check (a few ms each); bigger ones (a
+#: model's weights: seconds) are checked by size, and by hash with ``run --verify``.
+HASH_CHEAP_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,86 @@ def stage_dir(cfg: RunConfig, stage: str) -> Path:
     return cfg.run_dir / get_stage(stage).name
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print ``warning: <message>`` on stderr, once per process (a manifest is read many times)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def load_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest at ``path``; None when there is none, or when it cannot be read (truncated by a full
+    disk, not JSON, not an object): then its stage counts as not finished, with one warning naming the
+    file, so that one damaged run never stops another run or the report."""
+    if not path.exists():
+        return None
+    try:
+        m = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warn_once(f"{path}: unreadable manifest ({type(e).__name__}: {e}); its stage counts as not finished "
+                  "and is re-run by the next command that needs it")
+        return None
+    if not isinstance(m, dict):
+        warn_once(f"{path}: unreadable manifest (a JSON {type(m).__name__}, not an object); its stage counts as "
+                  "not finished and is re-run by the next command that needs it")
+        return None
+    return m
+
+
 def read_manifest(cfg: RunConfig, stage: str) -> dict[str, Any] | None:
-    """The manifest of a finished stage of ``cfg``'s run, or None."""
-    m = stage_dir(cfg, stage) / MANIFEST
-    return read_json(m) if m.exists() else None
+    """The manifest of a finished stage of ``cfg``'s run, or None (none, or unreadable: :func:`load_manifest`)."""
+    return load_manifest(stage_dir(cfg, stage) / MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_artifacts(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``folder`` but the manifest and executed notebooks: relative path ->
+    ``{"bytes", "sha256"}``; a symbolic link (a DPO stage's ``model``) -> ``{"link": target}``, not followed."""
+    out: dict[str, dict[str, Any]] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                out[rel] = {"link": os.readlink(p)}
+            elif name in files and name != MANIFEST and not name.endswith(".ipynb"):
+                out[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return dict(sorted(out.items()))
+
+
+def verify_artifacts(folder: Path, manifest: dict[str, Any], full: bool = False) -> str | None:
+    """None when every artifact ``manifest`` lists is in ``folder`` as it was written; else what is not,
+    in words (``04_sft/model/model.safetensors is missing``).
+
+    Sizes are always compared, hashes for files up to :data:`HASH_CHEAP_BYTES` or all with ``full``.
+    A manifest of the older format (a list of paths, no sizes) can only be checked for presence.
+    """
+    listed = manifest.get("artifacts") or {}
+    entries = listed.items() if isinstance(listed, dict) else ((rel, {}) for rel in listed)
+    for rel, want in entries:
+        p = folder / rel
+        where = f"{folder.name}/{rel}"
+        if "link" in want:
+            if not p.is_symlink() or not p.exists():
+                return f"{where} (a link to {want['link']}) is missing or points nowhere"
+            continue
+        if not p.is_file():
+            return f"{where} is missing"
+        if "bytes" in want and p.stat().st_size != want["bytes"]:
+            return f"{where} has {p.stat().st_size} bytes, its manifest says {want['bytes']}"
+        if "sha256" in want and (full or want.get("bytes", 0) <= HASH_CHEAP_BYTES) and _sha256(p) != want["sha256"]:
+            return f"{where} changed since the stage finished (its sha256 differs from the manifest's)"
+    return None
 
 
 def fingerprint(cfg: RunConfig, stage: Stage) -> str:
@@ -149,11 +236,27 @@ def chain_fingerprint(cfg: RunConfig, last_stage: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def is_current(cfg: RunConfig, stage: Stage) -> bool:
-    """True when ``stage`` finished in this run with the fingerprint it would have now (the one place
-    that decides whether ``--resume`` may skip it)."""
+def check_stage(cfg: RunConfig, stage: Stage, full: bool = False) -> tuple[str, str]:
+    """Whether ``stage`` of ``cfg``'s run may be skipped (the one place that decides it for ``--resume``).
+
+    Returns ``(state, detail)``: ``("current", "")``; ``("missing", "")`` when it has not finished (or
+    its manifest is unreadable, with a warning); ``("changed", "")`` when its settings or upstream
+    stages changed; ``("damaged", what)`` when an artifact its manifest lists is missing or changed
+    (:func:`verify_artifacts`, ``full``: hash every file).
+    """
     m = read_manifest(cfg, stage.name)
-    return bool(m) and m.get("fingerprint") == fingerprint(cfg, stage)
+    if not m:
+        return "missing", ""
+    if m.get("fingerprint") != fingerprint(cfg, stage):
+        return "changed", ""
+    problem = verify_artifacts(stage_dir(cfg, stage.name), m, full=full)
+    return ("damaged", problem) if problem else ("current", "")
+
+
+def is_current(cfg: RunConfig, stage: Stage, full: bool = False) -> bool:
+    """True when ``stage`` finished in this run with the fingerprint it would have now and its artifacts
+    are as its manifest lists them (:func:`check_stage`)."""
+    return check_stage(cfg, stage, full=full)[0] == "current"
 
 
 def checkpoint_dir(cfg: RunConfig, stage: Stage) -> Path:
@@ -173,8 +276,26 @@ def drop_checkpoints(cfg: RunConfig, stage: Stage) -> list[Path]:
     return removed
 
 
-def clean_leftovers(run_dir: Path) -> list[Path]:
-    """Remove what killed runs left in a run folder (temporary stage folders and notebooks)."""
+def drop_stale_checkpoints(cfg: RunConfig, stage: Stage) -> list[Path]:
+    """When ``--resume`` skips ``stage`` because it is current: delete its checkpoints of that same
+    fingerprint (a killed re-run of the finished stage left them, and this command will not resume from
+    them). Checkpoints of other settings stay, for a re-run with those settings."""
+    folder = checkpoint_dir(cfg, stage)
+    if not folder.is_dir():
+        return []
+    shutil.rmtree(folder)
+    print(f"[{stage.name}] removed {folder} (checkpoints of a re-run that was stopped; the stage is finished)",
+          file=sys.stderr)
+    if not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
+    return [folder]
+
+
+def clean_leftovers(run_dir: Path, report: bool = True) -> list[Path]:
+    """Remove what stopped commands left in one run folder: temporary stage folders and notebooks (not
+    checkpoints: a re-run continues from them; :func:`drop_stale_checkpoints`). Call it only while
+    holding the run's :func:`run_lock`. ``report``: one line on stderr per removed path (at start-up;
+    not when a command cleans up after its own failure)."""
     removed = []
     if not run_dir.is_dir():
         return removed
@@ -182,7 +303,117 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
         if p.name.endswith((PARTIAL, RETIRED, ".reuse")) or ".tmp" in p.name:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             removed.append(p)
+    for p in removed if report else ():
+        print(f"removed {p} (left by a stopped command)", file=sys.stderr)
     return removed
+
+
+class RunInUse(InputError):
+    """Another live command holds the run's lock (:func:`run_lock`)."""
+
+
+_HELD: dict[str, list] = {}  # lock path -> [FileLock, depth]: a command re-enters its own lock
+_LOCK_ENV = "ALIGN3GR_RUN_LOCKS"  # the lock paths a parent process holds (papermill's kernel inherits it)
+
+
+def lock_path(cfg: RunConfig) -> Path:
+    """The lock file of ``cfg``'s run: ``<runs_dir>/.locks/<run_name>.lock`` (outside the run folder, so
+    that locking neither creates the run nor shows in it)."""
+    return cfg.run_dir.parent / LOCKS / f"{cfg.run_name}.lock"
+
+
+def _lock_key(cfg: RunConfig) -> tuple[Path, str]:
+    """The lock file (its folder made) and its resolved path, the same string in every process."""
+    path = lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, str(path.resolve())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_run(cfg: RunConfig) -> bool:
+    """Take ``cfg``'s run lock for this process at once, or raise :class:`RunInUse` naming the holder.
+
+    Returns False (and takes nothing) when a parent process holds it (the runner, for the notebooks its
+    kernel executes), True otherwise; each True needs one :func:`release_run`. A lock whose holder died
+    is released by the system; its leftover holder file is reported as taken over.
+    """
+    from filelock import FileLock, Timeout
+
+    path, key = _lock_key(cfg)
+    if key in os.environ.get(_LOCK_ENV, "").split(os.pathsep) and key not in _HELD:
+        return False
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return True
+    holder = path.with_suffix(".json")
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        info = load_holder(holder)
+        who = (f"PID {info.get('pid')} ({info.get('command', '?')}, started {info.get('started', '?')})"
+               if info else "another process (it has not written its PID yet)")
+        raise RunInUse(f"{cfg.run_dir}: run {cfg.run_name!r} is in use by {who}; wait for it to finish or stop it, "
+                       f"or give this command another --run-name (lock: {path})") from None
+    old = load_holder(holder)
+    if old and old.get("pid") != os.getpid():
+        state = "no longer running" if not _pid_alive(int(old.get("pid", 0) or 0)) else "no longer holding it"
+        print(f"warning: {cfg.run_dir}: taking over the lock of PID {old.get('pid')} (started "
+              f"{old.get('started', '?')}), which is {state}", file=sys.stderr)
+    write_json(holder, {"pid": os.getpid(), "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                        "command": " ".join(["python -m align3gr_kit", *sys.argv[1:]])[:200]})
+    _HELD[key] = [lock, 1]
+    os.environ[_LOCK_ENV] = os.pathsep.join(p for p in [*os.environ.get(_LOCK_ENV, "").split(os.pathsep), key] if p)
+    return True
+
+
+def release_run(cfg: RunConfig) -> None:
+    """Undo one :func:`acquire_run` that returned True; the last one removes the holder file and unlocks."""
+    path, key = _lock_key(cfg)
+    entry = _HELD.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _HELD[key]
+        os.environ[_LOCK_ENV] = os.pathsep.join(
+            p for p in os.environ.get(_LOCK_ENV, "").split(os.pathsep) if p and p != key)
+        with contextlib.suppress(FileNotFoundError):
+            path.with_suffix(".json").unlink()
+        entry[0].release()
+
+
+def load_holder(path: Path) -> dict[str, Any]:
+    """The holder file of a run lock (``pid``, ``started``, ``command``), ``{}`` when absent or half-written."""
+    try:
+        info = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig, take: bool = True) -> Iterator[None]:
+    """Hold ``cfg``'s run lock for the block (one writer per run; re-entrant within a command).
+
+    ``take=False`` holds nothing: the other ranks of a distributed launch, whose rank 0 holds it.
+    Raises :class:`RunInUse` at once when another live command holds it.
+    """
+    took = take and acquire_run(cfg)
+    try:
+        yield
+    finally:
+        if took:
+            release_run(cfg)
 
 
 def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
@@ -198,7 +429,11 @@ def find_identical_stage(cfg: RunConfig, stage: Stage) -> Path | None:
         folder = other / stage.name
         if other == cfg.run_dir or other.name.startswith((".", "_")) or not (folder / MANIFEST).exists():
             continue
-        if read_json(folder / MANIFEST).get("fingerprint") == want:
+        m = load_manifest(folder / MANIFEST)  # unreadable: that run's stage is not offered, nothing fails
+        if m and m.get("fingerprint") == want:
+            if problem := verify_artifacts(folder, m):
+                warn_once(f"{folder}: not reused, {problem}")
+                continue
             found.append((not (folder / stage.notebook).exists(), other.name, folder))
     return min(found)[2] if found else None
 
@@ -246,19 +481,26 @@ class StageRun:
         self.t0 = time.time()
         self.all_processes = all_processes
         self._inputs: dict[str, Any] = {}
+        self._took_lock = False
         if self._is_main():
+            # the run's lock first, then what stopped commands left, then a fresh private folder. A notebook
+            # run by hand takes the lock here; one that ``run`` executes finds it held by the command, which
+            # has cleaned already and whose temporary notebook and kernel log must stay
+            self._took_lock = acquire_run(cfg)
+            if self._took_lock:
+                clean_leftovers(cfg.run_dir)
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
         self._barrier()
 
     def _is_main(self) -> bool:
-        from align3gr_kit.utils import process_state
+        from align3gr_kit.distributed import process_state
 
         return not self.all_processes or process_state().is_main_process
 
     def _barrier(self) -> None:
-        from align3gr_kit.utils import process_state
+        from align3gr_kit.distributed import process_state
 
         if self.all_processes:
             process_state().wait_for_everyone()
@@ -274,7 +516,7 @@ class StageRun:
         s = get_stage(stage)
         if s.name not in self._inputs:
             folder = self.cfg.run_dir / s.name
-            if not (folder / MANIFEST).exists():
+            if load_manifest(folder / MANIFEST) is None:
                 raise FileNotFoundError(
                     f"{folder}: stage {s.name} has not finished for run {self.cfg.run_name!r}; run it first: "
                     f"python -m align3gr_kit run --config <your config> --stages {s.name.split('_')[0]} "
@@ -307,8 +549,7 @@ class StageRun:
                 "fingerprint": fingerprint(self.cfg, self.stage),
                 "parameters": self.cfg.to_dict(),
                 "metrics": metrics or {},
-                "artifacts": sorted(str(p.relative_to(self.dir)) for p in self.dir.rglob("*")
-                                    if p.is_file() and p.name != MANIFEST and not p.name.endswith(".ipynb")),
+                "artifacts": list_artifacts(self.dir),
                 "wall_seconds": round(time.time() - self.t0, 2),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "git_commit": git_commit(),
@@ -318,24 +559,54 @@ class StageRun:
             write_json(self.dir / MANIFEST, manifest)
             _swap_into_place(self.dir, self.final_dir)
             drop_checkpoints(self.cfg, self.stage)
+            self._release()
         self._barrier()
         self.dir = self.final_dir
         return self.final_dir
+
+    def abandon(self) -> None:
+        """After a failure or an interrupt: remove the partial folder (the checkpoints stay, for
+        ``--resume``) and give the run's lock back if this stage took it. No collective: a failing rank
+        must not wait for the others."""
+        if self._is_main():
+            if self.dir != self.final_dir and self.dir.exists():
+                shutil.rmtree(self.dir, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        if self._took_lock:
+            self._took_lock = False
+            release_run(self.cfg)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while a stage ran: which stage, after how long (the command line's one line)."""
+
+    def __init__(self, stage: str, seconds: float):
+        self.stage, self.seconds = stage, seconds
+        self.result: dict[str, Any] | None = None  # the runner's result so far, for the command's JSON
+        super().__init__(f"interrupted in stage {stage} after {seconds:.0f} s; run again with --resume")
 
 
 def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Run one stage the way the command line does: a :class:`StageRun`, the stage module's
     ``run(cfg, stage)``, then ``finish``. Returns the metrics. ``all_processes``: every process of a
     distributed launch runs it together (see :class:`StageRun`)."""
-    from align3gr_kit.utils import process_state
+    from align3gr_kit.distributed import process_state
 
     s = get_stage(stage)
-    # with all_processes, the kit's state comes first (the process group gets the config's timeout)
-    if not all_processes or process_state(cfg).is_main_process:
-        clean_leftovers(cfg.run_dir)
-    run = StageRun(cfg, s.name, all_processes=all_processes)
-    metrics = importlib.import_module(s.module).run(cfg, run, **kwargs)
-    run.finish(metrics)
+    if all_processes:  # the kit's state comes first (the process group gets the config's timeout)
+        process_state(cfg)
+    run = StageRun(cfg, s.name, all_processes=all_processes)  # takes the lock, cleans leftovers
+    try:
+        metrics = importlib.import_module(s.module).run(cfg, run, **kwargs)
+        run.finish(metrics)
+    except KeyboardInterrupt:
+        run.abandon()
+        raise Interrupted(s.name, time.time() - run.t0) from None
+    except BaseException:
+        run.abandon()
+        raise
     return metrics
 
 
@@ -344,15 +615,20 @@ def ensure_stage(cfg: RunConfig, stage: str) -> None:
     run's identical stage when one exists (as ``run --resume`` does, so a bench or a notebook that
     needs a stage never recomputes what an ablation already made); else run it."""
     s = get_stage(stage)
-    for up in s.upstream:
-        ensure_stage(cfg, up)
-    if is_current(cfg, s):
-        return
-    if (source := find_identical_stage(cfg, s)) is not None:
-        reuse_stage(source, cfg.run_dir / s.name)
-        print(f"[{s.name}] identical to {source}, copied", file=sys.stderr)
-        return
-    run_stage(cfg, s.name)
+    with run_lock(cfg):
+        for up in s.upstream:
+            ensure_stage(cfg, up)
+        state, problem = check_stage(cfg, s)
+        if state == "current":
+            drop_stale_checkpoints(cfg, s)
+            return
+        if problem:
+            print(f"[{s.name}] re-running: {problem}", file=sys.stderr)
+        if (source := find_identical_stage(cfg, s)) is not None:
+            reuse_stage(source, cfg.run_dir / s.name)
+            print(f"[{s.name}] identical to {source}, copied", file=sys.stderr)
+            return
+        run_stage(cfg, s.name)
 
 
 #: The command that builds a stage in one process (``{how}``: ``--config C`` and its overrides); the

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.stages.contract import StageRun, clean_leftovers
+from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import seed_everything
 
 
@@ -26,7 +26,8 @@ def start_stage(
 ) -> tuple[RunConfig, StageRun]:
     """Build the run config from a notebook's parameters, seed everything, set plotly up.
 
-    ``None`` parameters keep the YAML's values. Returns ``(cfg, stage_run)``.
+    ``None`` parameters keep the YAML's values. Returns ``(cfg, stage_run)``. Run by hand, the stage
+    holds the run's lock until ``stage.finish`` (or the kernel ends); run by ``run``, the command holds it.
     """
     cfg = RunConfig.from_yaml(
         config, overrides=overrides, source="notebook parameters", run_name=run_name, seed=seed, smoke=smoke,
@@ -34,7 +35,6 @@ def start_stage(
     )
     seed_everything(cfg.seed)
     setup_plotly()
-    clean_leftovers(cfg.run_dir)
     return cfg, StageRun(cfg, stage)
 
 

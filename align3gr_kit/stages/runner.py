@@ -6,9 +6,10 @@ writes the stage into a temporary folder and renames it into place when it finis
 ``runs/<run_name>/<stage>/<stage>.ipynb``. A failing cell stops the run: its notebook is kept as
 ``runs/<run_name>/<stage>.failed.ipynb`` (error cell marked), the stage's partial folder is removed,
 the error is printed (plain text), and the report says which stage failed; earlier stages stay
-intact. ``resume`` skips a stage that is current (:func:`is_current`), or copies an identical
-stage finished by another run; a stage it has to run continues from its checkpoints when a killed
-run left some (SFT, ``sft.save_steps``); without ``resume`` those are deleted first.
+intact. Ctrl-C or SIGTERM stops the same way, with one line saying where (:class:`Interrupted`).
+``resume`` skips a stage that is current (:func:`check_stage`: its artifacts checked too), or copies
+an identical stage finished by another run; a stage it has to run continues from its checkpoints
+when a killed run left some (SFT, ``sft.save_steps``); without ``resume`` those are deleted first.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.stages.contract import (
     MANIFEST,
     STAGES,
+    Interrupted,
     Stage,
+    check_stage,
     clean_leftovers,
     drop_checkpoints,
+    drop_stale_checkpoints,
     find_identical_stage,
     get_stage,
-    is_current,
+    load_manifest,
     reuse_stage,
+    run_lock,
 )
-from align3gr_kit.utils import atomic_path, project_root, read_json, resolve_path, write_json
+from align3gr_kit.utils import atomic_path, project_root, resolve_path, write_json
 
 
 def notebooks_dir() -> Path:
@@ -47,8 +52,22 @@ def available_stages() -> list[Stage]:
 
 def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None, kernel_name: str = "python3",
-                 render: bool = True, reports_dir: Path | None = None) -> dict[str, Any]:
-    """Execute the selected stages in order; returns ``{"ok", "run_dir", "stages": [...], "report"}``."""
+                 render: bool = True, reports_dir: Path | None = None, verify: bool = False) -> dict[str, Any]:
+    """Execute the selected stages in order; returns ``{"ok", "run_dir", "stages": [...], "report"}``.
+
+    Holds the run's lock throughout (:func:`~align3gr_kit.stages.contract.run_lock`: raises
+    :class:`~align3gr_kit.stages.contract.RunInUse` at once when another command holds it). With
+    ``resume``, a finished stage whose artifacts fail their check (``verify``: hash every file) is re-run
+    with one line saying which file. Ctrl-C / SIGTERM in a stage removes its partial folder, writes the
+    report, and raises :class:`~align3gr_kit.stages.contract.Interrupted` (``.result``: the return value).
+    """
+    with run_lock(cfg):
+        return _run_pipeline(cfg, config_path, stages, resume, overrides, kernel_name, render, reports_dir, verify)
+
+
+def _run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None, resume: bool,
+                  overrides: dict[str, Any] | None, kernel_name: str, render: bool, reports_dir: Path | None,
+                  verify: bool) -> dict[str, Any]:
     import papermill as pm
 
     chosen = [get_stage(s) for s in stages] if stages else available_stages()
@@ -70,14 +89,19 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "align3gr-numba"))
     results: list[dict[str, Any]] = []
     ok = True
+    interrupted: Interrupted | None = None
     clean_leftovers(cfg.run_dir)
     try:
         for stage in chosen:
             folder = cfg.run_dir / stage.name
-            if resume and is_current(cfg, stage):
+            state, problem = check_stage(cfg, stage, full=verify) if resume else ("", "")
+            if state == "current":
+                drop_stale_checkpoints(cfg, stage)
                 results.append({"stage": stage.name, "status": "skipped (unchanged)"})
                 print(f"[{stage.name}] unchanged, skipped (--resume)", file=sys.stderr)
                 continue
+            if problem:
+                print(f"[{stage.name}] re-running: {problem}", file=sys.stderr)
             if resume and (source := find_identical_stage(cfg, stage)) is not None:
                 reuse_stage(source, folder)
                 results.append({"stage": stage.name, "status": f"reused from {source.parent.name}"})
@@ -90,15 +114,25 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
             t0 = time.time()
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = cfg.run_dir / f".{stage.name}.tmp.ipynb"
+            kernel_log = cfg.run_dir / f".{stage.name}.kernel.tmp.log"
             try:
-                pm.execute_notebook(
-                    str(notebooks_dir() / stage.notebook), str(tmp), parameters=params,
-                    kernel_name=kernel_name, cwd=str(notebooks_dir()), progress_bar=False,
-                    log_output=False, request_save_on_cell_execute=False,
-                )
+                with open(kernel_log, "wb") as log:
+                    pm.execute_notebook(
+                        str(notebooks_dir() / stage.notebook), str(tmp), parameters=params,
+                        kernel_name=kernel_name, cwd=str(notebooks_dir()), progress_bar=False,
+                        log_output=False, request_save_on_cell_execute=False,
+                        kernel_manager_class=_quiet_kernel_manager(log), shutdown_kernel="immediate",
+                    )
+            except KeyboardInterrupt:  # papermill has shut the kernel down by now (its setup_kernel's finally)
+                clean_leftovers(cfg.run_dir, report=False)
+                ok = False
+                interrupted = Interrupted(stage.name, time.time() - t0)
+                results.append({"stage": stage.name, "status": "interrupted", "seconds": round(interrupted.seconds, 1),
+                                "error": str(interrupted)})
+                raise _StageFailed from None
             except pm.PapermillExecutionError as e:
                 shutil.copyfile(tmp, failed_nb)
-                clean_leftovers(cfg.run_dir)
+                clean_leftovers(cfg.run_dir, report=False)
                 ok = False
                 error = _plain(f"{e.ename}: {e.evalue}")
                 results.append({"stage": stage.name, "status": "failed", "cell": e.exec_count,
@@ -106,14 +140,23 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
                 print(f"[{stage.name}] FAILED in cell {e.exec_count}: {error}\n  see {failed_nb}\n"
                       + _plain("".join(e.traceback[-3:])), file=sys.stderr)
                 raise _StageFailed from e
-            if not (folder / MANIFEST).exists():
+            except Exception:  # the kernel died (DeadKernelError) or would not start: its own last words
+                tail = kernel_log.read_text(errors="replace").strip().splitlines()[-15:] if kernel_log.exists() else []
+                if tail:
+                    print(f"[{stage.name}] the kernel's last output:\n  " + "\n  ".join(tail), file=sys.stderr)
+                clean_leftovers(cfg.run_dir, report=False)
+                raise
+            kernel_log.unlink(missing_ok=True)
+            manifest = load_manifest(folder / MANIFEST)
+            if manifest is None:
                 raise RuntimeError(f"notebooks/{stage.notebook} ran but did not finish its stage "
                                    "(its closing cell must call stage.finish)")
             os.replace(tmp, folder / stage.notebook)
             if failed_nb.exists():
                 failed_nb.unlink()
             results.append({"stage": stage.name, "status": "ok", "seconds": round(time.time() - t0, 1),
-                            "metrics": read_json(folder / MANIFEST).get("metrics", {})})
+                            "metrics": manifest.get("metrics", {})}
+                           | ({"rerun_because": problem} if problem else {}))
     except _StageFailed:
         pass
     finally:
@@ -126,10 +169,28 @@ def run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None = No
         report = render_report(cfg, reports_dir, results)
         # the run's results as a small file in its (ignored) report folder; `report pipeline` writes
         # the copy under reports/tables/ that BENCHMARKS.md shows, so a demo never edits a tracked file
-        from align3gr_kit.report.stage_metrics import write_pipeline_document
+        from align3gr_kit.report.pipeline_file import write_pipeline_document
 
         write_pipeline_document(cfg, config_path, report)
-    return {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
+    result = {"ok": ok, "run_dir": str(cfg.run_dir), "stages": results, "report": str(report) if report else None}
+    if interrupted is not None:
+        interrupted.result = result | {"interrupted": str(interrupted)}
+        raise interrupted
+    return result
+
+
+def _quiet_kernel_manager(log: Any) -> type:
+    """A kernel manager class whose kernels write their own stderr into ``log`` (an open file), not
+    the terminal: the TCP warning at start, and the ZMQ tracebacks of a kernel stopped mid-cell by an
+    interrupt. What a cell prints still reaches the notebook (through the kernel's messages)."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            kw.setdefault("stderr", log)
+            return await super().start_kernel(**kw)
+
+    return QuietKernelManager
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -161,10 +222,10 @@ def render_report(cfg: RunConfig, reports_dir: Path | None = None, results: list
              "| stage | wall time (s) | metrics |", "|---|---|---|"]
     for stage in STAGES:
         folder = cfg.run_dir / stage.name
-        nb_path, m_path = folder / stage.notebook, folder / MANIFEST
-        if not (nb_path.exists() and m_path.exists()):
+        nb_path = folder / stage.notebook
+        manifest = load_manifest(folder / MANIFEST) if nb_path.exists() else None
+        if manifest is None:  # not run by papermill, not finished, or its manifest unreadable (warned)
             continue
-        manifest = read_json(m_path)
         metrics[stage.name] = manifest.get("metrics", {})
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
         with atomic_path(out / f"{stage.name}.html") as tmp:
@@ -172,7 +233,11 @@ def render_report(cfg: RunConfig, reports_dir: Path | None = None, results: list
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(manifest.get("metrics", {})).items())
         lines.append(f"| [{stage.name}]({stage.name}.html) | {manifest.get('wall_seconds', '')} | {shown} |")
     failed = [r for r in results or [] if r.get("status") == "failed"]
-    if failed:
+    stopped = [r for r in results or [] if r.get("status") == "interrupted"]
+    if stopped:
+        metrics["interrupted"] = {k: stopped[0][k] for k in ("stage", "seconds", "error")}
+        lines[2:2] = [f"**INTERRUPTED: {stopped[0]['error']}.**", ""]
+    elif failed:
         f = failed[0]
         metrics["failed"] = {k: f[k] for k in ("stage", "cell", "error", "notebook")}
         lines[2:2] = [f"**FAILED: stage {f['stage']}** (cell {f['cell']}): {f['error']}. "

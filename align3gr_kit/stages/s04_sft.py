@@ -18,7 +18,8 @@ from align3gr_kit.stages.contract import StageRun, stage_dir
 from align3gr_kit.stages.s03_sft_prompts import KEYWORDS
 from align3gr_kit.train.artifacts import MODEL, write_metrics
 from align3gr_kit.train.sft import build_sft_model, train_sft
-from align3gr_kit.utils import process_state, seed_everything
+from align3gr_kit.distributed import process_state
+from align3gr_kit.utils import seed_everything
 
 SPLITS = ("valid", "test")
 
@@ -36,8 +37,8 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
                                        keyword_cache=stage.dir / KEYWORDS, reuse_keywords=stage_dir(cfg, "03_sft_prompts") / KEYWORDS)
     # A killed SFT leaves checkpoints keyed by this stage's fingerprint; the re-run continues from them.
     res = train_sft(cfg, model, tokenizer, prompts.sft, stage.dir, checkpoint_dir=stage.checkpoint_dir)
-    train = {k: res[k] for k in ("train_loss", "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr",
-                                 "seconds", "resumed_from_step")}
+    train = {k: res[k] for k in ("train_loss", "train_loss_steps", "first_loss", "last_loss", "steps", "world_size",
+                                 "global_batch", "lr", "seconds", "resumed_from_step")}
     train["trainable"] = res["trainable"]["trainable"]
     flat = {f"train_{k}": v for k, v in train.items()}
     state.wait_for_everyone()

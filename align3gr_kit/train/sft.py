@@ -149,7 +149,7 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
     only; :func:`train_sft` resumes from it.
 
     Several processes: ``ddp_timeout`` is ``distributed.timeout_minutes`` (the group itself got it from
-    :func:`align3gr_kit.utils.process_state`), ``ddp_find_unused_parameters`` is
+    :func:`align3gr_kit.distributed.process_state`), ``ddp_find_unused_parameters`` is
     ``distributed.find_unused_parameters`` (off: every trainable parameter gets a gradient). Several GPUs
     without a launch are refused before the arguments exist (their ``n_gpu`` would mean DataParallel).
     ``sft.gradient_checkpointing``: transformers' non-reentrant activation checkpointing (the model's
@@ -227,6 +227,50 @@ class WallClockCheckpoints(TrainerCallback):
         return control
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Log the loss at every step a checkpoint is saved (added after every callback that asks for one).
+
+    The Trainer keeps the loss of the steps since the last log in memory only: a checkpoint between two
+    logs loses it, and a run resumed from there could not know its mean loss over all steps. Logged
+    first, it is in the checkpoint's ``trainer_state.json``, and :func:`mean_loss_over_steps` has every
+    step. Every rank agrees on ``should_save`` (step counts, or the main process's clock), so every
+    rank joins the log's loss gather at the same step.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def mean_loss_over_steps(history: list[dict], resumed: int, call_loss: float, steps: int) -> tuple[float, int]:
+    """The mean training loss over every step whose loss is known, and how many steps that is.
+
+    ``Trainer.train().training_loss`` averages only the steps of that call, ``resumed + 1 .. steps`` after
+    a resume; the earlier steps come from the restored ``history`` (``log_history``), whose ``loss``
+    entries up to step ``resumed`` each hold the mean over the steps since the previous entry.
+
+    Args:
+        history: the trainer's ``log_history`` (entries with ``step`` and, at logging steps, ``loss``).
+        resumed: the step training resumed from (0: not resumed, ``call_loss`` is already the answer).
+        call_loss: ``training_loss`` of the call, over ``steps - resumed`` steps.
+        steps: the last step (``global_step``).
+    Returns:
+        ``(mean loss, steps it averages)``; fewer than ``steps`` when a checkpoint written without
+        :class:`LogAtCheckpoints` left steps before it unlogged.
+    """
+    if not resumed:
+        return call_loss, steps
+    total = covered = previous = 0
+    for h in history:
+        if "loss" in h and previous < h["step"] <= resumed:
+            total += h["loss"] * (h["step"] - previous)
+            covered += h["step"] - previous
+            previous = h["step"]
+    n = steps - resumed
+    return (total + call_loss * n) / max(covered + n, 1), covered + n
+
+
 def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, checkpoint_dir: str | Path | None = None,
               callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune ``model`` on the prompt/completion dataset ``train_ds`` (loss on completions).
@@ -249,9 +293,10 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         callbacks: extra ``transformers.TrainerCallback`` objects.
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
-        "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr", "seconds", "padding": {...}, "bf16",
-        "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this call's training
-        time only, when it resumed).
+        "train_loss_steps", "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr", "seconds",
+        "padding": {...}, "bf16", "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this
+        call's training time only, when it resumed; ``train_loss``: the mean over all ``train_loss_steps``
+        steps, those before a resume included, :func:`mean_loss_over_steps`).
     """
     from accelerate.utils import extract_model_from_parallel
     from transformers import Trainer
@@ -281,6 +326,8 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     callbacks = list(callbacks)
     if args.save_strategy != "no" and cfg.sft.save_minutes > 0:
         callbacks.append(WallClockCheckpoints(cfg.sft.save_minutes))
+    if args.save_strategy != "no":
+        callbacks.append(LogAtCheckpoints())  # last: it reads the save decision of the callbacks before it
     trainer = Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, processing_class=tokenizer,
                       callbacks=callbacks or None)
     if last:
@@ -290,13 +337,16 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     seconds = time.time() - t0
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
+    train_loss, loss_steps = mean_loss_over_steps(history, resumed, float(result.training_loss),
+                                                  int(trainer.state.global_step))
     if trainer.is_world_process_zero():
         write_log_history(out_dir, history)
     return {
         # without accelerate's autocast wrapper around forward: evaluation picks its own precision
         "model": extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False),
         "trainable": trainable,
-        "train_loss": float(result.training_loss),
+        "train_loss": train_loss,
+        "train_loss_steps": loss_steps,
         "first_loss": float(losses[0]) if losses else float("nan"),
         "last_loss": float(losses[-1]) if losses else float("nan"),
         "steps": int(trainer.state.global_step),

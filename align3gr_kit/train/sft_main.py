@@ -21,7 +21,7 @@ import sys
 
 import yaml
 
-from align3gr_kit.config import RunConfig
+from align3gr_kit.config import CLI_FLAGS, RunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from align3gr_kit.cli import config_flags
     from align3gr_kit.errors import InputError
     from align3gr_kit.stages.contract import ensure_upstream, run_stage
-    from align3gr_kit.utils import process_state
+    from align3gr_kit.distributed import process_state
 
     args = parse_args(argv)
     overrides = {}
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
     try:
-        cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", run_name=args.run_name,
-                                  seed=args.seed)
+        cfg = RunConfig.from_yaml(args.config, overrides=overrides, source="--set", flags=CLI_FLAGS,
+                                  run_name=args.run_name, seed=args.seed)
         state = process_state(cfg)  # first: the process group's timeout is the config's (see process_state)
         ensure_upstream(cfg, "04_sft", how=config_flags(args))
     except InputError as e:
