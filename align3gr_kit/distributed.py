@@ -12,7 +12,7 @@
   (else DDP pairs different batches, or hangs when the datasets differ in length); a mismatch stops
   the run with the ranks' hashes.
 
-The process group itself is created by :func:`align3gr_kit.utils.process_state` (with the config's
+The process group itself is created by :func:`align3gr_kit.distributed.process_state` (with the config's
 timeout). In one process every function here does the plain thing (no collective).
 """
 
@@ -144,8 +144,6 @@ def refuse_deepspeed_low_precision_merge(precision: str) -> None:
 def _gather(obj: list) -> list:
     from accelerate.utils import gather_object
 
-    from align3gr_kit.utils import process_state
-
     process_state()  # gather_object reads accelerate's state; it exists whenever the group does
     return gather_object(obj)
 
@@ -197,8 +195,6 @@ def from_main(fn: Callable[[], Any]) -> Any:
         return fn()
     from accelerate.utils import broadcast_object_list
 
-    from align3gr_kit.utils import process_state
-
     process_state()
     box = [fn() if rank == 0 else None]
     return broadcast_object_list(box, from_process=0)[0]
@@ -237,8 +233,34 @@ def main_decides(flag: bool) -> bool:
         return flag
     import torch
 
-    from align3gr_kit.utils import process_state
-
     box = torch.tensor([1 if flag else 0], device=process_state().device)
     torch.distributed.broadcast(box, src=0)
     return bool(box.item())
+
+
+def process_state(cfg=None):
+    """accelerate's ``PartialState`` for this process, created the same way everywhere.
+
+    ``cfg`` (a :class:`~align3gr_kit.config.RunConfig`): the first call creates the state, and with it
+    the process group of a distributed launch, with ``distributed.timeout_minutes`` (default 120) as its
+    timeout. The state is a singleton and ``torch.distributed`` keeps the group of whoever initialised it
+    first (``TrainingArguments`` resets accelerate's state but cannot re-create the group), so the entry
+    points (``train``, ``sft_main``, the stages) call this first, before any ``TrainingArguments``. Later
+    calls return the existing state. Every call first refuses several visible GPUs without a launch
+    and engines that shard parameters (ZeRO-3, FSDP) (above).
+
+    Without GPUs it is created with ``cpu=True``, so that under ``accelerate launch`` (or torchrun)
+    the gloo process group is set up and only rank 0 is the main process; otherwise accelerate may
+    see no GPU, stay single-process, and every rank would think itself the main one.
+    """
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    refuse_data_parallel()  # cheap checks, on every call: a state made elsewhere must not skip them
+    refuse_sharded_engine()
+    if PartialState._shared_state:
+        return PartialState()
+    minutes = cfg.distributed.timeout_minutes if cfg is not None else DEFAULT_TIMEOUT_MINUTES
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=minutes))

@@ -13,13 +13,20 @@ items); constrained decoding must keep it at 0.
 Each stage that evaluates models also keeps every user's 0-based target rank per split
 (``target_ranks.json``, :func:`write_target_ranks`), so that two models of one run can be compared
 user by user (:func:`align3gr_kit.metrics.paired_hit_difference`) without a second beam search.
+
+With a judge (a feedback oracle, :func:`align3gr_kit.feedback.evaluation_oracle`), :func:`liked_share`
+grades the same top-K lists: what users like in them (:func:`evaluate_liked` recommends and grades).
+
+Imports of the kit: ``config``, ``distributed``, ``metrics``, ``scid``, ``utils``, ``prompts.templates``,
+``decoding``, ``model`` and ``stages.contract`` (:func:`run_evaluate`); never ``dpo`` or ``feedback``,
+which call down into this module (an oracle is passed in, never imported).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -151,6 +158,38 @@ def count_invalid(items: np.ndarray, n_items: int, k: int) -> int:
     return bad
 
 
+def liked_share(user_ids: Sequence[int], items: np.ndarray, oracle, k: int = 10) -> dict[str, float]:
+    """What users like in their top-``k`` recommendations, by ``oracle``.
+
+    Args:
+        user_ids: ``[n]`` the user of each list.
+        items: ``[n, >=k]`` ranked recommended item ids per user (``-1`` = empty slot, skipped), e.g. the
+            first output of :func:`recommend`.
+        oracle: the judge, a :class:`~align3gr_kit.feedback.FeedbackOracle` (``levels(users, items)`` and
+            ``ratings(users, items)``; :func:`align3gr_kit.feedback.evaluation_oracle`).
+        k: list length scored.
+    Returns:
+        ``liked_share@k``: share of graded slots graded ``liked``; ``mean_rating@k``: mean of the oracle's
+        expected ratings over the slots it rates (NaN if it rates none); ``graded_share@k``: share of
+        filled slots the oracle could grade (1.0 for the simulator and the ground truth); ``users``.
+    """
+    items = np.asarray(items, dtype=np.int64)[:, :k]
+    users = np.repeat(np.asarray(user_ids, dtype=np.int64), items.shape[1])
+    flat = items.ravel()
+    filled = flat >= 0
+    users, flat = users[filled], flat[filled]
+    levels = oracle.levels(users.tolist(), flat.tolist())
+    graded = [lv for lv in levels if lv is not None]
+    ratings = oracle.ratings(users.tolist(), flat.tolist())
+    ratings = ratings[~np.isnan(ratings)]
+    return {
+        f"liked_share@{k}": round(sum(lv == "liked" for lv in graded) / len(graded), 4) if graded else float("nan"),
+        f"mean_rating@{k}": round(float(ratings.mean()), 4) if len(ratings) else float("nan"),
+        f"graded_share@{k}": round(len(graded) / len(flat), 4) if len(flat) else float("nan"),
+        "users": int(len(items)),
+    }
+
+
 def evaluate(
     model,
     tokenizer,
@@ -197,8 +236,6 @@ def evaluate(
     ranks = target_ranks(items, samples.target.to_numpy())
     metrics = metrics_from_ranks(ranks, ks=decode.topk)
     if judge is not None:
-        from align3gr_kit.feedback.evaluation import liked_share
-
         liked = liked_share(samples["user_id"].to_numpy(), items, judge, k=k)
         metrics.update({key: v for key, v in liked.items() if key != "users"})
     out = {**{m: round(v, 6) for m, v in metrics.items()}, "users": int(len(samples)),
@@ -206,6 +243,24 @@ def evaluate(
     if keep_ranks:
         out["target_ranks"] = [int(r) for r in ranks]
     return out
+
+
+def evaluate_liked(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt: bool,
+                   oracle, max_length: int | None = None, k: int = 10,
+                   progress: bool = True) -> dict[str, float]:
+    """:func:`liked_share` of a model's top-``k`` lists for the users of ``samples`` (e.g. ``Split.test``).
+
+    Recommends exactly as :func:`evaluate` does (same prompts, constrained beam search,
+    the first ``decode.max_eval_users`` users when set), then grades the lists with ``oracle`` (the judge,
+    :func:`align3gr_kit.feedback.evaluation_oracle`). ``k`` is capped at ``decode.beam_width`` (the keys
+    say which K was used).
+    """
+    if decode.max_eval_users:
+        samples = samples.iloc[: decode.max_eval_users]
+    k = min(k, decode.beam_width)
+    items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
+                         max_length, k=k, progress=progress)
+    return liked_share(samples["user_id"].to_numpy(), items, oracle, k=k)
 
 
 def run_evaluate(cfg: RunConfig, split_name: str = "test", model_stage: str = "04_sft") -> dict[str, Any]:

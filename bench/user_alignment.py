@@ -55,7 +55,8 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     from align3gr_kit import bench_device
     from align3gr_kit.config import RunConfig
-    from align3gr_kit.report.tables import TINY_LLAMA, dataset_label
+    from align3gr_kit.report.ledger import dataset_label
+    from align3gr_kit.report.specs import TINY_LLAMA
     from align3gr_kit.stages.contract import stage_artifacts
     from align3gr_kit.user_alignment import b2_heldout_users, evaluate_user_alignment
     from align3gr_kit.utils import atomic_path, git_commit, project_root, write_json

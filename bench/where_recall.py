@@ -105,7 +105,7 @@ def main() -> None:
     from align3gr_kit.metrics import chance_prefix_hits, prefix_hits, target_ranks, topk_from_scores
     from align3gr_kit.report.stage_metrics import paired_steps
     from align3gr_kit.model.backbone import load_model
-    from align3gr_kit.report.tables import dataset_label
+    from align3gr_kit.report.ledger import dataset_label
     from align3gr_kit.stages.contract import get_stage, read_manifest, stage_artifacts, stage_dir
     from align3gr_kit.utils import atomic_path, git_commit, project_root, seed_everything, write_json
 

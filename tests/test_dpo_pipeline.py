@@ -255,3 +255,60 @@ def test_preference_stats_table_has_one_row_per_stage_and_only_preference_statis
     t = preference_stats_table(metrics).set_index("stage")
     assert list(t.index) == ["easy", "hard"] and sorted(t.columns) == ["examples", "skipped"]
     assert t.loc["easy", "examples"] == 3.0 and t.loc["hard", "examples"] == 2.0 and t.loc["hard"].isna()["skipped"]
+
+
+def test_stage_pairs_shows_the_references_beams_and_scores_with_the_reference():
+    """One stage's recipe: the method's prompts, the beam the method asks for (none for ``random``),
+    scores of the row's prompt under the same reference, in that order."""
+    from align3gr_kit.dpo.pipeline import stage_pairs
+
+    calls = []
+
+    class Decoder:
+        def generate(self, model, prompts, width):
+            calls.append(("generate", model, tuple(prompts), width))
+            return np.arange(len(prompts) * width).reshape(len(prompts), width)
+
+        def score(self, model, prompt, items):
+            calls.append(("score", model, prompt, tuple(items)))
+            return -np.arange(len(items), dtype=float)
+
+    class Method:
+        def __init__(self, width):
+            self.width = width
+
+        def prompts(self, stage):
+            return f"samples/{stage}", [f"{stage}/p0", f"{stage}/p1"]
+
+        def beam_width(self, stage):
+            return self.width
+
+        def pairs(self, stage, samples, prompts, shown, score):
+            return [{"samples": samples, "shown": shown, "scores": score(1, [7, 8]).tolist()}]
+
+    reference = object()
+    (out,) = stage_pairs(Method(3), "hard", Decoder(), reference)
+    assert out["samples"] == "samples/hard" and out["shown"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert out["scores"] == [0.0, -1.0]
+    assert calls == [("generate", reference, ("hard/p0", "hard/p1"), 3), ("score", reference, "hard/p1", (7, 8))]
+    calls.clear()
+    (out,) = stage_pairs(Method(None), "random", Decoder(), reference)
+    assert out["shown"] is None and [c[0] for c in calls] == ["score"]
+
+
+def test_stage_entry_counts_the_examples_it_trained_on():
+    from align3gr_kit.dpo.progressive import TrainedStage, stage_entry
+
+    examples = [{"rejected": ["a", "b", "c"], "from_beams": 2}, {"rejected": ["d"], "from_beams": 0},
+                {"rejected": ["e", "f"]}]
+    run = {"steps": 4, "world_size": 2, "global_batch": 8, "lr": 0.01, "train_loss": 0.5}
+    trained = TrainedStage(torch.nn.Linear(1, 1), "ab" * 8, "cd" * 8, [{"loss": 1.0}, {"loss": 0.25, "epoch": 1}], run)
+    entry = stage_entry("easy", examples, trained, "ef" * 8, {"valid": {"recall@5": 0.5}})
+    # 6 rejected over 3 examples; 2 of the 6 from the beams
+    assert entry["mean_rejected"] == 2.0 and entry["from_beams_share"] == round(2 / 6, 4)
+    assert entry["n_examples"] == 3 and entry["train"] == {"loss": 0.25} and entry["model_dir"] == "easy/model"
+    # history.json's layout: the keys in the order readers and diffs of older runs expect
+    assert list(entry) == ["stage", "n_examples", "mean_rejected", "from_beams_share", "examples_sha256", "steps",
+                           "world_size", "global_batch", "lr", "train_loss", "train", "reference_fingerprint",
+                           "policy_fingerprint", "model_dir", "metrics"]
+    assert (entry["reference_fingerprint"], entry["policy_fingerprint"]) == ("ef" * 8, "cd" * 8)

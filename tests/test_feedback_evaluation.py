@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from align3gr_kit.config import DecodeConfig, ModelConfig
-from align3gr_kit.evaluate import recommend
-from align3gr_kit.feedback import GroundTruthOracle, evaluate_liked, liked_share
+from align3gr_kit.evaluate import evaluate_liked, liked_share, recommend
+from align3gr_kit.feedback import GroundTruthOracle
 from align3gr_kit.model import build_backbone
 from align3gr_kit.scid import ScidTable
 

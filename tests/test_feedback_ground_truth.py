@@ -12,7 +12,8 @@ from align3gr_kit.config import DataConfig
 from align3gr_kit.data import RecDataset, load_dataset
 from align3gr_kit.data.schema import DataError, make_interactions
 from align3gr_kit.data.synthetic import generate_synthetic, generate_with_truth
-from align3gr_kit.feedback import FeedbackOracle, GroundTruthOracle, liked_share
+from align3gr_kit.evaluate import liked_share
+from align3gr_kit.feedback import FeedbackOracle, GroundTruthOracle
 from align3gr_kit.feedback.simulator import levels_of
 
 

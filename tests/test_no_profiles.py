@@ -26,7 +26,7 @@ from align3gr_kit.data.schema import DataError, RecDataset
 from align3gr_kit.data.split import Split
 from align3gr_kit.prompts.builder import build_sft_dataset, find_leaks, task_counts
 from align3gr_kit.prompts.text import cut_words
-from align3gr_kit.report.ablation import ALL_TASKS, GENERATIVE_BASELINES
+from align3gr_kit.report.specs import ALL_TASKS, GENERATIVE_BASELINES
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.pipeline import run_tokenize, tokenize_catalogue
 

@@ -9,20 +9,11 @@ import pytest
 
 from align3gr_kit.stages import runner
 from align3gr_kit.config import RunConfig
-from align3gr_kit.report.ablation import (
-    GENERATIVE_BASELINES,
-    LADDER,
-    SFT_STAGES,
-    Rung,
-    config_diff,
-    final_metrics,
-    manifest_final_metrics,
-    reaching_fields,
-    results_table,
-    run_rungs,
-    summarise,
-)
+from align3gr_kit.report.ablation import results_table, run_rungs
 from align3gr_kit.report.benchmark import ratio_vs
+from align3gr_kit.report.ledger import final_metrics, manifest_final_metrics
+from align3gr_kit.report.specs import GENERATIVE_BASELINES, LADDER, SFT_STAGES, Rung, config_diff, reaching_fields
+from align3gr_kit.report.statistics import summarise
 from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import project_root
 

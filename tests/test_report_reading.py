@@ -9,11 +9,12 @@ import pytest
 
 from align3gr_kit.stages import runner
 from align3gr_kit.config import RunConfig
-from align3gr_kit.report.benchmark import SMOKE_REPORT_OVERRIDES, report_metrics, report_overrides, run_benchmark
+from align3gr_kit.report.benchmark import report_metrics, run_benchmark
 from align3gr_kit.report.figures import comparison_figure, ladder_figure
 from align3gr_kit.report.paper import INSTRUMENTS_TABLE1, context_note, side_by_side
 from align3gr_kit.report.reading import baseline_reading, caveats, compare, honest_reading, ladder_reading, stage_reading
 from align3gr_kit.evaluate import write_target_ranks
+from align3gr_kit.report.specs import SMOKE_REPORT_OVERRIDES, report_overrides
 from align3gr_kit.report.stage_metrics import paired_reading, paired_steps, pipeline_stage_metrics, pipeline_target_ranks
 from align3gr_kit.stages.contract import StageRun
 from align3gr_kit.utils import project_root, write_json
@@ -164,7 +165,7 @@ def test_run_benchmark_end_to_end_with_a_fake_pipeline(tmp_path, monkeypatch):
 
 def test_evaluation_split_keeps_the_generative_models_users(synthetic_small):
     from align3gr_kit.data import leave_one_out
-    from align3gr_kit.report.benchmark import evaluation_split
+    from align3gr_kit.report.specs import evaluation_split
 
     split = leave_one_out(synthetic_small, 20)
     cut = evaluation_split(split, 30)
@@ -306,8 +307,8 @@ def test_pipeline_document_takes_the_settings_of_the_last_stage_not_of_a_copied_
     """A stage copied from another run's identical stage records that run's settings (which differ where
     the stage never reads them): the run's file must describe the run itself. A stage that resumed from
     a training checkpoint timed only its last attempt, and the file must say so."""
-    from align3gr_kit.report.stage_metrics import pipeline_document, pipeline_markdown
-    from align3gr_kit.report.tables import config_fingerprint
+    from align3gr_kit.report.ledger import config_fingerprint
+    from align3gr_kit.report.pipeline_file import pipeline_document, pipeline_markdown
 
     cfg = RunConfig.from_yaml(SMOKE, run_name="own", runs_dir=str(tmp_path))
     other = cfg.override({"dpo.rf_progressive": not cfg.dpo.rf_progressive})  # what the copied stages recorded

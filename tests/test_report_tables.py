@@ -10,10 +10,12 @@ import pytest
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report import benchmarks_md
-from align3gr_kit.report.ablation import reaching_fields, summarise
 from align3gr_kit.evaluate import write_target_ranks
-from align3gr_kit.report.tables import (PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN, TABLES, run_table, table_markdown,
-                                        table_rungs, tables_dir, verdicts)
+from align3gr_kit.report.ledger import tables_dir
+from align3gr_kit.report.specs import TABLES, reaching_fields, table_rungs
+from align3gr_kit.report.statistics import PAIRED_GAIN, PAIRED_LOSS, PAIRED_WITHIN, summarise, verdicts
+from align3gr_kit.report.table_files import table_markdown
+from align3gr_kit.report.tables import run_table
 from align3gr_kit.stages import runner
 from align3gr_kit.stages.contract import StageRun, fingerprint, get_stage
 from align3gr_kit.utils import project_root, write_json
@@ -227,8 +229,7 @@ def test_a_table_names_the_machines_when_its_rows_ran_on_more_than_one(tmp_path,
 
 
 def test_a_row_is_read_from_a_pipeline_results_file_of_the_same_config_and_seed(tmp_path):
-    from align3gr_kit.report.ledger import find_row
-    from align3gr_kit.report.tables import config_fingerprint
+    from align3gr_kit.report.ledger import config_fingerprint, find_row
 
     cfg = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
 
@@ -326,7 +327,7 @@ def test_the_committed_benchmarks_agree_with_the_committed_tables():
 def test_overview_shows_found_tables_and_the_command_for_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline([]))
     base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
-    from align3gr_kit.report.tables import tables_overview
+    from align3gr_kit.report.table_files import tables_overview
 
     assert "none yet" in tables_overview(base) and "--table dpo --seeds 3" in tables_overview(base)
     run_table(base, SMOKE, "sft", [0])
@@ -336,7 +337,7 @@ def test_overview_shows_found_tables_and_the_command_for_the_others(tmp_path, mo
 
 def test_cli_refuses_mixed_or_empty_table_options(capsys):
     from align3gr_kit.cli import TABLE_CHOICES, main
-    from align3gr_kit.report.tables import TABLE_NAMES
+    from align3gr_kit.report.specs import TABLE_NAMES
 
     assert TABLE_CHOICES == TABLE_NAMES  # every table is a command
 
@@ -374,7 +375,8 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
 
 
 def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
-    from align3gr_kit.report.tables import PAPER_DIRECTION, table_reading
+    from align3gr_kit.report.specs import PAPER_DIRECTION
+    from align3gr_kit.report.table_files import table_reading
 
     def row(method, vs, d, verdict):
         return {"method": method, "vs": vs, "d recall@10": d, "recall@10 verdict": verdict,
@@ -401,7 +403,9 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
 
 
 def test_the_dpo_reading_also_puts_progressive_rf_beside_progressive_sp():
-    from align3gr_kit.report.tables import TABLES, spread_verdict, table_reading
+    from align3gr_kit.report.specs import TABLES
+    from align3gr_kit.report.statistics import spread_verdict
+    from align3gr_kit.report.table_files import table_reading
 
     # the spread rule by hand: |d| against sqrt(sd_a^2 + sd_b^2) = 0.05 for 0.03 and 0.04
     assert spread_verdict(0.06, 0.03, 0.04) == "gain" and spread_verdict(-0.06, 0.03, 0.04) == "loss"
@@ -517,7 +521,8 @@ def test_steps_are_also_judged_paired_by_seed_against_hand_values():
     unpaired rule (row sds 0.0252 and 0.0208: spread 0.0327) calls within the spread."""
     from scipy.stats import ttest_1samp
 
-    from align3gr_kit.report.tables import SEED_GAIN, SEED_WITHIN, json_record, seed_paired, seed_paired_verdicts
+    from align3gr_kit.report.ledger import json_record
+    from align3gr_kit.report.statistics import SEED_GAIN, SEED_WITHIN, seed_paired, seed_paired_verdicts
 
     runs = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
                          "seed": [0, 1, 2, 0, 1, 2, 0, 5],

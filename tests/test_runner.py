@@ -246,7 +246,7 @@ def test_every_stage_runs_through_run_stage_and_a_finished_run_resumes_skipping_
 
     # the run's results file beside the tables: every model in training order, what each stage took
     from align3gr_kit.report.benchmarks_md import render
-    from align3gr_kit.report.tables import table_markdown
+    from align3gr_kit.report.table_files import table_markdown
 
     assert not (tmp_path / "reports" / "tables").exists()  # the committed copy is report pipeline's
     doc = json.loads((tmp_path / "reports" / "t" / "pipeline-t.json").read_text())

@@ -10,11 +10,13 @@ Public API::
     NegativeSampler(item_codes, mode, item_embeddings)   Easy/Medium/Hard negatives
     build_sp_preferences(...) -> list[dict], build_rf_preferences(...) -> RFPreferences   preference data per stage
     run_progressive(policy, tokenizer, stages, cfg, out_dir, evaluate_fn) -> history
-    run_dpo(cfg, stage="sp"|"rf", stage_run=None) -> dict          the CLI-level entry point
+                                                  per stage: freeze, build pairs, train, evaluate, save
+    SelfPlay(cfg, inputs), RealFeedback(cfg, inputs, stage_run)   what SP-DPO and RF-DPO do differently
+    run_dpo(cfg, stage="sp"|"rf", stage_run) -> dict          the CLI-level entry point (the recipe)
 """
 
 from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, prefix_grades, shared_prefix
-from align3gr_kit.dpo.pipeline import rf_stage_names, run_dpo, sp_stage_names
+from align3gr_kit.dpo.pipeline import RealFeedback, SelfPlay, rf_stage_names, run_dpo, sp_stage_names
 from align3gr_kit.dpo.preferences import (
     RFPreferences,
     TooFewPreferences,
@@ -40,6 +42,8 @@ __all__ = [
     "DIFFICULTIES",
     "NegativeSampler",
     "RFPreferences",
+    "RealFeedback",
+    "SelfPlay",
     "SoftmaxDPOCollator",
     "SoftmaxDPOTrainer",
     "StageSpec",

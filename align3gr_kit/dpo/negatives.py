@@ -29,6 +29,9 @@ used because a repeated negative would count twice in Softmax-DPO's sum over rej
 
 ``generated`` (the Softmax-DPO baseline of the paper's Table 5): ``n`` items drawn uniformly from
 the policy's own beam, whatever their difficulty; ``random``: uniformly random catalogue items.
+
+Imports of the kit: ``scid``, ``model``, ``decoding`` and ``dpo.trainer`` (its collator scores
+responses, :func:`response_logps`); ``dpo.trainer`` never imports this module.
 """
 
 from __future__ import annotations
@@ -254,14 +257,6 @@ def response_logps_batch(
     return out
 
 
-def default_prompt_encoder(tokenizer, max_length: int | None = None) -> PromptEncoder:
-    """The kit's one prompt encoding (BOS + prompt text ids, oldest tokens cut first), shared by SFT,
-    evaluation and DPO: :func:`align3gr_kit.model.encoding.prompt_encoder`."""
-    from align3gr_kit.model.encoding import prompt_encoder
-
-    return prompt_encoder(tokenizer, max_length)
-
-
 @torch.no_grad()
 def beam_candidates(
     model: torch.nn.Module,
@@ -280,15 +275,16 @@ def beam_candidates(
         prompts: sequential-prediction prompts.
         item_scids: the item SCID table (the trie's leaves).
         encode_prompt: ``prompt -> token ids``, the SAME encoder the collator uses (so the beams come
-            from the context the loss scores); default: :func:`default_prompt_encoder`.
+            from the context the loss scores); default: the kit's one prompt encoding,
+            :func:`align3gr_kit.model.encoding.prompt_encoder`.
         precision: ``model.dtype`` of the beam search (:mod:`align3gr_kit.model.precision`).
     Returns:
         ``[n_prompts, beam_width]`` item ids, best first, ``-1`` where a beam found fewer items.
     """
     from align3gr_kit.decoding import constrained_beam_search, trie_from_scids
-    from align3gr_kit.model.encoding import left_pad
+    from align3gr_kit.model.encoding import left_pad, prompt_encoder
 
-    encode = encode_prompt or default_prompt_encoder(tokenizer)
+    encode = encode_prompt or prompt_encoder(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trie = trie_from_scids(item_scids, tokenizer)
     out = np.full((len(prompts), beam_width), -1, dtype=np.int64)

@@ -1,48 +1,90 @@
-"""``run_dpo``: the SP-DPO (05_sp_dpo) and RF-DPO (06_rf_dpo) stages of a run, end to end.
+"""``run_dpo``: the SP-DPO (05_sp_dpo) and RF-DPO (06_rf_dpo) stages of a run, as one recipe.
 
-Inputs come from the stage's :class:`align3gr_kit.stages.contract.StageRun` (nobody pastes paths):
-the dataset and split (00), the SCID tables and, for ``dpo.sp_difficulty: similarity``, the SC item
-embeddings (01), and the starting model: SP from the SFT model (04); RF from the last SP stage's
-model (05), or from the SFT model when ``dpo.sp_stages`` is empty. What it writes is
-:class:`align3gr_kit.dpo.artifacts.DPOArtifacts` (see :mod:`align3gr_kit.dpo.progressive`).
+::
+
+    inputs  = DPOInputs.load(cfg, stage_run)                  dataset, split (00), SCID tables (01)
+    method  = SelfPlay(cfg, inputs) | RealFeedback(...)       what differs between SP and RF (below)
+    policy  = the starting model (method.upstream's final model)
+    for stage in method.stages:                               (run_progressive)
+        reference = frozen copy of policy
+        samples, prompts = method.prompts(stage)
+        shown     = decoder.generate(reference, prompts, method.beam_width(stage))
+        pairs     = method.pairs(stage, samples, prompts, shown, score=reference's SCID log-probs)
+        policy    = Softmax-DPO training of policy on pairs against reference (LoRA merged)
+        metrics   = evaluate(policy)                          Recall/NDCG (+ liked share) on valid/test
+        save        <stage>/model, preferences.jsonl, results.json; history.json
+
+Where SP and RF differ, and nowhere else:
+
+============  =========================================  ==========================================
+              :class:`SelfPlay` (05_sp_dpo)              :class:`RealFeedback` (06_rf_dpo)
+============  =========================================  ==========================================
+stages        easy/medium/hard (``dpo.sp_stages``),      easy/hard (``dpo.rf_stages``), or ``all``
+              or ``all`` / ``random`` / ``generated``
+prompts       any training sample                        samples whose next item's logged rating is liked
+shown         beam of ``dpo.sp_beam_width`` (none for    beam of ``decode.beam_width``
+              ``random``)
+rejected      shown items of the difficulty by SCID      shown items the oracle (``dpo.rf_oracle``)
+              prefix overlap, then the reference's       grades disliked (easy) / neutral (hard)
+              best-scored items of it, then catalogue
+starts from   04_sft                                     05_sp_dpo's last stage (04_sft without SP)
+============  =========================================  ==========================================
+
+What it writes is :class:`align3gr_kit.dpo.artifacts.DPOArtifacts` (see
+:mod:`align3gr_kit.dpo.progressive`).
 
 Under ``accelerate launch`` / ``torchrun`` every process builds the same preference data from work
-done once: the self-play beams are shared between the ranks by whole decoding batches and gathered
-(:func:`align3gr_kit.distributed.sharded_map`), the policy's per-row log-probs that rank catalogue
+done once: the beams are shared between the ranks by whole decoding batches and gathered
+(:func:`align3gr_kit.distributed.sharded_map`), the reference's per-row log-probs that rank catalogue
 items are computed by the main process and broadcast (:func:`align3gr_kit.distributed.from_main`), and
 the catalogue fill is seeded; :func:`align3gr_kit.dpo.progressive.run_progressive` then checks that the
 ranks' examples agree. The Trainer shards the training batches, the ranks share the evaluation, and
 the main process alone writes files.
+
+Imports of the kit: ``config``, ``distributed``, ``evaluate``, ``feedback``, ``model``, ``scid``,
+``train.artifacts``, ``utils`` and ``dpo.negatives``/``preferences``/``progressive``; only
+``dpo/__init__`` and the stages 05/06 import this module.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from align3gr_kit.config import DPOConfig, RunConfig
+from align3gr_kit.distributed import from_main, sharded_map
 from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, response_logps
 from align3gr_kit.dpo.preferences import (
     RF_REJECTED_LEVELS,
     TooFewPreferences,
     build_rf_preferences,
     build_sp_preferences,
+    held_out_items,
     liked_next_item,
     sample_prompts,
     sequential_prompts,
     sp_preference_stats,
 )
-from align3gr_kit.distributed import from_main, sharded_map
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
+from align3gr_kit.evaluate import evaluate, write_target_ranks
 from align3gr_kit.feedback.evaluation import optional_judge
+from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.train.artifacts import MODEL
-from align3gr_kit.utils import process_state, seed_everything
+from align3gr_kit.distributed import process_state
+from align3gr_kit.utils import seed_everything
 
 STAGE_FOLDERS = {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}
+
+#: ``(sample row, item ids) -> [n]`` log-probabilities of those items' SCIDs under the stage's
+#: reference, for that row's prompt.
+ScoreFn = Callable[[int, list[int]], np.ndarray]
 
 
 def sp_stage_names(dpo: DPOConfig) -> list[str]:
@@ -74,25 +116,192 @@ def rf_stage_names(dpo: DPOConfig) -> list[str]:
     return list(dpo.rf_stages)
 
 
-def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids: ScidTable | None, split,
-                   splits: tuple[str, ...] = ("valid", "test"), judge=None,
-                   ranks_log: list | None = None) -> Callable[[torch.nn.Module], dict]:
-    """``model -> {split: {recall@5, ..., liked_share@10 with a judge}}`` through
-    :func:`align3gr_kit.evaluate.evaluate`; with ``ranks_log``, each call also appends
-    ``{split: per-user target ranks}`` to it (in call order)."""
-    from align3gr_kit.evaluate import evaluate
+def _configured(names: list[str], kind: str) -> list[str]:
+    if not names:
+        raise ValueError(f"no {kind.upper()}-DPO stages configured (dpo.{kind}_stages is empty); skip this stage instead")
+    return names
 
-    use_user = cfg.prompts.user_scid_in_prompt and user_scids is not None
 
-    def evaluate_fn(model: torch.nn.Module) -> dict:
-        out = {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
-                           max_length=cfg.sft.max_length, judge=judge, precision=cfg.model.dtype,
-                           keep_ranks=ranks_log is not None) for s in splits}
-        if ranks_log is not None:
-            ranks_log.append({s: out[s].pop("target_ranks") for s in splits})
-        return out
+@dataclass
+class DPOInputs:
+    """What both DPO stages read upstream: ``dataset`` and ``split`` (00_data), ``tokenize`` (the
+    :class:`~align3gr_kit.tokenizer.artifacts.TokenizeArtifacts` of 01_tokenize: ``items``, ``users``,
+    SC embeddings), and ``prompt_users``: the user SCIDs when prompts carry them, else None."""
 
-    return evaluate_fn
+    dataset: Any
+    split: Any
+    tokenize: Any
+    prompt_users: ScidTable | None
+
+    @classmethod
+    def load(cls, cfg: RunConfig, stage_run) -> "DPOInputs":
+        """From the stage's :class:`~align3gr_kit.stages.contract.StageRun` (nobody pastes paths)."""
+        data, tok = stage_run.input("00_data"), stage_run.input("01_tokenize")
+        return cls(data.dataset, data.split, tok, tok.users if cfg.prompts.user_scid_in_prompt else None)
+
+    @property
+    def items(self) -> ScidTable:
+        return self.tokenize.items
+
+    def prompts(self, samples: pd.DataFrame) -> list[str]:
+        """The task-A prompt of each sample (the same prompts SFT and evaluation use)."""
+        return sequential_prompts(samples, self.items, self.prompt_users)
+
+
+class Decoder:
+    """How a stage asks a model for items, with the run's prompt encoding (the one SFT and evaluation
+    use: BOS + text, room left for the SCID and EOS)."""
+
+    def __init__(self, cfg: RunConfig, tokenizer, items: ScidTable):
+        self.cfg, self.tokenizer, self.items = cfg, tokenizer, items
+        self.encode = prompt_encoder(tokenizer, cfg.sft.max_length - items.levels - 1)
+
+    def generate(self, model: torch.nn.Module, prompts: list[str], width: int) -> np.ndarray:
+        """``[len(prompts), width]`` item ids of ``model``'s constrained beam per prompt (``-1`` pad):
+        each rank decodes its share of the batches, every rank gets every row."""
+        def beams(part: list[str]) -> np.ndarray:
+            return beam_candidates(model, self.tokenizer, part, self.items, beam_width=width,
+                                   batch_size=self.cfg.decode.batch_size, encode_prompt=self.encode,
+                                   precision=self.cfg.model.dtype)
+
+        rows = sharded_map(prompts, self.cfg.decode.batch_size, beams)
+        return np.stack(rows) if rows else np.full((0, width), -1, dtype=np.int64)
+
+    def score(self, model: torch.nn.Module, prompt: str, items: list[int]) -> np.ndarray:
+        """``[len(items)]`` log-probabilities of the items' SCIDs after ``prompt``. Called at the same
+        rows on every rank: the main process scores and every rank gets its numbers, so choices made
+        from them cannot differ between the ranks."""
+        cfg = self.cfg
+        return from_main(lambda: response_logps(model, self.tokenizer, prompt, items, self.items, self.encode,
+                                                cfg.sft.max_length, cfg.decode.batch_size, cfg.model.dtype))
+
+
+class SelfPlay:
+    """SP-DPO (05_sp_dpo): chosen = the next item; rejected = the reference's own beam items of the
+    stage's difficulty (shared SCID prefix, or SC similarity with ``dpo.sp_difficulty: similarity``),
+    then the reference's best-scored items of that difficulty, then a uniform catalogue fill.
+
+    ``stages``: :func:`sp_stage_names`; ``upstream``: the stage whose model it starts from (04_sft);
+    ``stats``: per trained stage, where its negatives came from (:func:`sp_preference_stats`).
+    """
+
+    def __init__(self, cfg: RunConfig, inputs: DPOInputs):
+        self.cfg, self.inputs = cfg, inputs
+        self.stages = _configured(sp_stage_names(cfg.dpo), "sp")
+        self.upstream = "04_sft"
+        tok = inputs.tokenize
+        embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
+        # The last item level only resolves collisions (append_unique_level): the RQ-VAE's own levels
+        # are the semantic ones, and only they may make a negative Medium or Hard.
+        semantic = tok.item_raw.shape[1] if tok.item_raw is not None else cfg.tokenizer.levels
+        self.sampler = NegativeSampler(inputs.items.codes, cfg.dpo.sp_difficulty, embeddings, semantic_levels=semantic)
+        # wide enough for each difficulty to find its negatives, capped by the catalogue
+        self.width = min(cfg.dpo.sp_beam_width, inputs.items.n)
+        self.stats: dict[str, dict] = {}
+
+    def prompts(self, stage: str) -> tuple[pd.DataFrame, list[str]]:
+        """``dpo.max_prompts`` training samples drawn for the stage, and their prompts."""
+        samples = sample_prompts(self.inputs.split.train, self.cfg.dpo.max_prompts, self.cfg.seed, "sp/" + stage)
+        return samples, self.inputs.prompts(samples)
+
+    def beam_width(self, stage: str) -> int | None:
+        """The self-play beam's width; None for ``random`` (its negatives are not the policy's)."""
+        return None if stage == "random" else self.width
+
+    def pairs(self, stage: str, samples: pd.DataFrame, prompts: list[str], shown: np.ndarray | None,
+              score: ScoreFn) -> list[dict]:
+        """The stage's examples (:func:`~align3gr_kit.dpo.preferences.build_sp_preferences`); records
+        and prints where the negatives came from."""
+        dpo = self.cfg.dpo
+        examples = build_sp_preferences(samples, prompts, self.inputs.items, self.sampler, stage, dpo.n_rejected,
+                                        self.cfg.seed, shown, score, dpo.sp_rank_pool)
+        self.stats[stage] = st = sp_preference_stats(examples, len(samples))
+        print(f"SP-DPO {stage}: {st['rejected']} negatives for {st['examples']} prompts: "
+              f"{st['from_beams']} from the policy's own beam (width {self.width}), {st['from_ranked']} "
+              f"the policy's best-scored of the difficulty, {st['from_catalogue']} uniform catalogue fill; "
+              f"from the policy {st['from_policy_share']:.1%}")
+        return examples
+
+    def metrics(self) -> dict[str, float]:
+        """``<stage>/preferences/<statistic>`` for the manifest."""
+        return preference_metrics(self.stats)
+
+
+class RealFeedback:
+    """RF-DPO (06_rf_dpo): the reference's beam items are shown to the user and graded by an oracle
+    (``dpo.rf_oracle``); chosen = the next item when its logged rating is liked; rejected = shown items
+    graded at the stage's level (easy: disliked, hard: neutral).
+
+    Built before the model is loaded, so that a dataset that cannot be graded fails first. With a
+    simulator oracle, the main process writes its held-out report to ``<stage folder>/simulator``.
+
+    ``stages``: :func:`rf_stage_names`; ``upstream``: the stage whose model it starts from (05_sp_dpo,
+    or 04_sft when no SP-DPO stage is configured); ``stats``: per trained stage, the counts of
+    :class:`~align3gr_kit.dpo.preferences.RFPreferences` and the pool of liked next items.
+    """
+
+    def __init__(self, cfg: RunConfig, inputs: DPOInputs, stage_run):
+        # looked up at call time, from the package: tests stand another oracle in for training_oracle
+        from align3gr_kit.feedback import RatingsOracle, SimulatorOracle, save_simulator_report, training_oracle
+
+        self.cfg, self.inputs = cfg, inputs
+        self.stages = _configured(rf_stage_names(cfg.dpo), "rf")  # before the oracle: it may take minutes
+        self.upstream = "05_sp_dpo" if sp_stage_names(cfg.dpo) else "04_sft"
+        dataset = inputs.dataset
+        self.observed = RatingsOracle(dataset)  # logged training ratings: was the next item liked?
+        self.oracle = training_oracle(cfg.dpo.rf_oracle, dataset, seed=cfg.seed)  # grades the shown items
+        self.held_out = held_out_items(inputs.split)
+        self.stats: dict[str, dict] = {}
+        self.simulator_metrics: dict[str, float] = {}
+        if isinstance(self.oracle, SimulatorOracle) and process_state().is_main_process:
+            heldout = save_simulator_report(self.oracle, dataset, stage_run.path("simulator")).set_index("model")
+            self.simulator_metrics = {f"simulator/heldout/{m}/{k}": float(heldout.loc[m, k]) for m in heldout.index
+                                      for k in ("rmse", "level_accuracy", "level_macro_f1")}
+        # Only samples whose next item is liked can give an RF example (the chosen response): the
+        # stage's prompts are drawn among them, so no beam search is spent on prompts that are skipped.
+        self.liked = liked_next_item(inputs.split.train, self.observed)
+        if not self.liked.any():
+            raise TooFewPreferences(f"RF-DPO: none of the {len(self.liked)} training samples has a next item whose "
+                                    "logged rating is liked; RF-DPO needs liked next items (chosen responses)")
+
+    def prompts(self, stage: str) -> tuple[pd.DataFrame, list[str]]:
+        """``dpo.max_prompts`` training samples drawn among those whose next item is liked, and their prompts."""
+        samples = sample_prompts(self.inputs.split.train, self.cfg.dpo.max_prompts, self.cfg.seed, "rf/" + stage,
+                                 eligible=self.liked)
+        return samples, self.inputs.prompts(samples)
+
+    def beam_width(self, stage: str) -> int:
+        """The items shown: as many as the evaluation recommends (``decode.beam_width``)."""
+        return self.cfg.decode.beam_width
+
+    def pairs(self, stage: str, samples: pd.DataFrame, prompts: list[str], shown: np.ndarray,
+              score: ScoreFn) -> list[dict]:
+        """The stage's examples (:func:`~align3gr_kit.dpo.preferences.build_rf_preferences`; ``score``
+        is not used: the oracle grades, the policy does not rank); records and prints the counts."""
+        liked = self.liked
+        prefs = build_rf_preferences(samples, prompts, self.inputs.items, self.oracle, stage, self.cfg.dpo.n_rejected,
+                                     self.cfg.seed, shown, self.observed, self.held_out)
+        prefs.stats.update({"pool": int(liked.sum()), "pool_share": round(float(liked.mean()), 4)})
+        print(f"RF-DPO {stage}: {len(samples)} prompts drawn among the {int(liked.sum())} training samples "
+              f"whose next item is liked ({liked.mean():.1%} of {len(liked)}); {prefs.stats['examples']} "
+              f"with a shown item graded {'/'.join(RF_REJECTED_LEVELS[stage])}")
+        self.stats[stage] = prefs.stats
+        return prefs.examples
+
+    def metrics(self) -> dict[str, float]:
+        """``<stage>/preferences/<statistic>`` and the simulator's held-out scores, for the manifest."""
+        return {**preference_metrics(self.stats), **self.simulator_metrics}
+
+
+Method = SelfPlay | RealFeedback
+
+
+def stage_pairs(method: Method, stage: str, decoder: Decoder, reference: torch.nn.Module) -> list[dict]:
+    """One stage's preference pairs from its frozen reference: prompts -> shown items -> pairs."""
+    samples, prompts = method.prompts(stage)
+    width = method.beam_width(stage)
+    shown = decoder.generate(reference, prompts, width) if width is not None else None
+    return method.pairs(stage, samples, prompts, shown, lambda row, items: decoder.score(reference, prompts[row], items))
 
 
 def run_dpo(
@@ -110,151 +319,84 @@ def run_dpo(
         evaluate_fn: ``model -> metrics``; ``"default"`` = Recall/NDCG on valid and test through
             :mod:`align3gr_kit.evaluate`; None = no evaluation.
     Returns:
-        ``{"stage", "stages", "start_model", "start", "history" (per-stage entries), "metrics" (flat, for
-        the manifest), "final_model"}``.
+        ``{"stage", "stages", "start_model", "start", "history" (per-stage entries), "final_model",
+        "metrics" (flat, for the manifest), "preference_stats" (per stage)}``.
     """
     if stage not in STAGE_FOLDERS:
         raise ValueError(f"stage must be 'sp' or 'rf', got {stage!r}")
     process_state(cfg)  # first, so that the process group (when this is a launch) has the config's timeout
     seed_everything(cfg.seed)
-    data, tok = stage_run.input("00_data"), stage_run.input("01_tokenize")
-    dataset, split, item_scids, user_scids = data.dataset, data.split, tok.items, tok.users
-    prompt_users = user_scids if cfg.prompts.user_scid_in_prompt else None
-
-    names = sp_stage_names(cfg.dpo) if stage == "sp" else rf_stage_names(cfg.dpo)
-    if not names:
-        raise ValueError(f"no {stage.upper()}-DPO stages configured (dpo.{stage}_stages is empty); skip this stage instead")
-    if stage == "rf":  # fail early, before loading a model, when the dataset cannot be graded
-        from align3gr_kit.dpo.preferences import held_out_items
-        from align3gr_kit.feedback import RatingsOracle, SimulatorOracle, save_simulator_report, training_oracle
-
-        observed = RatingsOracle(dataset)  # logged training ratings: was the next item liked?
-        oracle = training_oracle(cfg.dpo.rf_oracle, dataset, seed=cfg.seed)  # grades the shown items
-        held_out = held_out_items(split)
-        rf_stats: dict[str, dict] = {}
-        simulator_metrics: dict[str, float] = {}
-        if isinstance(oracle, SimulatorOracle) and process_state().is_main_process:
-            heldout = save_simulator_report(oracle, dataset, stage_run.path("simulator")).set_index("model")
-            simulator_metrics = {f"simulator/heldout/{m}/{k}": float(heldout.loc[m, k]) for m in heldout.index
-                                 for k in ("rmse", "level_accuracy", "level_macro_f1")}
-    start_dir = _start_model_dir(cfg, stage_run, stage)
-    from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
-
-    policy, tokenizer, model_items, _ = load_model(start_dir, cfg.model.dtype, cfg.model.trust_remote_code)
-    if not np.array_equal(model_items.codes, item_scids.codes):
-        raise ValueError(f"{start_dir}: the model was trained with other item SCIDs than stage 01_tokenize's; "
-                         "re-run the stages after 01_tokenize")
-    # One prompt encoding for SFT, evaluation and DPO: BOS + text, room left for the SCID and EOS.
-    encode = prompt_encoder(tokenizer, cfg.sft.max_length - item_scids.levels - 1)
-    n_prompts = cfg.dpo.max_prompts
-
-    def proposals(model: torch.nn.Module, prompts: list[str], width: int) -> np.ndarray:
-        def beams(part: list[str]) -> np.ndarray:
-            return beam_candidates(model, tokenizer, part, item_scids, beam_width=width,
-                                   batch_size=cfg.decode.batch_size, encode_prompt=encode, precision=cfg.model.dtype)
-
-        rows = sharded_map(prompts, cfg.decode.batch_size, beams)  # each rank its batches; all get every row
-        return np.stack(rows) if rows else np.full((0, width), -1, dtype=np.int64)
-
-    if stage == "sp":
-        embeddings = tok.item_sc if cfg.dpo.sp_difficulty == "similarity" else None
-        # The last item level only resolves collisions (append_unique_level): the RQ-VAE's own levels
-        # are the semantic ones, and only they may make a negative Medium or Hard.
-        semantic = tok.item_raw.shape[1] if tok.item_raw is not None else cfg.tokenizer.levels
-        sampler = NegativeSampler(item_scids.codes, cfg.dpo.sp_difficulty, embeddings, semantic_levels=semantic)
-        sp_stats: dict[str, dict] = {}
-        # the self-play beam: wide enough for each difficulty to find its negatives, capped by the catalogue
-        sp_width = min(cfg.dpo.sp_beam_width, item_scids.n)
-
-        def sp_spec(name: str) -> StageSpec:
-            def build(ref: torch.nn.Module) -> list[dict]:
-                samples = sample_prompts(split.train, n_prompts, cfg.seed, "sp/" + name)
-                prompts = sequential_prompts(samples, item_scids, prompt_users)
-                cands = None if name == "random" else proposals(ref, prompts, sp_width)
-
-                def rank(row: int, items: list[int]) -> np.ndarray:
-                    # called at the same rows on every rank (the beams are the same): the main process
-                    # scores, every rank gets its numbers, so the negatives picked cannot differ
-                    return from_main(lambda: response_logps(ref, tokenizer, prompts[row], items, item_scids, encode,
-                                                            cfg.sft.max_length, cfg.decode.batch_size,
-                                                            cfg.model.dtype))
-
-                examples = build_sp_preferences(samples, prompts, item_scids, sampler, name, cfg.dpo.n_rejected,
-                                                cfg.seed, cands, rank, cfg.dpo.sp_rank_pool)
-                sp_stats[name] = st = sp_preference_stats(examples, len(samples))
-                print(f"SP-DPO {name}: {st['rejected']} negatives for {st['examples']} prompts: "
-                      f"{st['from_beams']} from the policy's own beam (width {sp_width}), {st['from_ranked']} "
-                      f"the policy's best-scored of the difficulty, {st['from_catalogue']} uniform catalogue fill; "
-                      f"from the policy {st['from_policy_share']:.1%}")
-                return examples
-            return StageSpec(name, build)
-
-        specs = [sp_spec(n) for n in names]
-    else:
-        # Only samples whose next item is liked can give an RF example (the chosen response): the
-        # stage's prompts are drawn among them, so no beam search is spent on prompts that are skipped.
-        liked = liked_next_item(split.train, observed)
-        if not liked.any():
-            raise TooFewPreferences(f"RF-DPO: none of the {len(liked)} training samples has a next item whose "
-                                    "logged rating is liked; RF-DPO needs liked next items (chosen responses)")
-
-        def rf_spec(name: str) -> StageSpec:
-            def build(ref: torch.nn.Module) -> list[dict]:
-                samples = sample_prompts(split.train, n_prompts, cfg.seed, "rf/" + name, eligible=liked)
-                prompts = sequential_prompts(samples, item_scids, prompt_users)
-                prefs = build_rf_preferences(samples, prompts, item_scids, oracle, name, cfg.dpo.n_rejected, cfg.seed,
-                                             proposals(ref, prompts, cfg.decode.beam_width), observed, held_out)
-                prefs.stats.update({"pool": int(liked.sum()), "pool_share": round(float(liked.mean()), 4)})
-                print(f"RF-DPO {name}: {len(samples)} prompts drawn among the {int(liked.sum())} training samples "
-                      f"whose next item is liked ({liked.mean():.1%} of {len(liked)}); {prefs.stats['examples']} "
-                      f"with a shown item graded {'/'.join(RF_REJECTED_LEVELS[name])}")
-                rf_stats[name] = prefs.stats
-                return prefs.examples
-            return StageSpec(name, build)
-
-        specs = [rf_spec(n) for n in names]
+    inputs = DPOInputs.load(cfg, stage_run)
+    method = SelfPlay(cfg, inputs) if stage == "sp" else RealFeedback(cfg, inputs, stage_run)
+    start_dir = stage_run.input(method.upstream).model_dir
+    policy, tokenizer = load_policy(cfg, start_dir, inputs.items)
+    decoder = Decoder(cfg, tokenizer, inputs.items)
 
     start_metrics, ranks_log = None, None
     if evaluate_fn == "default":
         ranks_log = []
-        evaluate_fn = make_evaluator(cfg, tokenizer, item_scids, prompt_users, split, judge=optional_judge(dataset, cfg.seed),
-                                     ranks_log=ranks_log)
-        start_metrics = upstream_metrics(stage_run, stage, cfg)
-    out_dir = stage_run.dir
+        evaluate_fn = make_evaluator(cfg, tokenizer, inputs.items, inputs.prompt_users, inputs.split,
+                                     judge=optional_judge(inputs.dataset, cfg.seed), ranks_log=ranks_log)
+        start_metrics = upstream_metrics(stage_run, method.upstream)
     history = run_progressive(
-        policy, tokenizer, specs, cfg.dpo, out_dir, evaluate_fn=evaluate_fn, seed=cfg.seed,
-        encode_prompt=encode, max_length=cfg.sft.max_length,
-        wrap_fn=(lambda m: apply_lora(m, cfg.model, dropout=0.0)) if cfg.model.lora else None,
-        save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, item_scids, user_scids),
-        precision=cfg.model.dtype,
-        start_metrics=start_metrics,
-        distributed=cfg.distributed,
+        policy, tokenizer, [StageSpec(n, partial(stage_pairs, method, n, decoder)) for n in method.stages], cfg.dpo,
+        stage_run.dir, evaluate_fn=evaluate_fn, seed=cfg.seed, encode_prompt=decoder.encode,
+        max_length=cfg.sft.max_length, wrap_fn=_lora_wrapper(cfg), precision=cfg.model.dtype,
+        save_fn=lambda m, tok_, folder: save_model(m, tok_, folder, inputs.items, inputs.tokenize.users),
+        start_metrics=start_metrics, distributed=cfg.distributed,
     )
     history.pop("policy")
-    _link_final_model(out_dir, names[-1])
-    if ranks_log and len(ranks_log) >= len(names) and process_state().is_main_process:
-        # run_progressive evaluates the start model first when it has no upstream metrics, then every
-        # stage's policy in order: the last len(names) entries are the stages'
-        from align3gr_kit.evaluate import write_target_ranks
-
-        write_target_ranks(out_dir, dict(zip(names, ranks_log[-len(names):])))
-    result = {
+    save_stage_outputs(stage_run.dir, method.stages, ranks_log)
+    return {
         "stage": stage,
-        "stages": names,
+        "stages": method.stages,
         "start_model": str(start_dir),
         "start": history["start"],
         "history": history["stages"],
         "final_model": history["final_model"],
-        "metrics": summary_metrics(history),
+        "metrics": {**summary_metrics(history), **method.metrics()},
+        "preference_stats": method.stats,
     }
-    if stage == "sp":
-        result["preference_stats"] = sp_stats
-        result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in sp_stats.items() for k, v in st.items()})
-    if stage == "rf":
-        result["preference_stats"] = rf_stats
-        result["metrics"].update({f"{n}/preferences/{k}": float(v) for n, st in rf_stats.items() for k, v in st.items()})
-        result["metrics"].update(simulator_metrics)
-    return result
+
+
+def load_policy(cfg: RunConfig, model_dir: Path, items: ScidTable) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)`` from ``model_dir``, refused when it was trained on other item SCIDs than ``items``."""
+    policy, tokenizer, model_items, _ = load_model(model_dir, cfg.model.dtype, cfg.model.trust_remote_code)
+    if not np.array_equal(model_items.codes, items.codes):
+        raise ValueError(f"{model_dir}: the model was trained with other item SCIDs than stage 01_tokenize's; "
+                         "re-run the stages after 01_tokenize")
+    return policy, tokenizer
+
+
+def save_stage_outputs(stage_dir: Path, names: list[str], ranks_log: list | None) -> None:
+    """On the main process: the link ``<stage folder>/model`` to the last stage's model, and
+    ``target_ranks.json`` (every stage's per-user target ranks) when the evaluator kept them."""
+    if not process_state().is_main_process:
+        return
+    _link_final_model(stage_dir, names[-1])
+    if ranks_log and len(ranks_log) >= len(names):
+        # run_progressive evaluates the start model first when it has no upstream metrics, then every
+        # stage's policy in order: the last len(names) entries are the stages'
+        write_target_ranks(stage_dir, dict(zip(names, ranks_log[-len(names):])))
+
+
+def make_evaluator(cfg: RunConfig, tokenizer, item_scids: ScidTable, user_scids: ScidTable | None, split,
+                   splits: tuple[str, ...] = ("valid", "test"), judge=None,
+                   ranks_log: list | None = None) -> Callable[[torch.nn.Module], dict]:
+    """``model -> {split: {recall@5, ..., liked_share@10 with a judge}}`` through
+    :func:`align3gr_kit.evaluate.evaluate`; with ``ranks_log``, each call also appends
+    ``{split: per-user target ranks}`` to it (in call order)."""
+    use_user = cfg.prompts.user_scid_in_prompt and user_scids is not None
+
+    def evaluate_fn(model: torch.nn.Module) -> dict:
+        out = {s: evaluate(model, tokenizer, item_scids, user_scids, split.samples(s), cfg.decode, use_user,
+                           max_length=cfg.sft.max_length, judge=judge, precision=cfg.model.dtype,
+                           keep_ranks=ranks_log is not None) for s in splits}
+        if ranks_log is not None:
+            ranks_log.append({s: out[s].pop("target_ranks") for s in splits})
+        return out
+
+    return evaluate_fn
 
 
 def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
@@ -278,35 +420,40 @@ def summary_metrics(history: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def upstream_metrics(stage_run, stage: str, cfg: RunConfig, splits: tuple[str, ...] = ("valid", "test")) -> dict | None:
-    """The starting model's metrics as the upstream stage measured them, or None to measure again.
+def preference_metrics(stats: dict[str, dict]) -> dict[str, float]:
+    """``{stage: {statistic: value}}`` -> flat ``<stage>/preferences/<statistic>`` for the manifest."""
+    return {f"{n}/preferences/{k}": float(v) for n, st in stats.items() for k, v in st.items()}
+
+
+def upstream_metrics(stage_run, upstream: str, splits: tuple[str, ...] = ("valid", "test")) -> dict | None:
+    """The starting model's metrics as the ``upstream`` stage (``04_sft`` or ``05_sp_dpo``) measured
+    them, or None to measure again.
 
     The starting model is the upstream stage's final model, and the upstream stage evaluated it with
     the same evaluator (its fingerprint covers ``decode``; the judge and the splits are the run's), so
     evaluating it again here would repeat minutes of beam search for the same numbers.
     """
-    if stage == "sp" or not sp_stage_names(cfg.dpo):
-        measured = stage_run.input("04_sft").metrics
-    else:
-        stages = stage_run.input("05_sp_dpo").history.get("stages") or [{}]
+    if upstream == "04_sft":
+        measured = stage_run.input(upstream).metrics
+    else:  # a DPO stage: its last sub-stage's evaluation
+        stages = stage_run.input(upstream).history.get("stages") or [{}]
         measured = stages[-1].get("metrics") or {}
     if not all(isinstance(measured.get(s), dict) for s in splits):
         return None
     return {s: measured[s] for s in splits}
 
 
-def _start_model_dir(cfg: RunConfig, stage_run, stage: str) -> Path:
-    if stage == "sp" or not sp_stage_names(cfg.dpo):
-        return stage_run.input("04_sft").model_dir
-    return stage_run.input("05_sp_dpo").final_model_dir
+def _lora_wrapper(cfg: RunConfig) -> Callable[[torch.nn.Module], torch.nn.Module] | None:
+    """A fresh LoRA adapter per stage when ``model.lora``, without dropout (DPO compares log-probs of
+    the same sequences under the policy and its reference); None = full fine-tuning."""
+    if not cfg.model.lora:
+        return None
+    return lambda m: apply_lora(m, cfg.model, dropout=0.0)
 
 
 def _link_final_model(stage_dir: Path, last: str) -> None:
     """``<stage folder>/model`` -> ``<last stage>/model``, so tools that read ``<stage>/model``
     (``evaluate --model-stage``) find the stage's final policy without a second copy."""
-
-    if not process_state().is_main_process:
-        return
     link = stage_dir / MODEL
     if link.is_symlink():
         link.unlink()

@@ -25,6 +25,8 @@ disliked / neutral / liked.
   the user's logged training items, the prompt's history, held-out items or the chosen item. These
   were not shown, so they are counted apart: ``stats["fallback_share"]`` is the share of rejected
   responses that came from the fallback (``from_beams`` per example counts the shown ones).
+
+Imports of the kit: ``scid``, ``prompts.templates``, ``feedback.oracle`` and ``dpo.negatives``.
 """
 
 from __future__ import annotations

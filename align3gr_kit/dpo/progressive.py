@@ -3,12 +3,13 @@ i is the frozen reference of stage i+1.
 
 For every stage ``s`` in order::
 
-    ref      = frozen copy of the current policy           (stage 1: the SFT / previous model)
-    data     = s.build(ref)                                (self-play beams come from this policy)
-    ref_logp = ref's log-probs of every response            (once; or on the fly if not precomputed)
-    policy   = Softmax-DPO training of the policy on data against ref
-    save     out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json, results.json
-    metrics  = evaluate_fn(policy)                          (validation/test after every stage)
+    reference = make_reference(policy)             frozen copy of the current policy (stage 1: the starting model)
+    examples  = stage_examples(s, reference)       s.build: the preference pairs, from this reference's beams
+    examples  = with_reference_logps(examples, reference)   once (dpo.precompute_ref), else scored on the fly
+    policy    = train_stage(policy, reference, examples)    Softmax-DPO training (a LoRA adapter merged)
+    metrics   = evaluate_fn(policy)                validation/test after every stage
+    save        out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json,
+                results.json (stage_entry)
 
 ``out_dir/history.json`` (rewritten after each stage) lists every stage's sizes, final training
 statistics, metrics, and parameter fingerprints of its reference and trained policy (the reference
@@ -29,6 +30,9 @@ With a ``wrap_fn`` (e.g. :func:`align3gr_kit.model.apply_lora`) each stage train
 on top of the current policy and merges it afterwards (``merge_and_unload``): the next stage's
 reference is then exactly the merged policy, never ``disable_adapter()`` (which would also drop
 the trained SCID embedding rows).
+
+Imports of the kit: ``config``, ``distributed``, ``model.precision``, ``train.artifacts``, ``utils``
+and ``dpo.artifacts``/``shared_prompt``/``trainer``; never ``dpo.pipeline``, which calls it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from align3gr_kit.config import DistributedConfig, DPOConfig
 from align3gr_kit.distributed import (
     check_ranks_agree,
     examples_hash,
+    process_state,
     refuse_data_parallel,
     refuse_deepspeed_low_precision_merge,
     sharded_map,
@@ -62,7 +67,7 @@ from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
 from align3gr_kit.dpo.shared_prompt import shared_prompt_supported
 from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
 from align3gr_kit.model.precision import trainer_precision
-from align3gr_kit.utils import atomic_path, process_state, write_json
+from align3gr_kit.utils import atomic_path, write_json
 
 TRAIN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -140,76 +145,145 @@ def run_progressive(
     history: dict[str, Any] = {"start": start_metrics if evaluate_fn else None, "stages": []}
     for spec in stages:
         stage_dir = out_dir / spec.name
-        ref = make_reference(policy)
-        examples = spec.build(ref)
-        if not examples:
-            raise ValueError(
-                f"stage {spec.name!r}: no preference examples could be built (no prompt got a rejected response); "
-                "raise dpo.max_prompts or check the stage's data source"
-            )
+        reference = make_reference(policy)
+        examples = stage_examples(spec, reference)
         if state.is_main_process:
             _write_jsonl(stage_dir / PREFERENCES, examples)
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt,
                                       share_prompt=cfg.share_prompt and shared_prompt_supported(policy))
-        ref_fp = parameter_fingerprint(ref)
-        if cfg.precompute_ref:  # each rank scores its share of the batches; every rank gets all of them
-            examples = sharded_map(examples, cfg.batch_size, lambda part: precompute_reference_logps(
-                ref, part, collator, batch_size=cfg.batch_size, precision=precision))
-            ref = None  # the frozen copy is no longer needed: free it before training
-        examples_sha = check_ranks_agree(examples_hash(examples),
-                                         f"DPO stage {spec.name!r}: the training examples")[0]
-        trainable = wrap_fn(policy) if wrap_fn else policy
-        disable_dropout_in_model(trainable)  # and in the adapters wrap_fn adds: policy scored as the reference
-        trainer = SoftmaxDPOTrainer(
-            model=trainable,
-            ref_model=ref,
-            beta=cfg.beta,
-            args=_training_args(cfg, stage_dir, seed, precision, distributed),
-            train_dataset=_dataset(examples),
-            data_collator=collator,
-            processing_class=tokenizer,
-        )
-        result = trainer.train()
-        # accelerate wraps a trained model's forward in its autocast and leaves it there; unwrapped, the
-        # policy scores (evaluation, the next reference) in the precision precision.autocast gives it
-        unwrapped = extract_model_from_parallel(trainable, keep_fp32_wrapper=False)
-        policy = unwrapped.merge_and_unload() if wrap_fn else unwrapped
-        policy.eval()
-        # the merged policy is the next stage's reference: the ranks must hold the same one
-        policy_fp = check_ranks_agree(parameter_fingerprint(policy), f"DPO stage {spec.name!r}: the trained policy")[0]
-        model_dir = stage_dir / MODEL
+        reference_fp = parameter_fingerprint(reference)
+        if cfg.precompute_ref:  # then the frozen copy is no longer needed: freed before training
+            examples, reference = with_reference_logps(examples, reference, collator, cfg.batch_size, precision), None
+        trained = train_stage(policy, reference, examples, collator, cfg, stage_dir, spec.name, seed=seed,
+                              wrap_fn=wrap_fn, precision=precision, distributed=distributed)
+        policy, reference = trained.policy, None
         if state.is_main_process:
-            (save_fn or _save_pretrained)(policy, tokenizer, model_dir)
-            write_log_history(stage_dir, trainer.state.log_history)
-        entry = {
-            "stage": spec.name,
-            "n_examples": len(examples),
-            "mean_rejected": round(sum(len(e["rejected"]) for e in examples) / len(examples), 4),
-            "from_beams_share": round(
-                sum(e.get("from_beams", 0) for e in examples) / max(1, sum(len(e["rejected"]) for e in examples)), 4
-            ),
-            "examples_sha256": examples_sha,
-            "steps": trainer.state.global_step,
-            "world_size": int(trainer.args.world_size),
-            "global_batch": int(trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-                                * trainer.args.world_size),
-            "lr": float(trainer.args.learning_rate),
-            "train_loss": float(result.training_loss),
-            "train": last_logged(trainer.state.log_history),
-            "reference_fingerprint": ref_fp,
-            "policy_fingerprint": policy_fp,
-            "model_dir": f"{spec.name}/{MODEL}",  # relative: the stage folder is renamed into place
-            "metrics": evaluate_fn(policy) if evaluate_fn else None,
-        }
+            (save_fn or _save_pretrained)(policy, tokenizer, stage_dir / MODEL)
+            write_log_history(stage_dir, trained.log_history)
+        metrics = evaluate_fn(policy) if evaluate_fn else None
+        entry = stage_entry(spec.name, examples, trained, reference_fp, metrics)
         history["stages"].append(entry)
         if state.is_main_process:
             write_metrics(stage_dir, entry)
             write_json(out_dir / HISTORY, {**history, "final_model": entry["model_dir"]})
-        del trainer, ref
         state.wait_for_everyone()
     history["final_model"] = str(out_dir / stages[-1].name / MODEL)
     history["policy"] = policy
     return history
+
+
+def stage_examples(spec: StageSpec, reference: torch.nn.Module) -> list[dict]:
+    """The stage's preference examples, built from its frozen ``reference`` (``spec.build``); an
+    empty list is an error that says what to change."""
+    examples = spec.build(reference)
+    if not examples:
+        raise ValueError(
+            f"stage {spec.name!r}: no preference examples could be built (no prompt got a rejected response); "
+            "raise dpo.max_prompts or check the stage's data source"
+        )
+    return examples
+
+
+def with_reference_logps(examples: list[dict], reference: torch.nn.Module, collator: SoftmaxDPOCollator,
+                         batch_size: int, precision: str = "auto") -> list[dict]:
+    """The examples with the reference's log-probs of their responses (``ref_chosen_logps``,
+    ``ref_rejected_logps``), computed once before training: each rank scores its share of the
+    batches, every rank gets all of them."""
+    return sharded_map(examples, batch_size, lambda part: precompute_reference_logps(
+        reference, part, collator, batch_size=batch_size, precision=precision))
+
+
+@dataclass
+class TrainedStage:
+    """What training one stage gives back.
+
+    Attributes:
+        policy: the trained policy, unwrapped from accelerate and merged (with a ``wrap_fn``), in eval mode.
+        examples_sha256: the hash of the examples it trained on, the same on every rank.
+        policy_fingerprint: :func:`~align3gr_kit.dpo.trainer.parameter_fingerprint` of ``policy``,
+            the same on every rank (it is the next stage's reference).
+        log_history: the Trainer's log history.
+        run: ``steps``, ``world_size``, ``global_batch`` (per-device batch x grad_accum x world size),
+            ``lr``, ``train_loss``.
+    """
+
+    policy: torch.nn.Module
+    examples_sha256: str
+    policy_fingerprint: str
+    log_history: list[dict]
+    run: dict[str, Any]
+
+
+def train_stage(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    examples: list[dict],
+    collator: SoftmaxDPOCollator,
+    cfg: DPOConfig,
+    stage_dir: Path,
+    name: str,
+    seed: int = 0,
+    wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    precision: str = "auto",
+    distributed: DistributedConfig | None = None,
+) -> TrainedStage:
+    """Softmax-DPO training of ``policy`` on ``examples``, every rank alike (the arguments are
+    :func:`run_progressive`'s; ``name`` labels the agreement checks).
+
+    ``reference``: the frozen reference scored on the fly, or None when ``examples`` carry its
+    log-probs (:func:`with_reference_logps`). The examples' hash is compared across ranks before
+    training, the trained policy's fingerprint after it.
+    """
+    examples_sha = check_ranks_agree(examples_hash(examples), f"DPO stage {name!r}: the training examples")[0]
+    trainable = wrap_fn(policy) if wrap_fn else policy
+    disable_dropout_in_model(trainable)  # and in the adapters wrap_fn adds: policy scored as the reference
+    trainer = SoftmaxDPOTrainer(
+        model=trainable,
+        ref_model=reference,
+        beta=cfg.beta,
+        args=_training_args(cfg, stage_dir, seed, precision, distributed),
+        train_dataset=_dataset(examples),
+        data_collator=collator,
+        processing_class=collator.tokenizer,
+    )
+    result = trainer.train()
+    # accelerate wraps a trained model's forward in its autocast and leaves it there; unwrapped, the
+    # policy scores (evaluation, the next reference) in the precision precision.autocast gives it
+    unwrapped = extract_model_from_parallel(trainable, keep_fp32_wrapper=False)
+    policy = unwrapped.merge_and_unload() if wrap_fn else unwrapped
+    policy.eval()
+    # the merged policy is the next stage's reference: the ranks must hold the same one
+    policy_fp = check_ranks_agree(parameter_fingerprint(policy), f"DPO stage {name!r}: the trained policy")[0]
+    args = trainer.args
+    run = {
+        "steps": trainer.state.global_step,
+        "world_size": int(args.world_size),
+        "global_batch": int(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size),
+        "lr": float(args.learning_rate),
+        "train_loss": float(result.training_loss),
+    }
+    return TrainedStage(policy, examples_sha, policy_fp, trainer.state.log_history, run)
+
+
+def stage_entry(name: str, examples: list[dict], trained: TrainedStage, reference_fingerprint: str,
+                metrics: dict | None) -> dict[str, Any]:
+    """The stage's entry in ``history.json`` (also its ``results.json``): sizes, how it trained, the
+    reference's and the trained policy's fingerprints, the model folder (relative: the stage folder is
+    renamed into place) and the policy's ``metrics``."""
+    n_rejected = sum(len(e["rejected"]) for e in examples)
+    return {
+        "stage": name,
+        "n_examples": len(examples),
+        "mean_rejected": round(n_rejected / len(examples), 4),
+        "from_beams_share": round(sum(e.get("from_beams", 0) for e in examples) / max(1, n_rejected), 4),
+        "examples_sha256": trained.examples_sha256,
+        **trained.run,
+        "train": last_logged(trained.log_history),
+        "reference_fingerprint": reference_fingerprint,
+        "policy_fingerprint": trained.policy_fingerprint,
+        "model_dir": f"{name}/{MODEL}",
+        "metrics": metrics,
+    }
 
 
 def last_logged(log_history: list[dict]) -> dict[str, float]:

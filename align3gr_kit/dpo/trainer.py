@@ -25,6 +25,9 @@ the reference is frozen, so its log-probs never change during a stage; scoring t
 forward pass over the stage's data instead of one per step and epoch, and the reference model can
 be freed before training (half the model memory, which matters more than the compute on a GPU).
 ``DPOConfig.precompute_ref = False`` scores them on the fly under ``no_grad`` instead.
+
+Imports of the kit: ``model`` (prompt encoding, precision) and ``dpo.shared_prompt``/``dpo.softmax_dpo``;
+never ``dpo.negatives`` or ``dpo.pipeline``, which import this module.
 """
 
 from __future__ import annotations
@@ -38,8 +41,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from align3gr_kit.dpo.negatives import default_prompt_encoder
-from align3gr_kit.model.encoding import fit_prompt, prompt_frame
+from align3gr_kit.model.encoding import fit_prompt, prompt_encoder, prompt_frame
 from align3gr_kit.model.precision import autocast
 from align3gr_kit.dpo.shared_prompt import pack_shared, shared_prompt_logps
 from align3gr_kit.dpo.softmax_dpo import (
@@ -172,7 +174,7 @@ class SoftmaxDPOCollator:
         if self.encode_prompt is not None:
             return self.encode_prompt
         if self._encoder is None:
-            self._encoder = default_prompt_encoder(self.tokenizer)
+            self._encoder = prompt_encoder(self.tokenizer)
         return self._encoder
 
     def _tokenize_responses(self, responses: list[str]) -> list[list[int]]:

@@ -2,11 +2,11 @@
 
 ``RatingsOracle`` (logged training ratings), ``SimulatorOracle`` (a rating model fit on the training
 split's ratings), ``GroundTruthOracle`` (the generator's own affinity, generated data only);
-``training_oracle(dpo.rf_oracle, dataset)`` picks one, ``evaluation_oracle(dataset)`` is the judge and
-``liked_share(users, top_k, oracle)`` scores recommendations by it.
+``training_oracle(dpo.rf_oracle, dataset)`` picks one, ``evaluation_oracle(dataset)`` is the judge;
+``align3gr_kit.evaluate.liked_share(users, top_k, oracle)`` scores recommendations by it.
 """
 
-from align3gr_kit.feedback.evaluation import ORACLES, agreement, evaluate_liked, evaluation_oracle, liked_share, training_oracle
+from align3gr_kit.feedback.evaluation import ORACLES, agreement, evaluation_oracle, training_oracle
 from align3gr_kit.feedback.ground_truth import GroundTruthOracle
 from align3gr_kit.feedback.oracle import LEVELS, RATED_LOADERS, FeedbackOracle, RatingsOracle, rating_level
 from align3gr_kit.feedback.simulator import (
@@ -30,11 +30,9 @@ __all__ = [
     "agreement",
     "calibration_figure",
     "calibration_frame",
-    "evaluate_liked",
     "evaluation_oracle",
     "fit_evaluation_simulator",
     "heldout_table",
-    "liked_share",
     "rating_level",
     "save_simulator_report",
     "split_ratings",

@@ -9,20 +9,22 @@
 * :func:`evaluation_oracle` is the judge of what users like, one that training did not use: the
   ground truth on generated data, else a simulator fit on ALL ratings (kept apart from the training
   simulator; see :func:`fit_evaluation_simulator`).
-* :func:`liked_share` grades every user's top-K list with it: the share of recommended items graded
-  ``liked`` and their mean predicted rating (:func:`evaluate_liked` recommends and grades in one call).
+* :func:`align3gr_kit.evaluate.liked_share` grades every user's top-K list with it: the share of
+  recommended items graded ``liked`` and their mean predicted rating
+  (:func:`align3gr_kit.evaluate.evaluate_liked` recommends and grades in one call).
 * :func:`agreement` compares two oracles on the same pairs. On the generated data, a simulator fit on
   logged ratings agrees poorly with the ground truth on random catalogue pairs: users rate mostly
   items of the categories they like, so the ratings never show how much they dislike the others
   (ratings missing not at random); on the default dataset it grades 1% of all pairs disliked where
   the truth grades 50%.
+
+Imports of the kit: ``data.schema`` and the oracles of this package; never ``evaluate`` (which grades
+lists with any oracle and sits below this package and ``dpo/``).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
-
-import numpy as np
 
 from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.feedback.ground_truth import GroundTruthOracle
@@ -69,56 +71,6 @@ def optional_judge(dataset: RecDataset, seed: int = 0) -> FeedbackOracle | None:
         return evaluation_oracle(dataset, seed=seed)
     except DataError:
         return None
-
-
-def liked_share(user_ids: Sequence[int], items: np.ndarray, oracle: FeedbackOracle, k: int = 10) -> dict[str, float]:
-    """What users like in their top-``k`` recommendations, by ``oracle``.
-
-    Args:
-        user_ids: ``[n]`` the user of each list.
-        items: ``[n, >=k]`` ranked recommended item ids per user (``-1`` = empty slot, skipped), e.g. the
-            first output of :func:`align3gr_kit.evaluate.recommend`.
-        oracle: the judge (:func:`evaluation_oracle`).
-        k: list length scored.
-    Returns:
-        ``liked_share@k``: share of graded slots graded ``liked``; ``mean_rating@k``: mean of the oracle's
-        expected ratings over the slots it rates (NaN if it rates none); ``graded_share@k``: share of
-        filled slots the oracle could grade (1.0 for the simulator and the ground truth); ``users``.
-    """
-    items = np.asarray(items, dtype=np.int64)[:, :k]
-    users = np.repeat(np.asarray(user_ids, dtype=np.int64), items.shape[1])
-    flat = items.ravel()
-    filled = flat >= 0
-    users, flat = users[filled], flat[filled]
-    levels = oracle.levels(users.tolist(), flat.tolist())
-    graded = [lv for lv in levels if lv is not None]
-    ratings = oracle.ratings(users.tolist(), flat.tolist())
-    ratings = ratings[~np.isnan(ratings)]
-    return {
-        f"liked_share@{k}": round(sum(lv == "liked" for lv in graded) / len(graded), 4) if graded else float("nan"),
-        f"mean_rating@{k}": round(float(ratings.mean()), 4) if len(ratings) else float("nan"),
-        f"graded_share@{k}": round(len(graded) / len(flat), 4) if len(flat) else float("nan"),
-        "users": int(len(items)),
-    }
-
-
-def evaluate_liked(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt: bool,
-                   oracle: FeedbackOracle, max_length: int | None = None, k: int = 10,
-                   progress: bool = True) -> dict[str, float]:
-    """:func:`liked_share` of a model's top-``k`` lists for the users of ``samples`` (e.g. ``Split.test``).
-
-    Recommends exactly as :func:`align3gr_kit.evaluate.evaluate` does (same prompts, constrained beam search,
-    the first ``decode.max_eval_users`` users when set), then grades the lists with ``oracle`` (the judge,
-    :func:`evaluation_oracle`). ``k`` is capped at ``decode.beam_width`` (the keys say which K was used).
-    """
-    from align3gr_kit.evaluate import recommend
-
-    if decode.max_eval_users:
-        samples = samples.iloc[: decode.max_eval_users]
-    k = min(k, decode.beam_width)
-    items, _ = recommend(model, tokenizer, item_scids, user_scids, samples, decode, user_scid_in_prompt,
-                         max_length, k=k, progress=progress)
-    return liked_share(samples["user_id"].to_numpy(), items, oracle, k=k)
 
 
 def agreement(oracle: FeedbackOracle, reference: FeedbackOracle, user_ids: Sequence[int],

@@ -42,10 +42,9 @@ import contextlib
 
 import torch
 
+from align3gr_kit.dtypes import DTYPE_NAMES as _NAMES  # the one list, shared with ModelConfig.dtype's choices
 from align3gr_kit.utils import cpu_supports_bf16  # decided here; tests patch this name
 
-_NAMES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
 _VALID = "auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16)"
 
 

@@ -3,11 +3,14 @@
 Non-generative baselines (popularity, SASRec) run in-process on the run's split; the generative
 ones (TIGER-style, LC-Rec-style, the full Align3GR pipeline) and the ladder rungs are papermill runs
 of the same notebooks with config overrides (:mod:`align3gr_kit.report.ablation`).
+
+Layer: a command, at the top of :mod:`align3gr_kit.report`; imports
+:mod:`~align3gr_kit.report.ablation`, :mod:`~align3gr_kit.report.ledger`,
+:mod:`~align3gr_kit.report.specs` and :mod:`~align3gr_kit.report.statistics`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,50 +18,11 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.data.split import Split
-from align3gr_kit.report.ablation import (
-    GENERATIVE_BASELINES,
-    LADDER,
-    METRIC_KEYS,
-    config_diff,
-    results_table,
-    run_rungs,
-    save_results,
-    summarise,
-)
+from align3gr_kit.report.ablation import results_table, run_rungs, save_results
+from align3gr_kit.report.ledger import METRIC_KEYS
+from align3gr_kit.report.specs import GENERATIVE_BASELINES, LADDER, evaluation_split, report_overrides
+from align3gr_kit.report.statistics import summarise
 from align3gr_kit.utils import project_root, write_json
-
-
-# On the smoke config the report runs ~20 distinct trainings (every rung and baseline); these
-# reductions, the same for every configuration, keep that within a CI budget. They are written into
-# benchmark.json and printed by the report; the config's own (or the caller's) values win over them.
-SMOKE_REPORT_OVERRIDES: dict[str, Any] = {
-    "prompts.max_per_task": 100,
-    "sft.max_steps": 10,
-    "sft.batch_size": 16,
-    "decode.max_eval_users": 40,
-    "dpo.max_prompts": 8,
-    "dpo.n_rejected": 5,
-}
-
-
-def report_overrides(base: RunConfig, config_path: str, base_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cost reductions this benchmark applies to its runs: :data:`SMOKE_REPORT_OVERRIDES` on a smoke
-    config, minus any key the caller set (in the YAML-to-``base`` difference or ``base_overrides``)."""
-    if not base.smoke:
-        return {}
-    own = {**config_diff(base, config_path), **(base_overrides or {})}
-    return {k: v for k, v in SMOKE_REPORT_OVERRIDES.items() if k not in own}
-
-
-def evaluation_split(split: Split, max_users: int) -> Split:
-    """``split`` with validation and test cut to their first ``max_users`` rows (0 = unchanged): the
-    users the generative models are scored on when ``decode.max_eval_users`` is set
-    (:func:`align3gr_kit.evaluate.evaluate`), so that every method in one table counts the same users."""
-    if not max_users:
-        return split
-    return dataclasses.replace(split, valid=split.valid.iloc[:max_users].reset_index(drop=True),
-                               test=split.test.iloc[:max_users].reset_index(drop=True))
 
 
 def classic_baselines(base: RunConfig, seeds: list[int]) -> pd.DataFrame:
@@ -103,8 +67,8 @@ def run_benchmark(base: RunConfig, config_path: str, seeds: list[int], ladder: b
         config_path: the YAML the sub-runs' notebooks load.
         seeds: one run per seed and configuration.
         base_overrides: the caller's own dotted overrides of the YAML, passed on to every sub-run.
-            On a smoke config :func:`report_overrides` adds cheaper settings for every run (and the
-            classic baselines are scored on the same users).
+            On a smoke config :func:`~align3gr_kit.report.specs.report_overrides` adds cheaper settings
+            for every run (and the classic baselines are scored on the same users).
     Returns:
         ``{"seeds", "out_dir", "smoke_reductions", "baselines": [...], "ratio_vs_sasrec": {...}, "full_runs": [run dirs],
         "ladder": [...], "failed": [...]}`` (summaries: mean and sd over seeds per method, as records).

@@ -3,13 +3,15 @@
 Each table lives in BENCHMARKS.md between two markers::
 
     <!-- table:synthetic/dpo -->
-    ... the markdown of reports/tables/synthetic/dpo.json (:func:`~align3gr_kit.report.tables.table_markdown`) ...
+    ... the markdown of reports/tables/synthetic/dpo.json (:func:`~align3gr_kit.report.table_files.table_markdown`) ...
     <!-- /table -->
 
 ``python -m align3gr_kit report benchmarks`` rewrites every block from its JSON file and appends a
 block for each table file that has none (under :data:`SECTION`); the text around the blocks (the
 reading of each table) is left as it is. A block whose file is gone is an error: the number it
 shows is no longer backed by a result file.
+
+Layer: a writer; imports :mod:`~align3gr_kit.report.table_files` of :mod:`align3gr_kit.report`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from align3gr_kit.report.tables import read_tables, table_markdown
+from align3gr_kit.report.table_files import read_tables, table_markdown
 from align3gr_kit.utils import project_root
 
 SECTION = "## Ablation tables (written by `python -m align3gr_kit ablate --table`)"

@@ -1,4 +1,7 @@
-"""Figures of the report stage: the ablation ladder and the baseline comparison."""
+"""Figures of the report stage: the ablation ladder and the baseline comparison.
+
+Layer: a writer; imports no module of :mod:`align3gr_kit.report` (nor of the kit).
+"""
 
 from __future__ import annotations
 

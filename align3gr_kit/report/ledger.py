@@ -14,35 +14,114 @@ there, and in the committed results file of a full pipeline run (``pipeline-<run
 ``report pipeline``) whose config and seed match: its last row of that stage is the same model. A row
 found either way is not recomputed; the table names its source. The key leaves out code changes, as
 ``--resume`` does for stages: delete the file (or pass ``ablate --no-reuse``) to measure it again.
+
+Also here, since the row files and every layer above them speak of the same things: the metric keys
+a result holds (:data:`METRIC_KEYS`, :data:`JUDGED_KEYS`), a stage manifest's final metrics
+(:func:`manifest_final_metrics`), where a config's tables and rows are kept (:func:`tables_dir`), the
+whole-config fingerprint, and how a record is written to JSON (:func:`json_record`).
+
+Layer: the bottom of :mod:`align3gr_kit.report`; imports no other module of it (only ``config``,
+``stages.contract`` and ``utils``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.report.ablation import JUDGED_KEYS, METRIC_KEYS
-from align3gr_kit.utils import git_commit, read_json, write_json
+from align3gr_kit.stages.contract import MANIFEST, chain_fingerprint, read_manifest, stage_dir
+from align3gr_kit.utils import git_commit, project_root, read_json, resolve_path, write_json
+
+
+METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+#: What users like in the top-10, by the evaluation judge (:mod:`align3gr_kit.feedback.evaluation`);
+#: present only where the dataset has one (generated data, or ratings for a simulator).
+JUDGED_KEYS = ("liked_share@10", "mean_rating@10")
+
 
 ROWS = "rows"
+
+
+def manifest_final_metrics(metrics: dict[str, Any], source: str = "a stage manifest") -> dict[str, dict[str, float]]:
+    """``{"valid": {...}, "test": {...}}`` from a stage manifest's ``metrics``, in any of the layouts the
+    stages write: nested ``{"test": {"recall@10": ..}}``, flat ``"test_recall@10"`` (SFT) or
+    ``"final/test/recall@10"`` (the DPO stages' model after their last stage). ``source`` names the file
+    in the error raised when a metric is missing."""
+    out = {}
+    for split in ("valid", "test"):
+        nested = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+        values = {}
+        for k in METRIC_KEYS + JUDGED_KEYS:  # the last two only when judged
+            for v in (nested.get(k), metrics.get(f"{split}_{k}"), metrics.get(f"final/{split}/{k}")):
+                if v is not None:
+                    values[k] = v
+                    break
+        missing = [k for k in METRIC_KEYS if k not in values]
+        if missing:
+            raise KeyError(f"{source}: metrics lack {split} {missing} (looked for '{split}': {{...}}, "
+                           f"'{split}_<metric>' and 'final/{split}/<metric>'); re-run the stage")
+        out[split] = {k: float(v) for k, v in values.items()}
+    return out
+
+
+def final_metrics(cfg: RunConfig, stage: str) -> dict[str, dict[str, float]]:
+    """``{"valid": {...}, "test": {...}}`` of the model a stage ends with (from its manifest)."""
+    m = read_manifest(cfg, stage)
+    if m is None:
+        raise FileNotFoundError(f"{cfg.run_dir / stage}: no manifest; the stage did not finish")
+    return manifest_final_metrics(m.get("metrics", {}), str(stage_dir(cfg, stage) / MANIFEST))
+
+
+def dataset_label(cfg: RunConfig) -> str:
+    """The folder name of a config's data under ``reports/tables/`` (``synthetic``, ``ml-100k``,
+    ``lcrec-Instruments``)."""
+    return f"{cfg.data.dataset}-{cfg.data.name}" if cfg.data.name else cfg.data.dataset
+
+
+def tables_dir(cfg: RunConfig) -> Path:
+    """Where a config's tables go: ``reports/tables/<dataset>/``; a smoke config's (never committed)
+    go under ``<runs_dir>/tables/<dataset>/``."""
+    root = resolve_path(cfg.runs_dir) / "tables" if cfg.smoke else project_root() / "reports" / "tables"
+    return Path(root) / dataset_label(cfg)
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    """12 hex digits of the SHA-256 of the config's sections (not its run name or seed)."""
+    d = cfg.to_dict()
+    payload = {k: v for k, v in d.items() if isinstance(v, dict)}
+    payload["smoke"] = d["smoke"]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def json_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with float NaN (a metric a run did not produce) as ``None``, so the JSON files hold ``null``."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+def project_relative(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it (committed files name no home folder)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 def row_key(cfg: RunConfig, last_stage: str) -> str:
     """``<chain fingerprint>-s<seed>-<last stage>``: what a row's result depends on, the config
     sections of its stages up to ``last_stage`` (:func:`~align3gr_kit.stages.contract.chain_fingerprint`),
     so that an SFT row stays found when only the DPO settings change."""
-    from align3gr_kit.stages.contract import chain_fingerprint
-
     return f"{chain_fingerprint(cfg, last_stage)}-s{cfg.seed}-{last_stage}"
 
 
 def legacy_row_key(cfg: RunConfig, last_stage: str) -> str:
     """The key rows were recorded under until 2026-12-01: ``<whole-config fingerprint>-s<seed>-<last
     stage>``; such files are still read (the same config describes the same row)."""
-    from align3gr_kit.report.tables import config_fingerprint
-
     return f"{config_fingerprint(cfg)}-s{cfg.seed}-{last_stage}"
 
 
@@ -123,8 +202,6 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     that run, ``ranks`` the per-user test target ranks when the row (or the pipeline file) kept them
     (else None), ``machine`` where it ran (None if unrecorded).
     """
-    from align3gr_kit.report.tables import config_fingerprint, project_relative
-
     folder = Path(folder)
     path = row_path(folder, cfg, last_stage)
     if path is not None:

@@ -4,6 +4,8 @@ Align3GR paper (AAAI 2026), Table 1, Amazon "Instruments" (LC-Rec/LETTER split: 
 history <= 20, full ranking, beam width 20). These come from LLM backbones (LLaMA-scale) trained on
 GPUs; the kit's CPU runs use a tiny backbone, so a report shows them beside ours, clearly labelled,
 never as a target the tiny model is expected to reach.
+
+Layer: a writer; imports no module of :mod:`align3gr_kit.report` (nor of the kit).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def side_by_side(ours: pd.DataFrame, metrics: tuple[str, ...] = ("recall@10", "n
     """Our summary rows beside the paper's (``SOURCE``), one row per method, NaN where a side has none.
 
     Args:
-        ours: a summary with ``method`` and the metric columns (e.g. :func:`~align3gr_kit.report.ablation.summarise`).
+        ours: a summary with ``method`` and the metric columns (e.g. :func:`~align3gr_kit.report.statistics.summarise`).
     Returns:
         Columns ``method``, ``paper method``, then ``"ours <metric>"`` and ``"paper <metric>"`` per metric.
     """

@@ -6,6 +6,11 @@ encoder stage 01 trained on the same split (the same model ``baseline sasrec`` t
 only when stage 01 used given CF embeddings or none), and every Align3GR row is read from the
 run's own stage metrics. The ablation ladder and the baseline table of ``ablate`` are read from
 ``reports/<run_name>/benchmark.json`` when that file exists.
+
+Layer: a writer (stage 07's tables); imports :mod:`~align3gr_kit.report.ledger`,
+:mod:`~align3gr_kit.report.reading`, :mod:`~align3gr_kit.report.specs`,
+:mod:`~align3gr_kit.report.stage_metrics` and :mod:`~align3gr_kit.report.statistics` of
+:mod:`align3gr_kit.report`, nothing that runs a pipeline.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from typing import Any
 import pandas as pd
 
 from align3gr_kit.config import RunConfig
-from align3gr_kit.report.ablation import METRIC_KEYS
+from align3gr_kit.report.ledger import METRIC_KEYS
 from align3gr_kit.report.reading import FULL
+from align3gr_kit.report.specs import evaluation_split
 from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
+from align3gr_kit.report.statistics import with_ratios
 from align3gr_kit.utils import project_root, read_json, write_json
 
 BENCHMARK = "benchmark.json"
@@ -45,7 +52,6 @@ def baseline_rows(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None,
     ``sasrec_ranks``: stage 01's per-row SASRec ranks (:class:`~align3gr_kit.tokenizer.artifacts.TokenizeArtifacts`)."""
     from align3gr_kit.baselines import run_popularity_baseline, run_sasrec_baseline
     from align3gr_kit.metrics import metrics_from_ranks
-    from align3gr_kit.report.benchmark import evaluation_split
 
     n = cfg.decode.max_eval_users
     split = evaluation_split(data.split, n)
@@ -79,9 +85,7 @@ def full_model_row(cfg: RunConfig) -> pd.DataFrame:
 def comparison(cfg: RunConfig, data, tokenize_summary: dict[str, Any] | None,
                sasrec_ranks: dict[str, Any] | None = None) -> pd.DataFrame:
     """Popularity, SASRec and the run's final model, with each row's ratio to SASRec on Recall@10 and
-    NDCG@10 (above 1: better than SASRec; :func:`align3gr_kit.report.tables.with_ratios`)."""
-    from align3gr_kit.report.tables import with_ratios
-
+    NDCG@10 (above 1: better than SASRec; :func:`align3gr_kit.report.statistics.with_ratios`)."""
     rows = [baseline_rows(cfg, data, tokenize_summary, sasrec_ranks), full_model_row(cfg)]
     return with_ratios(pd.concat(rows, ignore_index=True))
 

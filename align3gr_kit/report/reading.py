@@ -8,6 +8,8 @@ size of one user's hit, a smoke run).
 A difference is called *within the seed spread* when it is no larger than the larger of the two
 standard deviations over seeds; with a single seed no spread is measured and every non-zero
 difference is reported as it is, with that caveat.
+
+Layer: a writer; imports no module of :mod:`align3gr_kit.report` (nor of the kit).
 """
 
 from __future__ import annotations

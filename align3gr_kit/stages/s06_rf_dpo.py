@@ -11,6 +11,7 @@ from align3gr_kit.stages.contract import StageRun
 
 def run(cfg: RunConfig, stage: StageRun, progress: bool = True) -> dict[str, Any]:
     """Train the stages of ``dpo.rf_stages``, each stage's policy the next one's reference, with
-    Recall/NDCG after each; writes :class:`align3gr_kit.dpo.artifacts.DPOArtifacts`. Returns the flat
-    metrics (``<label>/<split>/<metric>``)."""
+    Recall/NDCG after each (:func:`align3gr_kit.dpo.pipeline.run_dpo` with
+    :class:`~align3gr_kit.dpo.pipeline.RealFeedback`); writes :class:`align3gr_kit.dpo.artifacts.DPOArtifacts`.
+    Returns the flat metrics (``<label>/<split>/<metric>``)."""
     return run_dpo(cfg, "rf", stage)["metrics"]
