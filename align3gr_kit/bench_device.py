@@ -1,4 +1,4 @@
-"""Device, clock and peak memory for the ``bench/`` scripts, decided and measured in one place.
+"""The ``bench/`` scripts' one harness: device, clock, peak memory and the JSON line out, in one place.
 
 Every bench script takes ``--device`` (:func:`add_device_argument`; default ``cuda`` when
 ``torch.cuda.is_available()``, else ``cpu``), reads its clocks through :func:`timed` (which
@@ -17,6 +17,9 @@ torch is imported inside the functions that need it: a bench with no torch work 
 simulator) takes ``--device`` and reports its peak RSS without loading torch, which would add seconds
 and hundreds of MiB to what it measures.
 
+Each script prints its result as one JSON line on stdout (:func:`emit`) and its header on stderr
+(:func:`header`), so ``python bench/x.py ... | tail -1`` is the result.
+
 Reference: PyTorch, "CUDA semantics: asynchronous execution"
 (https://pytorch.org/docs/stable/notes/cuda.html#asynchronous-execution).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -233,3 +237,9 @@ def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, An
     import torch
 
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print a bench's result as one JSON line on stdout (flushed: a parent reading line by line, e.g.
+    bench/token_level.py's children, gets it at once)."""
+    print(json.dumps(record), flush=True)

@@ -34,7 +34,6 @@ Run: ``.venv/bin/python bench/decode.py --users 64 --beam 20``
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -211,29 +210,25 @@ def main() -> None:
     same = [j for j in range(args.users) if torch.equal(fast.items[j], ref.items[j])]
     finite = torch.isfinite(fast.scores[same])
     score_gap = float((fast.scores[same] - ref.scores[same]).abs()[finite].max()) if same else None
-    print(
-        json.dumps(
-            {
-                "speedup": round(t_ref / t_fast, 2),
-                "top20_agreement": round(exact, 4),
-                "top20_agreement_ties": round(ties, 4),
-                "invalid": int((~valid(fast)).sum() + (~valid(ref)).sum()),
-                "users": args.users,
-                "beam_width": args.beam,
-                "n_items": trie.n_items,
-                "levels": trie.levels,
-                "trie_seconds": round(t_fast, 3),
-                "generate_seconds": round(t_ref, 3),
-                "trie_users_per_s": round(args.users / t_fast, 1),
-                "generate_users_per_s": round(args.users / t_ref, 1),
-                "max_score_diff": score_gap,
-                "model": args.run_dir or "tiny-random-llama",
-                "threads": torch.get_num_threads(),
-                "precision": args.precision,
-                **bench_device.device_fields(device, args.precision),
-            }
-        )
-    )
+    bench_device.emit({
+        "speedup": round(t_ref / t_fast, 2),
+        "top20_agreement": round(exact, 4),
+        "top20_agreement_ties": round(ties, 4),
+        "invalid": int((~valid(fast)).sum() + (~valid(ref)).sum()),
+        "users": args.users,
+        "beam_width": args.beam,
+        "n_items": trie.n_items,
+        "levels": trie.levels,
+        "trie_seconds": round(t_fast, 3),
+        "generate_seconds": round(t_ref, 3),
+        "trie_users_per_s": round(args.users / t_fast, 1),
+        "generate_users_per_s": round(args.users / t_ref, 1),
+        "max_score_diff": score_gap,
+        "model": args.run_dir or "tiny-random-llama",
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
+        **bench_device.device_fields(device, args.precision),
+    })
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 
 import numpy as np
 import torch
@@ -162,7 +161,7 @@ def main() -> None:
     timed = slice(1, None) if args.steps > 1 else slice(None)
     step_s = {k: float(np.mean(v["seconds"][timed])) for k, v in results.items()}
     full, shared = results["full"], results["shared"]
-    print(json.dumps({
+    bench_device.emit({
         "model": args.model,
         "lora": lora,
         "precision": args.precision,
@@ -185,7 +184,7 @@ def main() -> None:
         "loss_shared": [round(x, 6) for x in shared["losses"]],
         "loss_max_abs_diff": float(max(abs(a - b) for a, b in zip(full["losses"], shared["losses"]))),
         "logps_max_abs_diff": float(max(abs(a - b) for a, b in zip(full["logps"], shared["logps"]))),
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ runs on the CPU whatever ``--device`` says (the flag is accepted like every benc
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -46,8 +45,8 @@ def main() -> None:
     logged = [rating_level(float(r)) for r in ds.interactions.rating]
     share = {lv: {"simulator_on_random_pairs": round(graded.count(lv) / len(graded), 4),
                   "logged_ratings": round(logged.count(lv) / len(logged), 4)} for lv in ("disliked", "neutral", "liked")}
-    print(json.dumps({"dataset": ds.name, "fit_seconds": fit_seconds, "heldout": table.to_dict("records"),
-                      "level_shares": share, **bench_device.device_fields(device, None)}))
+    bench_device.emit({"dataset": ds.name, "fit_seconds": fit_seconds, "heldout": table.to_dict("records"),
+                       "level_shares": share, **bench_device.device_fields(device, None)})
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ threads from spinning, see the README).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -90,7 +89,7 @@ def main() -> None:
     args = p.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.child:
-        print(json.dumps(run_one(args.child, overrides, args.device)), flush=True)
+        bench_device.emit(run_one(args.child, overrides, args.device))
         return
     bench_device.header(args.device, "float32")
     env = dict(os.environ)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 
 import numpy as np
@@ -127,7 +126,7 @@ def main() -> None:
                               "tokens_per_s": args.batch * args.length * (len(seconds) - 1) / timed,
                               "peak_mb": bench_device.peak_memory_mb(device)}
     f32, b16 = results["float32"], results["bfloat16"]
-    print(json.dumps({
+    bench_device.emit({
         "base": args.base,
         "steps": args.steps,
         "batch": args.batch,
@@ -149,7 +148,7 @@ def main() -> None:
         "loss_bf16": round(b16["losses"][-1], 5),
         "loss_abs_diff": round(abs(f32["losses"][-1] - b16["losses"][-1]), 5),
         "loss_max_abs_diff": round(max(abs(a - b) for a, b in zip(f32["losses"], b16["losses"])), 5),
-    }))
+    })
 
 
 if __name__ == "__main__":

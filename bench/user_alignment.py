@@ -11,7 +11,7 @@ then measures both B2 directions on those users with
 :func:`align3gr_kit.user_alignment.evaluate_user_alignment`: profile -> user SCID (exact@1, hit@10,
 beside chance) and user SCID -> profile (the share of stated attributes the generated text says,
 beside the same texts scored against another user's attributes). tiny-llama runs with its own
-from-scratch budget (:data:`align3gr_kit.report.tables.TINY_LLAMA`).
+from-scratch budget (:data:`align3gr_kit.report.specs.TINY_LLAMA`).
 
 The measurement runs on ``--device`` (default: CUDA when present), autocast as the config's
 ``model.dtype`` says there; stages 00-04, when they must be built first, train as the pipeline does
@@ -26,7 +26,6 @@ prints the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,7 +94,7 @@ def main() -> None:
         measure = {"measure_seconds": round(measured.seconds, 1), **bench_device.device_fields(device, cfg.model.dtype)}
         rows.append({"backbone": label, "run": cfg.run_name, "sft_steps": cfg.sft.max_steps, "metrics": metrics,
                      **measure})
-        print(json.dumps({"backbone": label, **{k: metrics[k] for k in COLUMNS}, **measure}), flush=True)
+        bench_device.emit({"backbone": label, **{k: metrics[k] for k in COLUMNS}, **measure})
         del model
     doc = {"dataset": dataset_label(base), "config": args.config, "holdout": args.holdout, "seed": base.seed,
            "users": rows[0]["metrics"]["users"],
@@ -108,7 +107,7 @@ def main() -> None:
     write_json(out / f"{doc['dataset']}.json", doc)
     with atomic_path(out / f"{doc['dataset']}.md") as tmp:
         Path(tmp).write_text(markdown(doc))
-    print(json.dumps({k: v for k, v in doc.items() if k != "rows"}))
+    bench_device.emit({k: v for k, v in doc.items() if k != "rows"})
 
 
 if __name__ == "__main__":
