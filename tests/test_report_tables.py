@@ -304,7 +304,9 @@ def test_benchmarks_md_is_regenerated_from_the_files_and_a_disagreement_is_caugh
     assert keys == ["synthetic/tsrec"] and state["changed"] == ["synthetic/tsrec"]
     text = bench.read_text()
     assert "hand-written reading stays." in text and "<!-- table:synthetic/tsrec -->" in text
-    assert (root / "synthetic" / "tsrec.md").read_text() in text
+    doc = json.loads((root / "synthetic" / "tsrec.json").read_text())
+    assert benchmarks_md.block_markdown("synthetic/tsrec", doc) in text  # the short view, naming the full file
+    assert "`reports/tables/synthetic/tsrec.md`" in text and "Budget:" not in text
     assert benchmarks_md.update_benchmarks(bench, root, check=True)[0]["changed"] == []  # idempotent
     tampered = text.replace("| Base | 1 | 0.4500", "| Base | 1 | 0.9000")  # a number typed by hand
     assert tampered != text

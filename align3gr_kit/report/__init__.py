@@ -12,7 +12,8 @@ The modules form one line; each imports only modules above it in this list (a te
 * the writers: ``statistics`` (summaries over seeds, verdicts, paired statistics),
   ``reading``, ``paper``, ``figures``, ``pipeline_report`` (stage 07's tables), ``pipeline_file``
   (a run's committed results file), ``table_files`` (a table as JSON/markdown/HTML, with its
-  reading), ``benchmarks_md`` (BENCHMARKS.md's generated blocks);
+  reading), ``headline`` (BENCHMARKS.md's first table: the best model of each chain against SASRec),
+  ``benchmarks_md`` (BENCHMARKS.md's generated blocks);
 * the commands, on top: ``ablation`` (rungs as papermill runs, through ``stages.runner``),
   ``benchmark`` (baselines and ladder), ``tables`` (``ablate --table``).
 """
