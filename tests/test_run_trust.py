@@ -579,3 +579,25 @@ def test_resumed_sft_loss_is_over_all_steps(tmp_path):
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-5)
     call_only = resumed["trainer"].state.log_history[-1]["train_loss"]  # the Trainer's: steps 4-6
     assert abs(call_only - straight["train_loss"]) > 1e-3
+
+
+def test_a_notebook_setup_cell_run_again_after_a_failure_does_not_keep_the_run_locked(tmp_path):
+    """In one kernel: a StageRun abandoned by a failed cell (never finished), then the setup cell again
+    and the stage finished: the run's lock is free afterwards, for the next command."""
+    from align3gr_kit.stages.contract import StageRun, acquire_run, release_run
+
+    cfg = RunConfig.from_yaml(SMOKE, run_name="nb", runs_dir=str(tmp_path / "runs"))
+    StageRun(cfg, "00_data")  # the failed attempt: its cell raised before stage.finish
+    second = StageRun(cfg, "00_data")
+    (second.dir / "x.txt").write_text("ok")
+    second.finish({})
+    holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from align3gr_kit.config import RunConfig
+        from align3gr_kit.stages.contract import acquire_run, release_run
+        cfg = RunConfig.from_yaml({SMOKE!r}, run_name="nb", runs_dir={str(tmp_path / "runs")!r})
+        assert acquire_run(cfg)
+        release_run(cfg)
+        """)], capture_output=True, text=True, timeout=120, env={**os.environ, "ALIGN3GR_RUN_LOCKS": ""})
+    assert holder.returncode == 0, holder.stderr[-2000:]
+    assert acquire_run(cfg)  # and this process can take it again too
+    release_run(cfg)

@@ -473,6 +473,9 @@ class StageRun:
     process sees the same ``dir``; otherwise the calling process alone does everything.
     """
 
+    #: lock path -> the StageRun of this process that holds that run's lock (see ``__init__``)
+    _open: dict[str, "StageRun"] = {}
+
     def __init__(self, cfg: RunConfig, stage: str, all_processes: bool = False):
         self.cfg = cfg
         self.stage = get_stage(stage)
@@ -488,6 +491,14 @@ class StageRun:
             # has cleaned already and whose temporary notebook and kernel log must stay
             self._took_lock = acquire_run(cfg)
             if self._took_lock:
+                # a notebook's setup cell run again in the same kernel after a failed cell: the earlier,
+                # abandoned StageRun of this run hands its hold over, so the lock does not stay taken
+                # once this one finishes
+                previous = StageRun._open.pop(str(lock_path(cfg).resolve()), None)
+                if previous is not None and previous._took_lock:
+                    previous._took_lock = False
+                    release_run(cfg)
+                StageRun._open[str(lock_path(cfg).resolve())] = self
                 clean_leftovers(cfg.run_dir)
             if self.dir.exists():
                 shutil.rmtree(self.dir)
@@ -576,6 +587,8 @@ class StageRun:
     def _release(self) -> None:
         if self._took_lock:
             self._took_lock = False
+            if StageRun._open.get(str(lock_path(self.cfg).resolve())) is self:
+                del StageRun._open[str(lock_path(self.cfg).resolve())]
             release_run(self.cfg)
 
 
