@@ -332,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_after_interrupt() -> None:
+    """Once a command is stopped, the notebook machinery's own reports of it are noise: papermill shuts
+    the kernel down while nbclient still awaits the running cell, and nbclient ("Kernel died while
+    waiting for execute reply") and asyncio ("Task exception was never retrieved", with a traceback)
+    would log that on stderr around the command's one line."""
+    import logging
+
+    for name in ("asyncio", "nbclient", "papermill", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input (:class:`~align3gr_kit.errors.InputError`, a missing file, a usage
     error a command raises, a run another command holds) prints one line ``error: <message>`` on stderr
@@ -365,10 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from align3gr_kit.stages.contract import Interrupted
 
-    def terminate(signum, frame):  # SIGTERM (a scheduler, kill) stops like Ctrl-C: partial folders removed
+    def stop(signum, frame):  # Ctrl-C, and SIGTERM (a scheduler, kill) like it: partial folders removed
+        _quiet_after_interrupt()
         raise KeyboardInterrupt
 
-    old_term = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
+    old_term = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+    old_int = signal.signal(signal.SIGINT, stop) if _main_thread() else None
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.showwarning = show
@@ -390,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
     print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
     return 2
 
