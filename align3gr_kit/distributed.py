@@ -215,7 +215,7 @@ def check_ranks_agree(value: str, what: str) -> list[str]:
         RuntimeError: naming ``what`` and each rank's value.
     """
     _, size = world()
-    values = [value] if size == 1 else [v for v in _gather([value])]
+    values = [value] if size == 1 else _gather([value])
     if len(set(values)) > 1:
         listing = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
         raise RuntimeError(f"{what}: the ranks disagree ({listing}); every rank must train on identical data. "

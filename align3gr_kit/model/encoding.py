@@ -73,15 +73,19 @@ def fit_prompt(prompt_ids: list[int], n_head: int, n_tail: int, budget: int) -> 
     return prompt_ids[:n_head] + prompt_ids[end - keep:end] + prompt_ids[end:]
 
 
-def _frame_texts(tokenizer, prompts: Sequence[str]) -> tuple[list[list[int]], int, int]:
-    head, tail = prompt_frame(tokenizer)
+def _frame_texts(tokenizer, prompts: Sequence[str],
+                 frame: tuple[list[int], list[int]] | None = None) -> tuple[list[list[int]], int, int]:
+    head, tail = frame if frame is not None else prompt_frame(tokenizer)
     texts = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     return [head + list(ids) + tail for ids in texts], len(head), len(tail)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-    """Prompt ids for each prompt (head + text ids + tail), cut to ``max_length`` tokens (oldest text first)."""
-    out, n_head, n_tail = _frame_texts(tokenizer, prompts)
+def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = None,
+                   frame: tuple[list[int], list[int]] | None = None) -> list[list[int]]:
+    """Prompt ids for each prompt (head + text ids + tail), cut to ``max_length`` tokens (oldest text first).
+
+    ``frame``: :func:`prompt_frame`'s ``(head, tail)`` when the caller rendered it already."""
+    out, n_head, n_tail = _frame_texts(tokenizer, prompts, frame)
     if max_length is not None:
         out = [fit_prompt(ids, n_head, n_tail, max_length) for ids in out]
     return out
@@ -94,11 +98,10 @@ def prompt_encoder(tokenizer, max_length: int | None = None) -> Callable[[str], 
     The frame is rendered once, here, not per prompt (rendering the chat template costs more than
     tokenizing a prompt): change ``tokenizer.chat_template`` before making the encoder, not after.
     """
-    head, tail = prompt_frame(tokenizer)
+    frame = prompt_frame(tokenizer)
 
     def encode(prompt: str) -> list[int]:
-        ids = head + list(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + tail
-        return ids if max_length is None else fit_prompt(ids, len(head), len(tail), max_length)
+        return encode_prompts(tokenizer, [prompt], max_length, frame)[0]
 
     return encode
 

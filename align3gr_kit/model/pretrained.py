@@ -22,7 +22,6 @@ Cache location: the environment variable ``ALIGN3GR_MODEL_CACHE``, default
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -31,6 +30,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from align3gr_kit.utils import sha256_file  # also imported from here by callers
 
 SOURCE_MANIFEST = "align3gr_source.json"
 CACHE_ENV = "ALIGN3GR_MODEL_CACHE"
@@ -78,15 +79,6 @@ def gguf_path(name: str) -> Path:
             if path.exists():
                 return path
     raise ModuleNotFoundError(f"{spec.distribution} is installed but holds no {spec.filename}; {hint}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _current(folder: Path, sha: str) -> bool:

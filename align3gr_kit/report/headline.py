@@ -35,7 +35,7 @@ def _number(value: Any) -> float | None:
 
 
 def _device(machine: str | None) -> str:
-    """The device and precision a machine string (:func:`align3gr_kit.utils.machine_description`) implies."""
+    """The device and precision a machine string (:func:`align3gr_kit.utils.machine_info`) implies."""
     if not machine:
         return NOT_RECORDED
     if ", GPU " in machine:

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.errors import InputError
-from align3gr_kit.utils import git_commit, machine_info, package_versions, read_json, write_json
+from align3gr_kit.utils import git_commit, machine_info, package_versions, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
@@ -153,14 +153,6 @@ def read_manifest(cfg: RunConfig, stage: str) -> dict[str, Any] | None:
     return load_manifest(stage_dir(cfg, stage) / MANIFEST)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def list_artifacts(folder: Path) -> dict[str, dict[str, Any]]:
     """Every file under ``folder`` but the manifest and executed notebooks: relative path ->
     ``{"bytes", "sha256"}``; a symbolic link (a DPO stage's ``model``) -> ``{"link": target}``, not followed."""
@@ -172,7 +164,7 @@ def list_artifacts(folder: Path) -> dict[str, dict[str, Any]]:
             if p.is_symlink():
                 out[rel] = {"link": os.readlink(p)}
             elif name in files and name != MANIFEST and not name.endswith(".ipynb"):
-                out[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                out[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return dict(sorted(out.items()))
 
 
@@ -196,7 +188,7 @@ def verify_artifacts(folder: Path, manifest: dict[str, Any], full: bool = False)
             return f"{where} is missing"
         if "bytes" in want and p.stat().st_size != want["bytes"]:
             return f"{where} has {p.stat().st_size} bytes, its manifest says {want['bytes']}"
-        if "sha256" in want and (full or want.get("bytes", 0) <= HASH_CHEAP_BYTES) and _sha256(p) != want["sha256"]:
+        if "sha256" in want and (full or want.get("bytes", 0) <= HASH_CHEAP_BYTES) and sha256_file(p) != want["sha256"]:
             return f"{where} changed since the stage finished (its sha256 differs from the manifest's)"
     return None
 
@@ -224,15 +216,10 @@ def chain_fingerprint(cfg: RunConfig, last_stage: str) -> str:
     on another (:mod:`align3gr_kit.report.ledger`); unlike a hash of the whole config, a change to a
     later stage's settings (a DPO budget) leaves the SFT model's key as it was.
     """
-    by_name = {s.name: s for s in STAGES}
-    chain, todo = set(), [get_stage(last_stage).name]
-    while todo:
-        name = todo.pop()
-        if name not in chain:
-            chain.add(name)
-            todo.extend(by_name[name].upstream)
+    chain = {*upstream_chain(last_stage), get_stage(last_stage).name}
     seedless = cfg.override({"seed": 0})
-    payload = {n: seedless.section_hash(*by_name[n].sections, unread=by_name[n].unread) for n in sorted(chain)}
+    payload = {n: seedless.section_hash(*STAGE_BY_NAME[n].sections, unread=STAGE_BY_NAME[n].unread)
+               for n in sorted(chain)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -494,11 +481,11 @@ class StageRun:
                 # a notebook's setup cell run again in the same kernel after a failed cell: the earlier,
                 # abandoned StageRun of this run hands its hold over, so the lock does not stay taken
                 # once this one finishes
-                previous = StageRun._open.pop(str(lock_path(cfg).resolve()), None)
+                previous = StageRun._open.pop(_lock_key(cfg)[1], None)
                 if previous is not None and previous._took_lock:
                     previous._took_lock = False
                     release_run(cfg)
-                StageRun._open[str(lock_path(cfg).resolve())] = self
+                StageRun._open[_lock_key(cfg)[1]] = self
                 clean_leftovers(cfg.run_dir)
             if self.dir.exists():
                 shutil.rmtree(self.dir)
@@ -587,18 +574,18 @@ class StageRun:
     def _release(self) -> None:
         if self._took_lock:
             self._took_lock = False
-            if StageRun._open.get(str(lock_path(self.cfg).resolve())) is self:
-                del StageRun._open[str(lock_path(self.cfg).resolve())]
+            if StageRun._open.get(key := _lock_key(self.cfg)[1]) is self:
+                del StageRun._open[key]
             release_run(self.cfg)
 
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM while a stage ran: which stage, after how long (the command line's one line)."""
 
-    def __init__(self, stage: str, seconds: float):
+    def __init__(self, stage: str, seconds: float, hint: str = "run again with --resume"):
         self.stage, self.seconds = stage, seconds
         self.result: dict[str, Any] | None = None  # the runner's result so far, for the command's JSON
-        super().__init__(f"interrupted in stage {stage} after {seconds:.0f} s; run again with --resume")
+        super().__init__(f"interrupted in stage {stage} after {seconds:.0f} s; {hint}")
 
 
 def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs: Any) -> dict[str, Any]:
@@ -616,7 +603,8 @@ def run_stage(cfg: RunConfig, stage: str, all_processes: bool = False, **kwargs:
         run.finish(metrics)
     except KeyboardInterrupt:
         run.abandon()
-        raise Interrupted(s.name, time.time() - run.t0) from None
+        # `train` and `tokenize` have no --resume: the same command continues (SFT from its checkpoints)
+        raise Interrupted(s.name, time.time() - run.t0, "run the same command again") from None
     except BaseException:
         run.abandon()
         raise

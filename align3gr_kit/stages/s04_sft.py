@@ -42,7 +42,7 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     train["trainable"] = res["trainable"]["trainable"]
     flat = {f"train_{k}": v for k, v in train.items()}
     state.wait_for_everyone()
-    model = getattr(res["model"], "module", res["model"])  # without DDP/accelerate wrappers
+    model = res["model"]  # train_sft returns it without DDP/accelerate wrappers
     if state.is_main_process:
         save_model(model, tokenizer, stage.dir / MODEL, tok.items, tok.users)
     use_user = cfg.prompts.user_scid_in_prompt and tok.users is not None

@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from align3gr_kit.config import RunConfig
+from align3gr_kit.distributed import main_decides
 from align3gr_kit.model.attention import forward_accepts
 from align3gr_kit.train.artifacts import write_log_history
 
@@ -216,9 +217,9 @@ class WallClockCheckpoints(TrainerCallback):
         self.last = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        from align3gr_kit.distributed import main_decides
-
-        if main_decides(time.monotonic() - self.last >= self.seconds):
+        # asked at logging steps only: under a launch each decision is a broadcast the host waits for,
+        # and a checkpoint one logging period late costs nothing
+        if state.global_step % args.logging_steps == 0 and main_decides(time.monotonic() - self.last >= self.seconds):
             control.should_save = True
         return control
 
@@ -294,7 +295,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
         "train_loss_steps", "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr", "seconds",
-        "padding": {...}, "bf16", "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this
+        "padding": {...}, "bf16", "fp16", "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this
         call's training time only, when it resumed; ``train_loss``: the mean over all ``train_loss_steps``
         steps, those before a resume included, :func:`mean_loss_over_steps`).
     """
@@ -320,7 +321,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     padding = length_grouping_report(tokenized["length"], cfg.sft.batch_size, cfg.sft.batch_size * cfg.sft.grad_accum,
                                      cfg.seed)
     print(f"padding share of SFT batches: {padding['padding_random']:.1%} in random order, "
-          f"{padding['padding_grouped']:.1%} length-grouped; bf16 autocast: {'on' if args.bf16 else 'off'}")
+          f"{padding['padding_grouped']:.1%} length-grouped; autocast: {'bf16' if args.bf16 else 'fp16 (loss-scaled)' if args.fp16 else 'off'}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = CompletionCollator(int(pad_id), logits_to_keep=forward_accepts(model, "logits_to_keep"))
     callbacks = list(callbacks)
@@ -358,6 +359,7 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         "seconds": round(seconds, 2),
         "padding": padding,
         "bf16": bool(args.bf16),
+        "fp16": bool(args.fp16),
         "log_history": history,
         "trainer": trainer,
         "resumed_from_step": resumed,
