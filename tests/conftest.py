@@ -38,3 +38,20 @@ def _fp32_under_auto(monkeypatch):
     from align3gr_kit.model import precision
 
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished smoke run (stages 00-06 on ``configs/smoke.yaml``), built once per test session in a
+    temporary runs folder; returns its :class:`~align3gr_kit.config.RunConfig`. The views of the method
+    (notebooks 01-06) are tested against it. Tests must only read it."""
+    from align3gr_kit.config import RunConfig
+    from align3gr_kit.stages.contract import ensure_stage
+    from align3gr_kit.utils import project_root
+
+    runs = tmp_path_factory.mktemp("smoke-run")
+    cfg = RunConfig.from_yaml(str(project_root() / "configs" / "smoke.yaml"), run_name="smoke-view",
+                              runs_dir=str(runs))
+    ensure_stage(cfg, "06_rf_dpo")
+    ensure_stage(cfg, "02_codebooks")
+    return cfg
