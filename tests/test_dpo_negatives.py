@@ -155,9 +155,9 @@ def test_short_beams_are_completed_by_the_policys_best_scored_items_before_the_c
     beam = np.array([medium[0], -1])  # the beam found one medium item
     pool_seen = []
 
-    def rank_fn(row, items):  # the "policy" prefers higher item ids
-        pool_seen.append(list(items))
-        return np.asarray(items, dtype=float)
+    def rank_fn(queries):  # one call for every prompt's pool; the "policy" prefers higher item ids
+        pool_seen.extend(list(items) for _, items in queries)
+        return [np.asarray(items, dtype=float) for _, items in queries]
 
     ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=100)[0]
     assert ex["rejected_items"][0] == medium[0] and ex["from_beams"] == 1 and ex["from_ranked"] == 3
@@ -166,6 +166,11 @@ def test_short_beams_are_completed_by_the_policys_best_scored_items_before_the_c
     # a pool of 2 scored items: 2 ranked, then 1 uniform catalogue fill (the last resort)
     ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=2)[0]
     assert (ex["from_beams"], ex["from_ranked"], len(ex["rejected"])) == (1, 2, 4)
+    # the user's training items are never rejected, ranked or not (issue 37)
+    banned = {0: set(medium[1:3].tolist())}
+    ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :], rank_fn, rank_pool=100,
+                              banned=banned)[0]
+    assert not banned[0] & set(ex["rejected_items"]) and len(ex["rejected"]) == 4
     # without a rank function the old rule: beam then catalogue
     ex = build_sp_preferences(samples, ["p"], table, sampler, "medium", 4, 0, beam[None, :])[0]
     assert (ex["from_beams"], ex["from_ranked"]) == (1, 0)

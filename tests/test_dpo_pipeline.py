@@ -150,10 +150,22 @@ def test_sp_then_rf_end_to_end(tmp_path, monkeypatch):
             assert len(ranks) == 4 and "target_ranks" not in e["metrics"][split_name]
             assert e["metrics"][split_name]["recall@5"] == pytest.approx(((ranks >= 0) & (ranks < 5)).mean())
     assert rf_hist["stages"][0]["reference_fingerprint"] == hist["stages"][-1]["policy_fingerprint"]
+    from align3gr_kit.dpo.preferences import held_out_items, training_items
+
+    split = DataArtifacts.load(cfg.run_dir / "00_data").split
+    held, train_items = held_out_items(split), training_items(split)
+    # the training oracle's agreement with the judge (here a kNN on the other half of the ratings) is recorded
+    for e in rf_hist["stages"]:
+        assert e["judge_pairs"] > 0 and 0.0 <= e["judge_agreement"] <= 1.0 and -1.0 <= e["judge_kappa"] <= 1.0
     for name, level in (("easy", "disliked"), ("hard", "neutral")):
         rows = [json.loads(x) for x in (cfg.run_dir / "06_rf_dpo" / name / "preferences.jsonl").read_text().splitlines()]
         assert rows and all(set(r["rejected_levels"]) == {level} for r in rows)
-        assert all(r["chosen_item"] == r["target"] and r["target"] not in r["rejected_items"] for r in rows)
+        # Fig. 2's chosen: a shown item graded liked (_ItemOracle: item % 5 >= 3), never a held-out item nor
+        # another training item; rejected never the chosen item or a training item of the user
+        for r in rows:
+            assert 1 + r["chosen_item"] % 5 >= 4 and r["chosen_item"] not in held[r["user_id"]]
+            assert r["chosen_item"] == r["target"] or r["chosen_item"] not in train_items[r["user_id"]]
+            assert r["chosen_item"] not in r["rejected_items"] and not train_items[r["user_id"]] & set(r["rejected_items"])
         assert rf["metrics"][f"{name}/preferences/from_beams_share"] == 1.0
 
 
@@ -209,11 +221,13 @@ def test_rf_without_ratings_names_loaders(tmp_path):
 
 def test_ablation_stage_names():
     assert sp_stage_names(DPOConfig()) == ["easy", "medium", "hard"]
-    assert sp_stage_names(DPOConfig(sp_progressive=False)) == ["all"]
-    assert sp_stage_names(DPOConfig(sp_negatives="random")) == ["random"]
+    # without progression, as many rounds as the progressive variant (issue 37: equal budgets)
+    assert sp_stage_names(DPOConfig(sp_progressive=False)) == ["all-1", "all-2", "all-3"]
+    assert sp_stage_names(DPOConfig(sp_negatives="random")) == ["random-1", "random-2", "random-3"]
+    assert sp_stage_names(DPOConfig(sp_negatives="generated", sp_stages=["easy"])) == ["generated"]
     assert sp_stage_names(DPOConfig(sp_stages=[])) == []
     assert rf_stage_names(DPOConfig()) == ["easy", "hard"]
-    assert rf_stage_names(DPOConfig(rf_progressive=False)) == ["all"]
+    assert rf_stage_names(DPOConfig(rf_progressive=False)) == ["all-1", "all-2"]
     with pytest.raises(ValueError, match="dpo.sp_stages"):
         sp_stage_names(DPOConfig(sp_stages=["easy", "extreme"]))
     with pytest.raises(ValueError, match="dpo.sp_negatives"):
@@ -269,9 +283,9 @@ def test_stage_pairs_shows_the_references_beams_and_scores_with_the_reference():
             calls.append(("generate", model, tuple(prompts), width))
             return np.arange(len(prompts) * width).reshape(len(prompts), width)
 
-        def score(self, model, prompt, items):
-            calls.append(("score", model, prompt, tuple(items)))
-            return -np.arange(len(items), dtype=float)
+        def score(self, model, queries):
+            calls.extend(("score", model, prompt, tuple(items)) for prompt, items in queries)
+            return [-np.arange(len(items), dtype=float) for _, items in queries]
 
     class Method:
         def __init__(self, width):
@@ -284,7 +298,7 @@ def test_stage_pairs_shows_the_references_beams_and_scores_with_the_reference():
             return self.width
 
         def pairs(self, stage, samples, prompts, shown, score):
-            return [{"samples": samples, "shown": shown, "scores": score(1, [7, 8]).tolist()}]
+            return [{"samples": samples, "shown": shown, "scores": score([(1, [7, 8])])[0].tolist()}]
 
     reference = object()
     (out,) = stage_pairs(Method(3), "hard", Decoder(), reference)
@@ -303,12 +317,12 @@ def test_stage_entry_counts_the_examples_it_trained_on():
                 {"rejected": ["e", "f"]}]
     run = {"steps": 4, "world_size": 2, "global_batch": 8, "lr": 0.01, "train_loss": 0.5}
     trained = TrainedStage(torch.nn.Linear(1, 1), "ab" * 8, "cd" * 8, [{"loss": 1.0}, {"loss": 0.25, "epoch": 1}], run)
-    entry = stage_entry("easy", examples, trained, "ef" * 8, {"valid": {"recall@5": 0.5}})
+    entry = stage_entry("easy", examples, trained, "ef" * 8, {"valid": {"recall@5": 0.5}}, {"round": 1, "prompts": 4})
     # 6 rejected over 3 examples; 2 of the 6 from the beams
     assert entry["mean_rejected"] == 2.0 and entry["from_beams_share"] == round(2 / 6, 4)
     assert entry["n_examples"] == 3 and entry["train"] == {"loss": 0.25} and entry["model_dir"] == "easy/model"
     # history.json's layout: the keys in the order readers and diffs of older runs expect
     assert list(entry) == ["stage", "n_examples", "mean_rejected", "from_beams_share", "examples_sha256", "steps",
                            "world_size", "global_batch", "lr", "train_loss", "train", "reference_fingerprint",
-                           "policy_fingerprint", "model_dir", "metrics"]
+                           "policy_fingerprint", "model_dir", "metrics", "round", "prompts"]
     assert (entry["reference_fingerprint"], entry["policy_fingerprint"]) == ("ef" * 8, "cd" * 8)

@@ -11,8 +11,9 @@ from align3gr_kit.dpo.preferences import (
     TooFewPreferences,
     build_rf_preferences,
     held_out_items,
-    liked_next_item,
+    rf_chosen_item,
     sample_prompts,
+    training_items,
 )
 from align3gr_kit.feedback import FeedbackOracle, RatingsOracle, rating_level
 from align3gr_kit.scid import ScidTable
@@ -94,75 +95,55 @@ def _rf_inputs():
 
 def test_rf_preferences_by_hand():
     ds, split, table, samples, prompts = _rf_inputs()
-    # user 0 training samples: target 1 (logged 1), 2 (3), 3 (4, liked), 4 (2); user 1: target 5 (4, liked), 4 (1)
     assert list(zip(samples.user_id, samples.target)) == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 5), (1, 4)]
-    held = held_out_items(split)
-    assert held == {0: {5, 6}, 1: {3, 2}}
-    # every beam starts with the true next item, and holds the users' validation/test items 5, 6, 2, 3
+    held, train = held_out_items(split), training_items(split)
+    assert held == {0: {5, 6}, 1: {3, 2}} and train == {0: {0, 1, 2, 3, 4}, 1: {6, 5, 4}}
+    # every beam starts with the true next item, then the users' validation/test items 5, 6, 2, 3 and others
     beams = np.column_stack([samples.target.to_numpy(), np.tile([5, 6, 0, 2, 1, 4, 3, -1], (len(samples), 1))])
-    observed = RatingsOracle(ds)
-    easy = build_rf_preferences(samples, prompts, table, _ItemLevels(), "easy", 3, 0, beams, observed, held)
+    easy = build_rf_preferences(samples, prompts, table, _ItemLevels(), "easy", 3, 0, beams, train, held)
     by = {e["prompt"]: e for e in easy.examples}
-    # only the prompts whose next item was logged liked; no later item stands in for the others
-    assert sorted(by) == ["p2", "p4"]
-    assert easy.stats["skipped_not_liked"] == 4 and easy.stats["examples"] == 2
-    assert by["p2"]["chosen_item"] == 3 and by["p2"]["rejected_items"] == [0, 1]  # 5, 6 held out for user 0
-    assert by["p4"]["chosen_item"] == 5 and by["p4"]["rejected_items"] == [0, 1]
-    assert by["p4"]["rejected_levels"] == ["disliked", "disliked"] and by["p4"]["from_beams"] == 2
-    hard = build_rf_preferences(samples, prompts, table, _ItemLevels(), "hard", 3, 0, beams, observed, held)
+    # Fig. 2: the next item when shown and liked (p2: 3, p4: 5), else the first liked shown item that is
+    # neither held out nor another training item: none here (user 0: 5, 6 held out, 3 a training item;
+    # user 1: 3 held out, 5, 6 training items). p2's disliked shown items 0, 1 are user 0's training items
+    assert sorted(by) == ["p4"] and easy.stats["skipped_no_chosen"] == 4 and easy.stats["skipped_no_rejected"] == 1
+    assert by["p4"]["chosen_item"] == 5 and by["p4"]["rejected_items"] == [0, 1] and easy.stats["chosen_next"] == 1
+    hard = build_rf_preferences(samples, prompts, table, _ItemLevels(), "hard", 3, 0, beams, train, held,
+                                min_examples=0)
     by = {e["prompt"]: e for e in hard.examples}
-    # user 0: 2 and 4 neutral (5, 6 held out); user 1: 2 is a held-out item, 4 stays
-    assert by["p2"]["rejected_items"] == [2, 4] and by["p4"]["rejected_items"] == [4]
-    assert hard.stats["from_beams_share"] == 1.0 and hard.stats["fallback_share"] == 0.0
-    # shown and graded, chosen and held-out items aside: user 0 sees 0 1 2 4, user 1 sees 0 1 4 6
-    assert {k: v for k, v in hard.stats.items() if k.startswith("shown/")} == {
-        "shown/disliked": 4, "shown/neutral": 3, "shown/liked": 1, "shown/unknown": 0}
+    # user 1 (training 4, 5, 6): neutral shown items 2 (a TEST item of user 1: not banned) and 4 (training: banned)
+    assert by["p4"]["rejected_items"] == [2] and by["p4"]["rejected_levels"] == ["neutral"]
+    # the best-graded rule: the highest-rated liked shown item allowed, whatever the next item
+    rated = _Rated()
+    beam = [4, 3, 6, 5, 0]
+    levels, ratings = rated.levels([9] * 5, beam), rated.ratings([9] * 5, beam)
+    assert rf_chosen_item(9, 4, beam, levels, ratings, "best", rated, set()) == 5
+    assert rf_chosen_item(9, 4, beam, levels, ratings, "best", rated, {5}) == 6
+    assert rf_chosen_item(9, 3, beam, levels, ratings, "next_or_best", rated, set()) == 3
+    assert rf_chosen_item(9, 4, beam, levels, ratings, "next_or_best", rated, set()) == 5
+    assert rf_chosen_item(9, 4, beam, levels, ratings, "next", rated, set()) is None
 
 
-def test_rf_prompts_are_drawn_among_liked_next_items():
-    ds, split, table, _, _ = _rf_inputs()
-    observed = RatingsOracle(ds)
-    liked = liked_next_item(split.train, observed)
-    # by hand (see test_rf_preferences_by_hand): user 0's targets 1 2 3 4 logged 1 3 4 2, user 1's 5 4 logged 4 1
-    assert liked.tolist() == [False, False, True, False, True, False]
-    every = sample_prompts(split.train, 0, 0, "rf/easy")
-    pool = sample_prompts(split.train, 0, 0, "rf/easy", eligible=liked)
-    # only the liked ones, with the position t counted over the user's whole training sequence
-    assert list(zip(pool.user_id, pool.target, pool.t)) == [(0, 3, 3), (1, 5, 1)]
-    assert pool.t.tolist() == every.t[liked].tolist()
-    one = sample_prompts(split.train, 1, 0, "rf/easy", eligible=liked)
-    assert len(one) == 1 and observed.level(int(one.user_id[0]), int(one.target[0])) == "liked"
-    beams = np.tile([0, 1, 2, 4, 6], (len(pool), 1))
-    prefs = build_rf_preferences(pool, ["a", "b"], table, _ItemLevels(), "easy", 3, 0, beams, observed,
-                                 held_out_items(split))
-    assert prefs.stats["skipped_not_liked"] == 0 and prefs.stats["examples"] == 2
-    with pytest.raises(ValueError, match="one flag per training sample"):
-        sample_prompts(split.train, 0, 0, "rf", eligible=liked[:3])
+class _Rated(_ItemLevels):
+    """_ItemLevels with ratings: liked items 3, 5, 6 rated 4.0, 4.8, 4.2."""
+
+    def ratings(self, user_ids, item_ids):
+        return np.array([{3: 4.0, 5: 4.8, 6: 4.2}.get(int(i), 1.0) for i in item_ids])
 
 
-def test_rf_catalogue_fallback_is_counted_and_avoids_consumed_items():
+def test_rf_catalogue_fallback_is_counted_and_avoids_training_items():
     ds, split, table, samples, prompts = _rf_inputs()
-    no_beams = np.full((len(samples), 4), -1)
-    observed = RatingsOracle(ds)
-    every = type("Every", (FeedbackOracle,), {"level": lambda self, u, i: "neutral"})()
-    prefs = build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, no_beams, observed,
+    beams = np.column_stack([samples.target.to_numpy(), np.full((len(samples), 3), -1)])
+    every = type("Every", (FeedbackOracle,), {"level": lambda self, u, i: "liked" if i in (3, 5) else "neutral"})()
+    prefs = build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, beams, training_items(split),
                                  held_out_items(split), fallback="catalogue")
     by = {e["prompt"]: e for e in prefs.examples}
-    # user 0 consumed 0..4 in training and holds out 5, 6: nothing is left; user 1 (training 6, 5, 4;
-    # held out 3, 2) can only get 0 and 1
-    assert sorted(by) == ["p4"] and sorted(by["p4"]["rejected_items"]) == [0, 1] and by["p4"]["from_beams"] == 0
-    assert prefs.stats["fallback_share"] == 1.0 and prefs.stats["from_fallback"] == 2
-    # without the fallback nothing was shown, so the stage says so instead of training on nothing
-    with pytest.raises(TooFewPreferences, match="2 because no shown item was graded neutral"):
-        build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, no_beams, observed, held_out_items(split))
-
-
-def test_rf_too_few_examples_says_so():
-    ds, split, table, samples, prompts = _rf_inputs()
-    beams = np.tile([0, 1, 2, 4], (len(samples), 1))
-    with pytest.raises(TooFewPreferences, match="stage 'easy': 2 preference example.*4 skipped because"):
-        build_rf_preferences(samples, prompts, table, _ItemLevels(), "easy", 3, 0, beams, RatingsOracle(ds),
-                             held_out_items(split), min_examples=3)
+    # user 0 (p2, next item 3 liked) trained on 0..4: only 6 (held out, not banned) is neutral and left;
+    # user 1 (p4, next item 5) trained on 4, 5, 6: 0, 1, 2 (its test item too) remain
+    assert sorted(by["p2"]["rejected_items"]) == [6] and sorted(by["p4"]["rejected_items"]) == [0, 1, 2]
+    assert prefs.stats["fallback_share"] == 1.0 and by["p4"]["from_beams"] == 0
+    with pytest.raises(TooFewPreferences, match="because no shown item was graded neutral"):
+        build_rf_preferences(samples, prompts, table, every, "hard", 5, 0, beams, training_items(split),
+                             held_out_items(split))
 
 
 def test_rf_rules_hold_on_generated_data_with_the_simulator():
@@ -173,35 +154,27 @@ def test_rf_rules_hold_on_generated_data_with_the_simulator():
     split = leave_one_out(ds, max_history=20)
     table = ScidTable(np.array([[k // 16, (k // 4) % 4, k % 4] for k in range(ds.n_items)]), "item")
     samples = sample_prompts(split.train, 300, 0, "rf")
-    held = held_out_items(split)
+    held, train = held_out_items(split), training_items(split)
     rng = np.random.default_rng(0)
     # beams: the true next item, the user's held-out items and random catalogue items, in random order
     beams = np.array([rng.permutation([t, *held[u], *rng.choice(ds.n_items, 12, replace=False)])
                       for u, t in zip(samples.user_id, samples.target)])
-    observed, sim = RatingsOracle(ds), SimulatorOracle.fit(ds)
+    sim = SimulatorOracle.fit(ds, sampled=True)
+    n_held_rejected = 0
     for stage, wanted in (("easy", {"disliked"}), ("hard", {"neutral"}), ("all", {"disliked", "neutral"})):
         prefs = build_rf_preferences(samples, [str(k) for k in range(len(samples))], table, sim, stage, 5, 0, beams,
-                                     observed, held)
+                                     train, held)
         assert len(prefs.examples) > 20
         for e in prefs.examples:
-            # chosen is the true next item, logged liked, never a later item
-            assert e["chosen_item"] == e["target"] and observed.level(e["user_id"], e["target"]) == "liked"
-            # the true next item and the held-out items are never rejected
-            assert e["target"] not in e["rejected_items"] and not held[e["user_id"]] & set(e["rejected_items"])
-            # the stage's levels are the oracle's grades
-            assert e["rejected_levels"] == sim.levels([e["user_id"]] * len(e["rejected_items"]), e["rejected_items"])
+            u, row = e["user_id"], int(e["prompt"])
+            # chosen: a shown item graded liked, never a held-out item or another training item
+            assert e["chosen_item"] in beams[row] and sim.level(u, e["chosen_item"]) == "liked"
+            assert e["chosen_item"] not in held[u] and (e["chosen_item"] == e["target"] or e["chosen_item"] not in train[u])
+            # rejected: never the chosen item nor a training item; the stage's levels are the oracle's grades
+            assert e["chosen_item"] not in e["rejected_items"] and not train[u] & set(e["rejected_items"])
+            assert e["rejected_levels"] == sim.levels([u] * len(e["rejected_items"]), e["rejected_items"])
             assert set(e["rejected_levels"]) <= wanted and len(set(e["rejected_items"])) == len(e["rejected_items"])
-            assert e["from_beams"] == len(e["rejected_items"])
-        n_liked = sum(observed.level(u, t) == "liked" for u, t in zip(samples.user_id, samples.target))
-        assert prefs.stats["skipped_not_liked"] == len(samples) - n_liked
-    # control: without the rule, some of the last stage's prompts would have rejected a held-out item
-    # or the true next item (logged liked, yet graded neutral or disliked by the simulator)
-    assert sum(sim.level(e["user_id"], h) in wanted for e in prefs.examples for h in held[e["user_id"]]) > 5
-    assert sum(sim.level(e["user_id"], e["target"]) in wanted for e in prefs.examples) > 5
-
-
-def test_level_counts_table():
-    from align3gr_kit.dpo.figures import level_counts
-
-    t = level_counts(["liked", "liked", None, "disliked"])
-    assert t.to_dict("list") == {"level": ["disliked", "liked", "unrated"], "count": [1, 2, 1], "share": [0.25, 0.5, 0.25]}
+            n_held_rejected += len(held[u] & set(e["rejected_items"]))
+        assert len(prefs.shown) >= len(prefs.examples)
+    # control: held-out items are not banned, so some were rejected like any other shown item
+    assert n_held_rejected > 0

@@ -23,6 +23,8 @@ from align3gr_kit.feedback import (
     split_ratings,
     training_oracle,
 )
+from align3gr_kit.feedback import JUDGE_SEED_OFFSET, NeighbourJudge, agreement, cross_fit
+from align3gr_kit.feedback.judge import rows_digest
 from align3gr_kit.feedback.simulator import DEFAULT_PARAMS
 from align3gr_kit.utils import read_json
 
@@ -132,12 +134,25 @@ def test_oracle_choice(world):
     assert isinstance(training_oracle("ground_truth", world), GroundTruthOracle)
     with pytest.raises(ValueError, match="ratings, simulator, simulator_sampled, ground_truth"):
         training_oracle("llm", world)
-    # the judge: the ground truth on generated data, else a simulator fit on every rating
+    # the judge: the ground truth on generated data, else an item-kNN fit on ratings the oracle never sees
     assert isinstance(evaluation_oracle(world), GroundTruthOracle)
     other = RecDataset("ml-like", world.items, world.users, world.interactions, "t")
-    judge = evaluation_oracle(other)
-    assert isinstance(judge, SimulatorOracle) and judge.meta["fit_on"] == "all"
-    assert judge.meta["n_ratings"] == len(world.interactions)
+    judge, oracle = evaluation_oracle(other, seed=3), training_oracle("simulator", other, seed=3)
+    split = cross_fit(other, 3)
+    # issue 37: the two never see the same rating, and together see every one
+    assert not set(split.oracle_rows) & set(split.judge_rows)
+    assert len(split.oracle_rows) + len(split.judge_rows) == int(world.interactions.rating.notna().sum())
+    assert isinstance(judge, NeighbourJudge) and judge.meta["seed"] == 3 + JUDGE_SEED_OFFSET
+    assert (judge.meta["n_ratings"], judge.meta["rows_sha256"]) == (len(split.judge_rows), rows_digest(split.judge_rows))
+    assert (oracle.meta["n_ratings"], oracle.meta["rows_sha256"]) == (len(split.oracle_rows), rows_digest(split.oracle_rows))
+    # the oracle's half holds about half of each user's training ratings, none of the held-out ones
+    parts = split_ratings(other)
+    assert abs(len(split.oracle_rows) - (parts.part == "train").sum() / 2) <= other.n_users
+    ratings_only = training_oracle("ratings", other, seed=3)
+    n_known = sum(ratings_only.rating(u, i) is not None for u, i in zip(world.interactions.user_id, world.interactions.item_id))
+    assert 0 < n_known <= len(split.oracle_rows)
+    agree = agreement(oracle, judge, world.interactions.user_id[:200], world.interactions.item_id[:200])
+    assert 0.0 <= agree["accuracy"] <= 1.0 and -1.0 <= agree["kappa"] <= 1.0 and agree["pairs"] == 200
     with pytest.raises(DataError, match="only for data.dataset: synthetic"):
         training_oracle("ground_truth", other)
 

@@ -10,7 +10,8 @@ Public API::
     NegativeSampler(item_codes, mode, item_embeddings)   Easy/Medium/Hard negatives
     build_sp_preferences(...) -> list[dict], build_rf_preferences(...) -> RFPreferences   preference data per stage
     run_progressive(policy, tokenizer, stages, cfg, out_dir, evaluate_fn) -> history
-                                                  per stage: freeze, build pairs, train, evaluate, save
+                                                  per round: freeze, regenerate beams, build pairs, train
+                                                  (a fixed step budget), score pair margins, evaluate, save
     SelfPlay(cfg, inputs), RealFeedback(cfg, inputs, stage_run)   what SP-DPO and RF-DPO do differently
     run_dpo(cfg, stage="sp"|"rf", stage_run) -> dict          the CLI-level entry point (the recipe)
 """
@@ -24,9 +25,9 @@ from align3gr_kit.dpo.preferences import (
     build_sp_preferences,
     sp_preference_stats,
     held_out_items,
-    liked_next_item,
     sample_prompts,
     sequential_prompts,
+    training_items,
 )
 from align3gr_kit.dpo.progressive import StageSpec, run_progressive
 from align3gr_kit.dpo.softmax_dpo import batched_logps, implicit_rewards, sequence_logps, softmax_dpo_loss
@@ -55,7 +56,6 @@ __all__ = [
     "sp_preference_stats",
     "held_out_items",
     "implicit_rewards",
-    "liked_next_item",
     "make_reference",
     "parameter_fingerprint",
     "precompute_reference_logps",
@@ -69,4 +69,5 @@ __all__ = [
     "shared_prefix",
     "softmax_dpo_loss",
     "sp_stage_names",
+    "training_items",
 ]

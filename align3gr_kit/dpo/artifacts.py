@@ -2,7 +2,7 @@
 
 Folder layout: ``history.json`` (rewritten after each sub-stage: the starting model's metrics, one
 entry per trained sub-stage, the final model), one folder per sub-stage (``easy/``, ``medium/``…)
-holding ``model/``, ``preferences.jsonl``, ``log_history.json`` and ``results.json``, and a link
+holding ``model/``, ``preferences.jsonl``, ``pair_margins.json``, ``log_history.json`` and ``results.json``, and a link
 ``model`` -> ``<last sub-stage>/model``.
 """
 
@@ -18,6 +18,10 @@ from align3gr_kit.utils import read_json
 
 HISTORY = "history.json"
 PREFERENCES = "preferences.jsonl"
+#: Per sub-stage: ``{"user_id": [per example], "reference": [[margin per rejected] per example],
+#: "policy": [...]}``, margin = log pi(chosen|x) - log pi(rejected_j|x) (sums of response-token
+#: log-probs) under the sub-stage's reference and under its trained policy.
+PAIR_MARGINS = "pair_margins.json"
 
 
 @dataclass
@@ -57,6 +61,14 @@ class DPOArtifacts:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no preference data for sub-stage {stage!r}")
         return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def pair_margins(self, stage: str) -> dict[str, list]:
+        """A sub-stage's per-pair margins (:data:`PAIR_MARGINS`)."""
+        path = self.folder / stage / PAIR_MARGINS
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no pair margins for sub-stage {stage!r} (stages run before they were "
+                                    "kept); re-run the DPO stage")
+        return read_json(path)
 
     def log_history(self, stage: str) -> list[dict]:
         return read_json(self.folder / stage / LOG_HISTORY)

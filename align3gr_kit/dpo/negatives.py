@@ -36,7 +36,7 @@ responses, :func:`response_logps`); ``dpo.trainer`` never imports this module.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -137,6 +137,7 @@ class NegativeSampler:
         difficulty: str,
         n: int,
         rng: np.random.Generator,
+        exclude: Collection[int] = (),
     ) -> tuple[list[int], int]:
         """Rejected items for one prompt.
 
@@ -147,6 +148,7 @@ class NegativeSampler:
                 (any item but the chosen one, drawn uniformly from the beam) or ``random`` (no beams).
             n: how many to return at most.
             rng: the stage's seeded generator (catalogue fill).
+            exclude: items never picked (the user's own training items).
         Returns:
             ``(items, n_from_beams)``: up to ``n`` distinct item ids, beam items first in beam order.
         """
@@ -160,6 +162,8 @@ class NegativeSampler:
             ok[chosen] = False
         else:
             raise ValueError(f"unknown SP-DPO difficulty {difficulty!r}; use one of {DIFFICULTIES + MIXED}")
+        if len(exclude):
+            ok[list(exclude)] = False
         picked: list[int] = []
         if difficulty != "random" and candidates is not None:
             beam = list(dict.fromkeys(int(c) for c in candidates if int(c) >= 0 and ok[int(c)]))

@@ -1,19 +1,25 @@
 """Progressive DPO: a list of stages, each with its own preference data; the policy trained in stage
 i is the frozen reference of stage i+1.
 
-For every stage ``s`` in order::
+For every stage (a round: regenerate from the current policy, then train) ``s`` in order::
 
     reference = make_reference(policy)             frozen copy of the current policy (stage 1: the starting model)
     examples  = stage_examples(s, reference)       s.build: the preference pairs, from this reference's beams
-    examples  = with_reference_logps(examples, reference)   once (dpo.precompute_ref), else scored on the fly
-    policy    = train_stage(policy, reference, examples)    Softmax-DPO training (a LoRA adapter merged)
+    examples  = with_reference_logps(examples, reference)   the reference's log-probs (training uses them
+                                                   with dpo.precompute_ref, else scores on the fly)
+    policy    = train_stage(policy, reference, examples)    Softmax-DPO training (a LoRA adapter merged),
+                                                   ceil(epochs * s.prompts / global batch) steps unless
+                                                   dpo.max_steps: the budget is the prompts, not the examples
+    margins   = pair_margins(examples, policy)     log pi(chosen) - log pi(rejected_j) per pair, before / after
     metrics   = evaluate_fn(policy)                validation/test after every stage
-    save        out_dir/<s>/model (+ tokenizer), preferences.jsonl, log_history.json,
+    save        out_dir/<s>/model (+ tokenizer), preferences.jsonl, pair_margins.json, log_history.json,
                 results.json (stage_entry)
 
-``out_dir/history.json`` (rewritten after each stage) lists every stage's sizes, final training
-statistics, metrics, and parameter fingerprints of its reference and trained policy (the reference
-fingerprint of stage i+1 equals the policy fingerprint of stage i).
+``out_dir/history.json`` (rewritten after each stage) lists every stage's budget (prompts, steps,
+round of rounds), its pairs (examples, mean rejected per example, the mean chosen-minus-rejected
+margin under the reference and under the trained policy, the share of pairs whose margin rose), final
+training statistics, metrics, and parameter fingerprints of its reference and trained policy (the
+reference fingerprint of stage i+1 equals the policy fingerprint of stage i).
 
 Under ``accelerate launch`` / ``torchrun`` every rank runs this together. The stage's examples must
 be the same on every rank (DDP pairs the ranks' batches; datasets of different lengths hang it): the
@@ -38,7 +44,8 @@ and ``dpo.artifacts``/``shared_prompt``/``trainer``; never ``dpo.pipeline``, whi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,7 +70,7 @@ from align3gr_kit.dpo.trainer import (
     parameter_fingerprint,
     precompute_reference_logps,
 )
-from align3gr_kit.dpo.artifacts import HISTORY, PREFERENCES
+from align3gr_kit.dpo.artifacts import HISTORY, PAIR_MARGINS, PREFERENCES
 from align3gr_kit.dpo.shared_prompt import shared_prompt_supported
 from align3gr_kit.train.artifacts import MODEL, write_log_history, write_metrics
 from align3gr_kit.model.precision import trainer_precision
@@ -81,10 +88,19 @@ class StageSpec:
         build: ``build(reference_model) -> list of preference examples`` (see
             :class:`~align3gr_kit.dpo.trainer.SoftmaxDPOCollator`); it receives the stage's frozen
             reference, which equals the policy at the start of the stage.
+        prompts: the prompts the stage draws (its budget: the steps are counted over them, so a
+            stage whose prompts give fewer examples trains as long); None = the examples.
+        info: fields recorded in the stage's entry before its statistics (``round``, ``rounds``,
+            ``difficulty``...).
+        extra: ``() -> dict`` called after ``build``: more fields for the entry (e.g. the agreement
+            of RF-DPO's oracle with the judge on the items shown); None = none.
     """
 
     name: str
     build: Callable[[torch.nn.Module], list[dict]]
+    prompts: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    extra: Callable[[], dict[str, Any]] | None = None
 
 
 def run_progressive(
@@ -153,16 +169,22 @@ def run_progressive(
         collator = SoftmaxDPOCollator(tokenizer, max_length=max_length, encode_prompt=encode_prompt,
                                       share_prompt=cfg.share_prompt and shared_prompt_supported(policy))
         reference_fp = policy_fp or parameter_fingerprint(reference)  # a copy of the policy: the same weights
+        # the reference's log-probs: the margins before training, and the loss's reference when precomputed
+        scored = with_reference_logps(examples, reference, collator, cfg.batch_size, precision)
         if cfg.precompute_ref:  # then the frozen copy is no longer needed: freed before training
-            examples, reference = with_reference_logps(examples, reference, collator, cfg.batch_size, precision), None
+            examples, reference = scored, None
         trained = train_stage(policy, reference, examples, collator, cfg, stage_dir, spec.name, seed=seed,
-                              wrap_fn=wrap_fn, precision=precision, distributed=distributed)
+                              wrap_fn=wrap_fn, precision=precision, distributed=distributed, prompts=spec.prompts)
         policy, reference, policy_fp = trained.policy, None, trained.policy_fingerprint
+        margins = pair_margins(scored, with_reference_logps(scored, policy, collator, cfg.batch_size, precision))
         if state.is_main_process:
             (save_fn or _save_pretrained)(policy, tokenizer, stage_dir / MODEL)
             write_log_history(stage_dir, trained.log_history)
+            write_json(stage_dir / PAIR_MARGINS, margins)
         metrics = evaluate_fn(policy) if evaluate_fn else None
-        entry = stage_entry(spec.name, examples, trained, reference_fp, metrics)
+        entry = stage_entry(spec.name, examples, trained, reference_fp, metrics,
+                            {**spec.info, "prompts": spec.prompts if spec.prompts is not None else len(examples),
+                             **margin_stats(margins), **(spec.extra() if spec.extra else {})})
         history["stages"].append(entry)
         if state.is_main_process:
             write_metrics(stage_dir, entry)
@@ -183,6 +205,32 @@ def stage_examples(spec: StageSpec, reference: torch.nn.Module) -> list[dict]:
             "raise dpo.max_prompts or check the stage's data source"
         )
     return examples
+
+
+def pair_margins(before: list[dict], after: list[dict]) -> dict[str, list]:
+    """Per pair, ``log pi(chosen|x) - log pi(rejected_j|x)`` (sums of response-token log-probs, the
+    loss's scoring) under the reference (``before``: examples with ``ref_*_logps`` of the reference)
+    and under the trained policy (``after``: the same examples scored by the policy, in the same
+    fields): ``{"user_id": [per example], "reference": [[per rejected] per example], "policy": [...]}``
+    (the layout of ``pair_margins.json``)."""
+    def margins(rows: list[dict]) -> list[list[float]]:
+        return [[round(e["ref_chosen_logps"] - r, 6) for r in e["ref_rejected_logps"]] for e in rows]
+
+    return {"user_id": [int(e.get("user_id", -1)) for e in before], "reference": margins(before),
+            "policy": margins(after)}
+
+
+def margin_stats(margins: dict[str, list]) -> dict[str, float]:
+    """``pairs``, ``margin_before`` / ``margin_after`` (mean chosen-minus-rejected log-prob margin over
+    every pair under the reference / the trained policy) and ``margin_up_share`` (share of pairs whose
+    margin rose) of :func:`pair_margins`."""
+    ref = [m for row in margins["reference"] for m in row]
+    pol = [m for row in margins["policy"] for m in row]
+    if not ref:
+        return {"pairs": 0}
+    return {"pairs": len(ref), "margin_before": round(sum(ref) / len(ref), 4),
+            "margin_after": round(sum(pol) / len(pol), 4),
+            "margin_up_share": round(sum(b > a for a, b in zip(ref, pol)) / len(ref), 4)}
 
 
 def with_reference_logps(examples: list[dict], reference: torch.nn.Module, collator: SoftmaxDPOCollator,
@@ -227,9 +275,12 @@ def train_stage(
     wrap_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     precision: str = "auto",
     distributed: DistributedConfig | None = None,
+    prompts: int | None = None,
 ) -> TrainedStage:
     """Softmax-DPO training of ``policy`` on ``examples``, every rank alike (the arguments are
-    :func:`run_progressive`'s; ``name`` labels the agreement checks).
+    :func:`run_progressive`'s; ``name`` labels the agreement checks). ``prompts``: the stage's prompt
+    budget; with ``cfg.max_steps`` 0 it trains ``ceil(cfg.epochs * prompts / global batch)`` steps
+    (:func:`budget_steps`), however many examples the prompts gave; None = by epochs over the examples.
 
     ``reference``: the frozen reference scored on the fly, or None when ``examples`` carry its
     log-probs (:func:`with_reference_logps`). The examples' hash is compared across ranks before
@@ -238,11 +289,14 @@ def train_stage(
     examples_sha = check_ranks_agree(examples_hash(examples), f"DPO stage {name!r}: the training examples")[0]
     trainable = wrap_fn(policy) if wrap_fn else policy
     disable_dropout_in_model(trainable)  # and in the adapters wrap_fn adds: policy scored as the reference
+    args = _training_args(cfg, stage_dir, seed, precision, distributed)
+    if prompts is not None and not cfg.max_steps:
+        args.max_steps = budget_steps(cfg, prompts, args.world_size)
     trainer = SoftmaxDPOTrainer(
         model=trainable,
         ref_model=reference,
         beta=cfg.beta,
-        args=_training_args(cfg, stage_dir, seed, precision, distributed),
+        args=args,
         train_dataset=_dataset(examples),
         data_collator=collator,
         processing_class=collator.tokenizer,
@@ -266,11 +320,20 @@ def train_stage(
     return TrainedStage(policy, examples_sha, policy_fp, trainer.state.log_history, run)
 
 
+def budget_steps(cfg: DPOConfig, prompts: int, world_size: int = 1) -> int:
+    """Optimiser steps of a stage of ``prompts`` prompts: ``cfg.max_steps``, or
+    ``ceil(cfg.epochs * prompts / (batch_size * grad_accum * world_size))`` (at least 1)."""
+    if cfg.max_steps:
+        return int(cfg.max_steps)
+    return max(1, math.ceil(cfg.epochs * prompts / (cfg.batch_size * cfg.grad_accum * max(1, world_size))))
+
+
 def stage_entry(name: str, examples: list[dict], trained: TrainedStage, reference_fingerprint: str,
-                metrics: dict | None) -> dict[str, Any]:
+                metrics: dict | None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The stage's entry in ``history.json`` (also its ``results.json``): sizes, how it trained, the
     reference's and the trained policy's fingerprints, the model folder (relative: the stage folder is
-    renamed into place) and the policy's ``metrics``."""
+    renamed into place), the policy's ``metrics``, then ``stats`` (the round, its prompt budget, the
+    pair margins..., after the keys older runs' entries hold)."""
     n_rejected = sum(len(e["rejected"]) for e in examples)
     return {
         "stage": name,
@@ -284,6 +347,7 @@ def stage_entry(name: str, examples: list[dict], trained: TrainedStage, referenc
         "policy_fingerprint": trained.policy_fingerprint,
         "model_dir": f"{name}/{MODEL}",
         "metrics": metrics,
+        **(stats or {}),
     }
 
 

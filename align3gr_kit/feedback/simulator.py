@@ -25,8 +25,9 @@ Two limits, measured (see :func:`heldout_table` and :func:`align3gr_kit.feedback
 
 Leakage rule (the training simulator): :func:`split_ratings` marks each user's last ``holdout``
 interactions (2 = validation + test of :func:`align3gr_kit.data.split.leave_one_out`) as held out,
-and :meth:`SimulatorOracle.fit` only ever passes the ``train`` part to the model. The evaluation
-simulator (:func:`fit_evaluation_simulator`) is fit on every rating and must never train a policy.
+and :meth:`SimulatorOracle.fit` only ever passes the ``train`` part to the model (on real data, RF-DPO
+passes it only half of those, :func:`align3gr_kit.feedback.training_oracle`: the judge is fit on the other).
+:func:`fit_evaluation_simulator` (fit on every rating) is a control in tests, never a judge or an oracle.
 """
 
 from __future__ import annotations
@@ -238,12 +239,10 @@ def pair_normal(user_ids: Sequence[int], item_ids: Sequence[int], n_items: int, 
 
 
 def fit_evaluation_simulator(dataset: RecDataset, seed: int = 0, **params) -> SimulatorOracle:
-    """The EVALUATION simulator: the same model fit on ALL ratings, training and held-out alike.
-
-    It judges what users like in the final top-10 lists of every model (see
-    :mod:`align3gr_kit.feedback.evaluation`). Because it has seen the validation/test ratings it must
-    never grade preference data: the training simulator (:meth:`SimulatorOracle.fit` with
-    ``holdout=2``) does that, so a policy is never scored by the model that trained it.
+    """The same model fit on ALL ratings, training and held-out alike: an in-sample control (e.g. to show
+    that the training simulator's predictions do not depend on the held-out ratings). It is not the
+    judge (:func:`align3gr_kit.feedback.evaluation_oracle`, another model on other ratings) and must never
+    grade preference data.
     """
     return SimulatorOracle.fit(dataset, holdout=0, seed=seed, **params)
 
