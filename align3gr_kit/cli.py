@@ -2,13 +2,14 @@
 
 Commands:
     run       --config C [--stages 00,01] [--resume [--verify]]   the notebooks through papermill, then reports/
+              --config C --mode view [--stages 04,05]  a finished run's notebooks in view mode (train nothing) -> reports/
     data      stats --dataset D [--data-path P] [--name N] [--min-interactions K] | download ml-100k [--dest data/ml-100k]
     tokenize  --config C                               dual SCID tokenization (stage 01)
     baseline  sasrec|popularity --config C             a baseline under the shared protocol
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
     ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
-              --config C --table token|sft|dpo|tsrec|sa-depth|backbone|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR] [--no-reuse]
+              --config C --table token|sft|dpo|tsrec|sa-depth|backbone|depth|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR] [--no-reuse]
                                                        a paper's table -> reports/tables/<dataset>/<table>.json|md|html
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
               pipeline --config C                      a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md
@@ -29,7 +30,7 @@ from align3gr_kit.config import CLI_FLAGS, RunConfig
 
 #: ``ablate --table`` names (:data:`align3gr_kit.report.specs.TABLE_NAMES`, which a test holds them to;
 #: spelled out so that ``--help`` does not import pandas and the table code).
-TABLE_CHOICES = ("token", "sft", "dpo", "tsrec", "sa-depth", "backbone", "ladder")
+TABLE_CHOICES = ("token", "sft", "dpo", "dpo-beta", "tsrec", "sa-depth", "backbone", "depth", "ladder")
 
 
 # The one JSON object of a command goes to the real stdout; everything else a command prints
@@ -87,9 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     if args.verify and not args.resume:
         raise SystemExit("run: --verify checks finished stages before --resume skips them; add --resume")
+    if args.mode == "view" and args.resume:
+        raise SystemExit("run: --resume skips finished stages of --mode run; --mode view only reads finished stages")
     try:
         result = run_pipeline(cfg, config_path=args.config, stages=stages, resume=args.resume,
-                              overrides=cfg_overrides(args), verify=args.verify)
+                              overrides=cfg_overrides(args), verify=args.verify, mode=args.mode)
     except Interrupted as e:
         if e.result is not None:  # the JSON says where it stopped too; main prints the one line
             _print(e.result)
@@ -262,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "up to 16 MB, checked); a stage that fails the check is re-run")
     p.add_argument("--verify", action="store_true", help="with --resume: hash every file of a finished stage, "
                                                           "model weights too (seconds per GB)")
+    p.add_argument("--mode", choices=["run", "view"], default="run",
+                   help="run: (re)make the stages (default); view: execute the notebooks of a finished run in view "
+                        "mode (nothing trained, nothing under runs/ written) and render reports/<run>/")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("data", help="dataset statistics and downloads")

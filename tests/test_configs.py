@@ -41,7 +41,7 @@ def test_gpu_qwen_path_with_tiny_backbone(tmp_path):
     tokens = items.vocabulary() + users.vocabulary()
     rows = [{"prompt": f"User {users.string(u)} bought {items.string(u % 24)}. Next:\n",
              "completion": items.string((u + 1) % 24), "task": "A"} for u in range(30)]
-    keywords = scid_keywords(ds, items, users, cfg.model.sa_init_keywords)
+    keywords = scid_keywords(ds, items, cfg.model.sa_init_keywords)
     model, tok = build_backbone(cfg.model, [ds.item_text(i) for i in range(24)] + [r["prompt"] for r in rows],
                                 tokens, cfg.seed, keywords=keywords)
     assert model.align3gr_init_stats["sa_init"] > 0, "SA-Init must set the SCID rows"

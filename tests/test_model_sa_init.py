@@ -10,7 +10,9 @@ from align3gr_kit.config import ModelConfig
 from align3gr_kit.model import build_backbone, sa_init, scid_keywords
 from align3gr_kit.model.backbone import add_scid_tokens
 from align3gr_kit.model.sa_init import mean_resizing_init
+from align3gr_kit.prompts.keywords import token_keywords
 from align3gr_kit.scid import ScidTable
+from align3gr_kit.tokenizer.unique import append_unique_level
 
 # A word-piece vocabulary whose splits are known by construction: "guitar" = gui + ##tar.
 VOCAB = {"[UNK]": 0, "[PAD]": 1, "gui": 2, "##tar": 3, "drum": 4, "amp": 5}
@@ -66,9 +68,11 @@ def test_sa_init_is_one_mean_over_all_sub_tokens_hand_computed(tied):
         assert torch.allclose(out[new_ids[0]], torch.tensor([5 / 3, 5 / 3, 3.0, 1.0]))
 
 
-ITEMS = ScidTable(np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 1]]), "item")
+# three RQ-VAE levels, then the collision level the tokenizer always appends (all 0 here: no collisions)
+ITEMS = ScidTable(append_unique_level(np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 1]])), "item")
 USERS = ScidTable(np.array([[0, 0], [1, 1]]), "user")
 TITLES = ["vintage guitar maple", "guitar strings bronze", "drum kit maple", "snare drum steel"]
+PROFILES = ["guitarist vintage gear", "drummer rock band"]
 CORPUS = TITLES * 20 + ["a guitarist who likes vintage gear", "a drummer in a rock band"] * 20
 TINY = ModelConfig(base="tiny-llama", hidden_size=32, num_layers=1, num_heads=2, bpe_vocab_size=300)
 
@@ -77,18 +81,23 @@ def _dataset():
     from align3gr_kit.data.schema import RecDataset, make_interactions, make_items, make_users
 
     return RecDataset("t", make_items([{"raw_id": str(i), "title": t} for i, t in enumerate(TITLES)], "t"),
-                      make_users([{"raw_id": "u0", "profile": "guitarist vintage gear"},
-                                  {"raw_id": "u1", "profile": "drummer rock band"}], "t"),
+                      make_users([{"raw_id": f"u{i}", "profile": p} for i, p in enumerate(PROFILES)], "t"),
                       make_interactions([0], [0], [0]))
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
-def test_sa_init_levels_only_touch_the_chosen_levels(levels):
+@pytest.mark.parametrize("levels", [0, 1, 2, 3, 4])
+def test_sa_init_sets_only_item_tokens_of_the_chosen_semantic_levels(levels):
+    """Issue 37: SA-Init sets item tokens of the RQ-VAE levels only (the first ``levels`` of them; 0 = all,
+    more than there are = all); never the collision level's tokens (``<d_*>``) nor user tokens."""
     ds = _dataset()
     tokens = ITEMS.vocabulary() + USERS.vocabulary()
-    all_kw = scid_keywords(ds, ITEMS, USERS, k=3)
-    kw = scid_keywords(ds, ITEMS, USERS, k=3, levels=levels)
-    assert set(kw) == {t for t in all_kw if "abc".index(t.strip("<>u").split("_")[0]) < levels}
+    kw = scid_keywords(ds, ITEMS, k=3, levels=levels)
+    depth = 3 if levels in (0, 4) else levels
+    # independent of token_groups: the level is the token's letter
+    assert set(kw) == {t for t in tokens if not t.startswith("<u") and t[1] in "abc"[:depth]}
+    # every token's keywords, the collision level and the users included: what the old default initialised
+    all_kw = {**token_keywords(ITEMS, TITLES, 3), **token_keywords(USERS, PROFILES, 3)}
+    assert set(kw) < set(all_kw) and any(all_kw[t] for t in all_kw if t not in kw)
     cfg = ModelConfig(**{**TINY.__dict__, "sa_init": True, "sa_init_levels": levels})
     model, tok = build_backbone(cfg, CORPUS, tokens, seed=0, keywords=kw)
     plain, _ = build_backbone(ModelConfig(**{**TINY.__dict__, "sa_init": False}), CORPUS, tokens, seed=0)
@@ -100,9 +109,11 @@ def test_sa_init_levels_only_touch_the_chosen_levels(levels):
         if t in kw:
             assert torch.allclose(w[tid], reference, atol=1e-6), t
         else:
-            # Levels beyond the knob keep the seeded random init of the run without SA-Init.
+            # user tokens, the collision level and levels beyond the knob keep the seeded init without SA-Init
             assert torch.equal(w[tid], w0[tid]) and not torch.allclose(w[tid], reference, atol=1e-3), t
     assert model.align3gr_init_stats["sa_init"] == len(kw)
+    with pytest.raises(ValueError, match="semantic levels"):
+        scid_keywords(ds, ITEMS, k=3, semantic_levels=5)
 
 
 def test_mean_resizing_matches_transformers():

@@ -27,8 +27,8 @@ FIGURE4 = [
     ("+CF", {"tokenizer.use_cf"}, ()),
     ("+U-I align", {"tokenizer.u2i_align"}, ()),
     ("+Dual SCID", {"tokenizer.dual"}, ()),
+    ("+C1-C3", {"prompts.tasks"}, ()),  # the paper adds C1-C3 before B1 (issue 37)
     ("+B1", {"prompts.tasks"}, ()),
-    ("+C1-C3", {"prompts.tasks"}, ()),
     ("+User SCID", {"prompts.user_scid_in_prompt"}, ()),
     ("+B2", {"prompts.tasks"}, ()),
     ("+Softmax-DPO", {"dpo.sp_negatives", "dpo.sp_progressive"}, ("05_sp_dpo",)),
@@ -214,3 +214,38 @@ def test_run_rungs_names_seeds_overrides_and_failures(cfg, monkeypatch):
     runs_dir = base.run_dir.parent
     manifest = json.loads((runs_dir / "r-ladder-03-s1" / "05_sp_dpo" / "manifest.json").read_text())
     assert manifest["parameters"]["dpo"]["sp_negatives"] == "generated" and manifest["seed"] == 1
+
+
+def test_sft_table_rows_see_equal_task_a_examples_and_their_row_files_say_so(tmp_path, monkeypatch):
+    """Issue 37: two rows of the SFT table, trained for real (in-process stages, tiny budget), see the
+    same task-A examples and different totals; the row files record both, and the totals match an
+    independent count of each row's stage-03 dataset."""
+    from align3gr_kit.report.specs import table_rungs
+    from align3gr_kit.stages.contract import ensure_stage, get_stage
+    from align3gr_kit.utils import read_json
+
+    def in_process(cfg, config_path, stages=None, resume=False, overrides=None, kernel_name="python3", render=True,
+                   reports_dir=None):  # the stages themselves, without papermill's notebooks
+        for s in stages:
+            ensure_stage(cfg, s)
+        return {"ok": True, "stages": []}
+
+    monkeypatch.setattr(runner, "run_pipeline", in_process)
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    small = {"prompts.max_per_task": 30, "sft.max_steps": 2, "sft.batch_size": 4, "decode.max_eval_users": 3,
+             "decode.beam_width": 10}
+    rungs = table_rungs("sft")[:2]
+    assert [r.label for r in rungs] == ["A", "+C1-C3"]
+    results = run_rungs(base, SMOKE, rungs, [0], "sft", base_overrides=small, ledger=tmp_path / "table")
+    assert not any(r.error for r in results)
+    files = {(f := read_json(p))["run"]: f for p in (tmp_path / "table" / "rows").glob("*.json")}
+    ran = [files[r.run_name]["ran"]["04_sft"] for r in results]
+    task_a = 2 * 4  # max_steps x batch_size (grad_accum 1): what row A sees
+    assert [x["task_a_examples"] for x in ran] == [task_a, task_a]
+    for r, rung, x in zip(results, rungs, ran):
+        cfg = base.override({**small, **rung.overrides, "run_name": r.run_name})
+        # independent count: the tasks of the row's SFT dataset, each scaled to task A's fixed budget
+        counts = pd.Series(get_stage("03").load_artifacts(cfg.run_dir / "03_sft_prompts").sft["task"]).value_counts()
+        expected = sum(task_a if t == "A" else round(task_a * n / counts["A"]) for t, n in counts.items())
+        assert x["mix_examples"] == expected and x["steps"] == -(-expected // 4)
+    assert ran[0]["mix_examples"] == task_a < ran[1]["mix_examples"]

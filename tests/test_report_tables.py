@@ -59,7 +59,9 @@ def test_levels_not_under_study_stay_at_the_full_setting():
         rows = _cfgs(name)
         assert len({c.section_hash("tokenizer") for _, c in rows}) == 1 and rows[0][1].tokenizer == base.tokenizer
         assert all(r.last_stage == "04_sft" for r, _ in rows)
-    assert _cfgs("sft")[-1][1].to_dict() == base.to_dict()  # its last row is the full SFT
+    # its last row is the full SFT, under the table's budget rule (equal task-A examples: issue 37)
+    assert _cfgs("sft")[-1][1].to_dict() == base.override({"sft.fixed_task_a": True}).to_dict()
+    assert all(c.sft.fixed_task_a for _, c in _cfgs("sft"))
     # SA-Init depth: levels 1, 1-2, 1-3 over the random arm's init, which initialises the rest
     depth = _cfgs("sa-depth")
     assert [c.model.sa_init_levels for _, c in depth[1:]] == [1, 2, 3] and not depth[0][1].model.sa_init
@@ -153,7 +155,7 @@ def test_run_table_writes_json_markdown_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_pipeline", _fake_pipeline(calls))
     base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
     assert tables_dir(base) == tmp_path / "runs" / "tables" / "synthetic"  # smoke tables stay out of reports/
-    doc = run_table(base, SMOKE, "dpo", [0, 1], upto="sp", base_overrides={"dpo.beta": 0.2})
+    run_table(base, SMOKE, "dpo", [0, 1], upto="sp", base_overrides={"dpo.beta": 0.2})
     assert [c[0] for c in calls] == [f"t-dpo-{i:02d}-s{s}" for s in (0, 1) for i in range(4)]
     folder = tmp_path / "runs" / "tables" / "synthetic"
     assert {p.name for p in folder.iterdir()} == {"dpo.json", "dpo.md", "dpo.html", "plotly.min.js", "rows"}
@@ -371,13 +373,14 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
            for i in range(4)}
     assert len(sft) == 1  # one SFT model (copied by --resume), so the rows differ only in DPO
     generated = json.loads((runs / "e2e-dpo-01-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
-    assert generated["generated/preferences/from_beams_share"] == 1.0
+    # equal budgets (issue 37): the one-stage rows run as many regenerate-then-train rounds as the progressive one
+    assert [generated[f"generated-{r}/preferences/from_beams_share"] for r in (1, 2, 3)] == [1.0] * 3
     progressive = json.loads((runs / "e2e-dpo-03-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
     assert {"easy/preferences/from_beams_share", "hard/preferences/from_beams_share"} <= set(progressive)
 
 
 def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
-    from align3gr_kit.report.specs import PAPER_DIRECTION
+    from align3gr_kit.report.specs import FORMER_LABELS, PAPER_DIRECTION
     from align3gr_kit.report.table_files import table_reading
 
     def row(method, vs, d, verdict):
@@ -386,11 +389,11 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
 
     doc = {"table": "token", "rows": [
         {"method": "Dual SCID (full)", "vs": ""},
-        row("Item-only SCID", "Dual SCID (full)", -0.02, "loss"),  # the paper: lower -> its way
+        row("Item-only SCID (CF)", "Dual SCID (full)", -0.02, "loss"),  # the paper: lower -> its way
         row("w/o CF", "Dual SCID (full)", 0.03, "gain"),  # higher than full -> against the paper
         row("w/o U-I align", "Dual SCID (full)", -0.001, "within spread")]}
     lines = table_reading(doc)
-    assert lines[0] == ("**Item-only SCID** vs Dual SCID (full) (paper: lower): Recall@10 -0.0200 (the paper's way), "
+    assert lines[0] == ("**Item-only SCID (CF)** vs Dual SCID (full) (paper: lower): Recall@10 -0.0200 (the paper's way), "
                         "NDCG@10 -0.0200 (the paper's way).")
     assert "(against the paper)" in lines[1] and "(within the spread)" in lines[2]
     assert lines[-1] == ("On Recall@10, 1 of 3 steps go the paper's way beyond the spread, 1 against it, "
@@ -398,10 +401,11 @@ def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
     one_seed = table_reading({"table": "sft", "rows": [{"method": "A", "vs": ""}, row("+B1", "A", 0.01, "1 seed")]})
     assert "(one seed, no spread)" in one_seed[0] and "1 with one seed" in one_seed[-1]
     assert table_reading({"table": "backbone", "rows": [row("tiny-llama SFT", "SASRec", -0.1, "loss")]}) == []
-    # every direction names a real row of its table
+    # every direction names a real row of its table (or a former one, which committed files still hold)
     for name, directions in PAPER_DIRECTION.items():
-        labels = {r.label for r in table_rungs(name)}
+        labels = {r.label for r in table_rungs(name)} | FORMER_LABELS.get(name, set())
         assert set(directions) <= labels, (name, set(directions) - labels)
+    assert not any(FORMER_LABELS[t] & {r.label for r in table_rungs(t)} for t in FORMER_LABELS)
 
 
 def test_the_dpo_reading_also_puts_progressive_rf_beside_progressive_sp():
@@ -553,3 +557,13 @@ def test_steps_are_also_judged_paired_by_seed_against_hand_values():
     md = table_markdown(doc)
     assert "paired by seed (R@10 / N@10) |" in md and "gain (3/3 up) / within spread (1/3 up)" in md
     assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:] if line.startswith("| "))
+
+
+def test_dpo_beta_table_rows_differ_only_in_beta():
+    """Issue 37: ``ablate --table dpo-beta`` is SP-DPO Easy at a grid of dpo.beta, nothing else changes."""
+    rows = _cfgs("dpo-beta")
+    assert [c.dpo.beta for _, c in rows] == [0.1, 0.5, 1.0, 2.0]
+    assert all(r.last_stage == "05_sp_dpo" and c.dpo.sp_stages == ["easy"] for r, c in rows)
+    flat = [{k: v for k, v in reaching_fields(c, r.stages).items() if k != "dpo.beta"} for r, c in rows]
+    assert all(f == flat[0] for f in flat)
+    assert len({json.dumps(reaching_fields(c, r.stages), sort_keys=True, default=str) for r, c in rows}) == 4

@@ -15,9 +15,12 @@ input matrix (on SmolLM2 and MiniLM tied with the output one, so one write sets 
 untied output matrix (``lm_head``: tiny-llama, large hub models) gets the same mean of its own rows
 of ``S(t)``, so the new token starts out both read and predicted like its keywords.
 
-Rows that SA-Init does not set (tokens without keywords, SCID levels beyond ``model.sa_init_levels``,
-or all of them with ``model.sa_init: false``) keep the init of ``model.new_token_init``: a seeded
-normal (:func:`normal_init`) or transformers' mean resizing (:func:`mean_resizing_init`).
+SA-Init sets only item tokens of the semantic (RQ-VAE) levels, the first ``model.sa_init_levels`` of
+them when that is set (:func:`scid_keywords`). Rows that it does not set (user tokens, the item SCID's
+collision-resolving last level, tokens without keywords, semantic levels beyond
+``model.sa_init_levels``, or all of them with ``model.sa_init: false``) keep the init of
+``model.new_token_init``: a seeded normal (:func:`normal_init`) or transformers' mean resizing
+(:func:`mean_resizing_init`).
 
 Why by hand: transformers' ``resize_token_embeddings(mean_resizing=True)`` gives every new row
 (almost) the same vector; hundreds of SCID tokens need distinct, meaningful starting points.
@@ -41,26 +44,38 @@ from align3gr_kit.scid import ScidTable
 def scid_keywords(
     ds: RecDataset,
     item_scids: ScidTable,
-    user_scids: ScidTable | None,
     k: int,
     extractor: KeywordExtractor | None = None,
     levels: int = 0,
+    semantic_levels: int | None = None,
 ) -> dict[str, list[str]]:
-    """``{token: keywords}`` for item tokens (from item text) and user tokens (from profiles).
+    """``{token: keywords}`` for the item tokens of the semantic SCID levels (from item text).
+
+    Only the RQ-VAE's levels carry meaning: the item SCID's last level resolves collisions (its code is
+    an index among the items sharing a prefix, :func:`align3gr_kit.tokenizer.unique.append_unique_level`),
+    so the items carrying one of its tokens share no content, and user tokens are left to
+    ``model.new_token_init`` as well (SA-Init is TS-Rec's init of item tokens).
 
     Args:
+        item_scids: the item table (semantic levels first, then the collision level).
         k: keywords per token.
         extractor: TF-IDF when ``None``; an :class:`~align3gr_kit.prompts.llm_keywords.LLMKeywords` for
             the LLM extractor.
-        levels: keep only tokens of the first ``levels`` SCID levels of each table (the TS-Rec depth
-            ablation: 1, 1-2, 1-3); ``0`` keeps every level. The tokens left out get no SA-Init row.
+        levels: ``model.sa_init_levels``: only the first ``levels`` semantic levels (the TS-Rec depth
+            ablation: 1, 1-2, 1-3; capped at ``semantic_levels``); ``0`` = every semantic level.
+        semantic_levels: how many leading levels are the RQ-VAE's (``tokenizer.levels``); ``None`` =
+            all but the last (the tokenizer always appends one collision level).
+    Returns:
+        ``{token: keywords}`` for the chosen tokens only; every other new token gets no SA-Init row.
     """
     if levels < 0:
-        raise ValueError(f"model.sa_init_levels: {levels} < 0; use 0 (every level) or 1, 2, 3...")
-    out = token_keywords(item_scids, [ds.item_text(i) for i in range(ds.n_items)], k, extractor, levels=levels)
-    if user_scids is not None:
-        out.update(token_keywords(user_scids, ds.users.profile.tolist(), k, extractor, levels=levels))
-    return out
+        raise ValueError(f"model.sa_init_levels: {levels} < 0; use 0 (every semantic level) or 1, 2, 3...")
+    semantic = item_scids.levels - 1 if semantic_levels is None else int(semantic_levels)
+    if not 1 <= semantic <= item_scids.levels:
+        raise ValueError(f"SA-Init: {semantic} semantic levels for item SCIDs of {item_scids.levels} levels; "
+                         f"tokenizer.levels must be between 1 and the SCID length")
+    chosen = min(levels, semantic) if levels > 0 else semantic
+    return token_keywords(item_scids, [ds.item_text(i) for i in range(ds.n_items)], k, extractor, levels=chosen)
 
 
 def keyword_extractor(

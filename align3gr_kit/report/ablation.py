@@ -6,6 +6,9 @@ overrides, run as a papermill run (``runner.run_pipeline``) into its own run dir
 ``resume``, so a stage whose config sections and upstream stages equal another run's is reused rather
 than recomputed (e.g. all rungs share ``00_data``; the DPO rungs share tokenization, prompts and SFT).
 
+A row recorded in a table's ledger also keeps what its SFT stage trained on (:func:`stages_ran`:
+steps, examples per step, and under ``sft.fixed_task_a`` the task-A and all-task examples).
+
 Each model stage's manifest carries the valid/test metrics of the model it ends with (nested
 ``metrics["test"]["recall@10"]`` or flat ``metrics["test_recall@10"]``); a rung's result is the
 last stage it runs (:func:`align3gr_kit.report.ledger.final_metrics`).
@@ -105,12 +108,31 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
                     record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
                                commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"),
-                               ranks=out.ranks)
+                               ranks=out.ranks, ran=stages_ran(cfg, rung.stages))
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
             results.append(out)
     return results
+
+
+#: What a row file records of its SFT stage (the manifest's ``train_<key>``): optimiser steps, examples per
+#: step, and with ``sft.fixed_task_a`` the task-A and all-task examples of its one pass.
+SFT_RAN_KEYS = ("steps", "global_batch", "task_a_examples", "mix_examples")
+
+
+def stages_ran(cfg: RunConfig, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """What the training stages among ``stages`` of ``cfg``'s run did, read from their manifests:
+    ``{"04_sft": {"steps", "global_batch", "task_a_examples", "mix_examples"}}`` (the keys the stage
+    recorded of :data:`SFT_RAN_KEYS`; the last two only with ``sft.fixed_task_a``); ``{}`` when the row
+    has no SFT stage or it left no manifest."""
+    out: dict[str, dict[str, Any]] = {}
+    if "04_sft" in stages:
+        metrics = (read_manifest(cfg, "04_sft") or {}).get("metrics") or {}
+        sft = {k: metrics[f"train_{k}"] for k in SFT_RAN_KEYS if metrics.get(f"train_{k}") is not None}
+        if sft:
+            out["04_sft"] = sft
+    return out
 
 
 def local_ranks(cfg: RunConfig, last_stage: str, measured_by: str | None = None) -> list[int] | None:

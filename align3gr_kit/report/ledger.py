@@ -145,18 +145,20 @@ def _minutes(date: str | None) -> str | None:
 
 def record_row(folder: Path, cfg: RunConfig, last_stage: str, metrics: dict[str, dict[str, float]],
                seconds: float, commit: str | None = None, date: str | None = None,
-               machine: str | None = None, ranks: list[int] | None = None) -> Path:
+               machine: str | None = None, ranks: list[int] | None = None,
+               ran: dict[str, Any] | None = None) -> Path:
     """Write a finished row's result to ``<folder>/rows/<key>.json`` (atomically) and return the path.
 
     ``commit``, ``date`` and ``machine``: where and when the row's last stage was measured (its
     manifest's); default this commit, now, unknown. ``ranks``: the final model's per-user test target
-    ranks (:func:`align3gr_kit.report.stage_metrics.final_target_ranks`), when the run kept them."""
+    ranks (:func:`align3gr_kit.report.stage_metrics.final_target_ranks`), when the run kept them.
+    ``ran``: what the row's training stages did, by stage (:func:`align3gr_kit.report.ablation.stages_ran`)."""
     path = Path(folder) / ROWS / f"{row_key(cfg, last_stage)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, {"key": path.stem, "run": cfg.run_name, "seed": cfg.seed, "last_stage": last_stage,
                              "metrics": metrics, "seconds": seconds, "machine": machine, "commit": commit or git_commit(),
                              "date": _minutes(date) or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                             "test_target_ranks": ranks})
+                             "test_target_ranks": ranks, "ran": ran or {}})
 
 
 def attach_ranks(folder: Path, cfg: RunConfig, last_stage: str, ranks: list[int]) -> Path | None:

@@ -22,9 +22,10 @@ import pandas as pd
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.ledger import METRIC_KEYS
-from align3gr_kit.report.reading import FULL
+from align3gr_kit.report.reading import FULL, POPULARITY, REFERENCE
 from align3gr_kit.report.specs import evaluation_split
 from align3gr_kit.report.stage_metrics import pipeline_stage_metrics
+from align3gr_kit.stages.contract import read_manifest, stage_dir
 from align3gr_kit.report.statistics import with_ratios
 from align3gr_kit.utils import project_root, read_json, write_json
 
@@ -97,3 +98,55 @@ def save_comparison(folder: str | Path, table: pd.DataFrame) -> Path:
 def read_comparison(folder: str | Path) -> pd.DataFrame:
     """The table :func:`save_comparison` wrote."""
     return pd.DataFrame(read_json(Path(folder) / COMPARISON))
+
+
+#: The columns of :func:`summary_table`, with the headers ``summary.md`` shows.
+SUMMARY_COLUMNS = {"model": "model", "recall@10": "test Recall@10", "ndcg@10": "test NDCG@10",
+                   "liked_share@10": "liked share@10", "recall@10 / SASRec": "Recall@10 / SASRec",
+                   "stage": "stage", "stage seconds": "stage wall time (s)"}
+
+
+def summary_table(cfg: RunConfig) -> pd.DataFrame:
+    """One row per model of ``cfg``'s run, read from its finished stages (nothing recomputed): Popularity
+    and SASRec from stage 07's comparison (on the users the run's models are scored on), then every model
+    the run trained (:func:`~align3gr_kit.report.stage_metrics.pipeline_stage_metrics`: SFT, each SP-DPO
+    and RF-DPO stage); test ``recall@10``, ``ndcg@10``, ``liked_share@10``, ``recall@10 / SASRec`` (when
+    the SASRec row exists), the ``stage`` that trained it and that stage's wall time (``stage seconds``).
+    Empty before stage 04 and without stage 07."""
+    rows: list[dict[str, Any]] = []
+    if read_manifest(cfg, "07_report") is not None and (stage_dir(cfg, "07_report") / COMPARISON).exists():
+        rows += [{"model": r["method"], "stage": "01_tokenize" if r["method"] == REFERENCE else "",
+                  **{k: r.get(k) for k in ("recall@10", "ndcg@10", "liked_share@10")}}
+                 for r in read_comparison(stage_dir(cfg, "07_report")).to_dict("records")
+                 if r["method"] in (POPULARITY, REFERENCE)]
+    try:
+        stages = pipeline_stage_metrics(cfg)
+    except FileNotFoundError:
+        stages = pd.DataFrame(columns=["stage", "model"])
+    rows += [{"model": r["model"], "stage": r["stage"],
+              **{k: r.get(f"test {k}") for k in ("recall@10", "ndcg@10", "liked_share@10")}}
+             for r in stages.to_dict("records")]
+    if not rows:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    table = pd.DataFrame(rows).rename(columns={"model": "method"})
+    table = with_ratios(table).rename(columns={"method": "model"})
+    walls = {s: (read_manifest(cfg, s) or {}).get("wall_seconds") for s in set(table["stage"]) if s}
+    table["stage seconds"] = table["stage"].map(walls)
+    return table.reindex(columns=list(SUMMARY_COLUMNS))
+
+
+def summary_markdown(cfg: RunConfig) -> list[str]:
+    """:func:`summary_table` as the lines of a Markdown table (4 decimals, ``-`` where a value does not
+    apply), under a heading; one sentence instead when the run has no model yet."""
+    table = summary_table(cfg)
+    if table.empty:
+        return ["## Models", "", "No model yet: the run has not finished stage 04 (SFT)."]
+    lines = ["## Models", "", "Test split; Popularity and SASRec as stage 07 scored them on the same users; "
+             "the stage time is the whole stage's (every model it trained).", "",
+             "| " + " | ".join(SUMMARY_COLUMNS.values()) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in table.to_dict("records"):
+        cells = ["-" if v is None or v == "" or (isinstance(v, float) and v != v) else
+                 f"{v:.4f}" if isinstance(v, float) and k != "stage seconds" else
+                 f"{v:.1f}" if isinstance(v, float) else str(v) for k, v in row.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -5,9 +5,11 @@ pipeline with different dotted config overrides: a :class:`Rung` (label, overrid
 runs). The papers' tables (``python -m align3gr_kit ablate --table NAME``) each hold the levels not
 under study at the full setting of the config, as the papers do:
 
-* ``token``  (Align3GR Table 3): dual vs item-only SCIDs, without CF, without U-I alignment; full
-  SFT tasks and the DPO chain after them.
-* ``sft``    (Align3GR Table 4): A; +B1; +C1-C3; +user SCID in prompts; +B2; full tokenizer.
+* ``token``  (Align3GR Table 3): six tokenizers, each against the full one (dual SCIDs, CF, U-I
+  alignment): without U-I alignment; without CF; without both; item-only SCIDs with and without CF
+  (item-only has no user side, so no U-I alignment either); full SFT tasks and the DPO chain after them.
+* ``sft``    (Align3GR Table 4): A; +C1-C3; +B1; +user SCID in prompts; +B2; full tokenizer. Every row
+  sees the same number of task-A examples (``sft.fixed_task_a``), the added tasks on top.
 * ``dpo``    (Align3GR Table 5): from ONE SFT model shared by every row: Softmax-DPO with
   ``dpo.n_rejected`` negatives drawn from the SFT policy's own beam; SP-DPO without and with
   progression; RF-DPO without and with progression (after progressive SP-DPO).
@@ -41,6 +43,8 @@ from align3gr_kit.data.split import Split
 
 
 LC_REC_TASKS = ["A", "B1", "C1-1", "C1-2", "C2", "C3"]
+#: task A with the LC-Rec tasks the paper adds before B1 (Table 4, Figure 4: C1-C3, then B1)
+A_C_TASKS = ["A", "C1-1", "C1-2", "C2", "C3"]
 ALL_TASKS = ["A", "B1", "B2", "C1-1", "C1-2", "C2", "C3"]
 SFT_STAGES = ("00_data", "01_tokenize", "03_sft_prompts", "04_sft")
 
@@ -65,7 +69,8 @@ def _ladder() -> list[Rung]:
     # the figure's order make that true: "+U-I align" comes before "+Dual SCID" (without L_U2I the
     # user side reaches nothing until user SCIDs enter the prompts; with it, dual SCIDs change the
     # user features L_U2I aligns items to, hence the item SCIDs), and "+Softmax-DPO" samples its
-    # negatives from the SFT policy's own beam (the paper's baseline), not from the catalogue.
+    # negatives from the SFT policy's own beam (the paper's baseline), not from the catalogue. The SFT
+    # tasks come in the paper's order: C1-C3 before B1.
     steps: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
         ("Single+SEQ", {"tokenizer.dual": False, "tokenizer.use_cf": False, "tokenizer.u2i_align": False,
                         "prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False}, SFT_STAGES,
@@ -76,8 +81,8 @@ def _ladder() -> list[Rung]:
          "+Dual SCID, which changes nothing without it"),
         ("+Dual SCID", {"tokenizer.dual": True}, SFT_STAGES,
          "users tokenized from their profile text, which L_U2I aligns the items to (so the item SCIDs change)"),
-        ("+B1", {"prompts.tasks": ["A", "B1"]}, SFT_STAGES, "item alignment task"),
-        ("+C1-C3", {"prompts.tasks": LC_REC_TASKS}, SFT_STAGES, "asymmetric, intention, preference tasks"),
+        ("+C1-C3", {"prompts.tasks": A_C_TASKS}, SFT_STAGES, "asymmetric, intention, preference tasks"),
+        ("+B1", {"prompts.tasks": LC_REC_TASKS}, SFT_STAGES, "item alignment task"),
         ("+User SCID", {"prompts.user_scid_in_prompt": True}, SFT_STAGES, "user SCID in every prompt"),
         ("+B2", {"prompts.tasks": ALL_TASKS}, SFT_STAGES, "user alignment task"),
         ("+Softmax-DPO", {"dpo.sp_negatives": "generated", "dpo.sp_progressive": False},
@@ -150,8 +155,9 @@ UPTO: dict[str, tuple[str, ...]] = {
 
 #: The config fields a row's budget is read from (what its training ran with).
 BUDGET_KEYS = ("tokenizer.phase1_max_epochs", "tokenizer.phase2_epochs", "prompts.max_per_task", "sft.max_steps",
-               "sft.epochs", "sft.batch_size", "dpo.max_prompts", "dpo.max_steps", "dpo.epochs", "dpo.n_rejected",
-               "dpo.sp_beam_width", "dpo.sp_rank_pool", "decode.max_eval_users", "model.base")
+               "sft.epochs", "sft.batch_size", "sft.fixed_task_a", "sft.max_minutes", "dpo.max_prompts", "dpo.max_steps",
+               "dpo.epochs", "dpo.n_rejected", "dpo.sp_beam_width", "dpo.sp_rank_pool", "decode.max_eval_users",
+               "model.base")
 
 
 @dataclass(frozen=True)
@@ -172,46 +178,84 @@ class TableSpec:
     #: ``(row, reference row, what it asks)``: steps the reading adds beside the table's own (a row
     #: against one that is not its ``compare`` reference), judged by the same spread rule
     also: tuple[tuple[str, str, str], ...] = ()
+    #: what the budget line of the table's files says besides the budget fields (how rows share it)
+    budget_note: str = ""
+    #: the budget field every row must have true for :attr:`budget_note` to apply to a table file
+    budget_note_if: str = ""
 
 
 #: tiny-llama's from-scratch budget (configs/ml-100k-tiny.yaml): full fine-tuning, 1,500 steps of 32.
 TINY_LLAMA = {"model.base": "tiny-llama", "model.lora": False, "model.sa_init": False, "model.new_token_init": "normal",
               "sft.max_steps": 1500, "sft.batch_size": 32, "sft.lr": 1e-3}
+#: The depth table's equal wall-time budget: SFT stops after DEPTH_MINUTES (about half of the 100 demo steps
+#: of 16 on 2 CPU cores), at a constant learning rate after 10 warm-up steps (a step-sized schedule would
+#: decay at different times in rows of different speed); max_steps only bounds it.
+DEPTH_MINUTES = 5.0
+DEPTH_BUDGET = {"sft.max_minutes": DEPTH_MINUTES, "sft.max_steps": 100000, "sft.lr_scheduler": "constant_with_warmup",
+                "sft.warmup_steps": 10}
 #: The baseline every row of a table with ``baselines`` is divided by.
 RATIO_TO = "SASRec"
+#: The SFT table's budget rule (:attr:`align3gr_kit.config.SFTConfig.fixed_task_a`): equal task-A examples.
+FIXED_TASK_A = {"sft.fixed_task_a": True}
 
 
 TABLES: dict[str, TableSpec] = {
     "token": TableSpec(
         "token", "Token level: dual SCID tokenization", "Align3GR Table 3",
         (("Dual SCID (full)", {}, None, "users and items tokenized, CF features, L_U2I"),
-         ("Item-only SCID", {"tokenizer.dual": False}, None, "no user SCIDs: no user SCID in prompts, no B2"),
+         ("w/o U-I align", {"tokenizer.u2i_align": False}, None, "no L_U2I phase"),
          ("w/o CF", {"tokenizer.use_cf": False}, None, "text features only"),
-         ("w/o U-I align", {"tokenizer.u2i_align": False}, None, "no L_U2I phase")),
-        "first", "rf"),
+         ("w/o CF, w/o U-I align", {"tokenizer.use_cf": False, "tokenizer.u2i_align": False}, None,
+          "dual SCIDs from text features alone"),
+         # labels new with issue 37: the earlier "Item-only SCID" row kept L_U2I on (files measured before it)
+         ("Item-only SCID (CF)", {"tokenizer.dual": False, "tokenizer.u2i_align": False}, None,
+          "no user SCIDs (no user SCID in prompts, no B2), so no L_U2I either; CF features"),
+         ("Item-only SCID (text)", {"tokenizer.dual": False, "tokenizer.u2i_align": False, "tokenizer.use_cf": False},
+          None, "item SCIDs from text alone (TIGER's tokenizer)")),
+        "first", "rf",
+        also=(("w/o CF, w/o U-I align", "Item-only SCID (text)", "what dual SCIDs add on text features"),
+              ("w/o U-I align", "Item-only SCID (CF)", "what dual SCIDs add with CF"),
+              ("Item-only SCID (CF)", "Item-only SCID (text)", "what CF adds to item-only SCIDs"),
+              ("w/o U-I align", "w/o CF, w/o U-I align", "what CF adds to dual SCIDs"),
+              ("w/o CF", "w/o CF, w/o U-I align", "what U-I alignment adds on text features"))),
     "sft": TableSpec(
         "sft", "Behaviour level: multi-task SFT", "Align3GR Table 4",
-        (("A", {"prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False}, None, "sequential prediction only"),
-         ("+B1", {"prompts.tasks": ["A", "B1"], "prompts.user_scid_in_prompt": False}, None, "item alignment"),
-         ("+C1-C3", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": False}, None,
+        (("A", {"prompts.tasks": ["A"], "prompts.user_scid_in_prompt": False, **FIXED_TASK_A}, None,
+          "sequential prediction only"),
+         ("+C1-C3", {"prompts.tasks": A_C_TASKS, "prompts.user_scid_in_prompt": False, **FIXED_TASK_A}, None,
           "asymmetric, intention and preference tasks"),
-         ("+User SCID", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": True}, None,
+         ("+B1", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": False, **FIXED_TASK_A}, None,
+          "item alignment"),
+         ("+User SCID", {"prompts.tasks": LC_REC_TASKS, "prompts.user_scid_in_prompt": True, **FIXED_TASK_A}, None,
           "the user SCID in every prompt"),
-         ("+B2", {"prompts.tasks": ALL_TASKS, "prompts.user_scid_in_prompt": True}, None, "user alignment task")),
-        "previous", "sft"),
+         ("+B2", {"prompts.tasks": ALL_TASKS, "prompts.user_scid_in_prompt": True, **FIXED_TASK_A}, None,
+          "user alignment task")),
+        "previous", "sft",
+        budget_note=("Every row sees the same task-A examples (`sft.fixed_task_a`: `sft.max_steps` x `sft.batch_size` "
+                     "x `sft.grad_accum`, what row A sees), each added task on top in its dataset proportion to A, in "
+                     "one pass: rows with more tasks train more steps. Each row file records `task_a_examples` and "
+                     "`mix_examples` (all tasks) seen."),
+        budget_note_if="sft.fixed_task_a"),
     "dpo": TableSpec(
         "dpo", "Preference level: progressive DPO", "Align3GR Table 5",
         (("SFT", {}, "sft", "the one SFT model every row starts from"),
          ("Softmax-DPO", {"dpo.sp_negatives": "generated", "dpo.sp_progressive": False}, "sp",
-          "dpo.n_rejected negatives drawn uniformly from the SFT policy's own beam, one stage"),
+          "dpo.n_rejected negatives drawn uniformly from the current policy's own beam, as many rounds as "
+          "progressive SP-DPO"),
          ("SP-DPO w/o progression", {"dpo.sp_progressive": False}, "sp",
-          "self-play negatives of every difficulty, one stage"),
+          "self-play negatives of every difficulty in each of as many rounds as progressive SP-DPO"),
          ("Progressive SP-DPO", {}, "sp", "Easy -> Medium -> Hard"),
          ("RF-DPO w/o progression", {"dpo.rf_progressive": False}, "rf",
-          "after progressive SP-DPO; disliked and neutral together, one stage"),
+          "after progressive SP-DPO; disliked and neutral together in each of as many rounds"),
          ("Progressive RF-DPO", {}, "rf", "after progressive SP-DPO; Easy -> Hard")),
         "previous", "rf",
         also=(("Progressive RF-DPO", "Progressive SP-DPO", "what real feedback adds after self-play"),)),
+    "dpo-beta": TableSpec(
+        "dpo-beta", "Preference level: the DPO temperature beta", "align3gr-kit (issue 37)",
+        tuple((f"beta {b}", {"dpo.beta": b, "dpo.sp_stages": ["easy"]}, "sp",
+               f"SP-DPO Easy (one round) at dpo.beta {b}; pick beta by the validation metrics")
+              for b in (0.1, 0.5, 1.0, 2.0)),
+        "first", "sp"),
     "tsrec": TableSpec(
         "tsrec", "TS-Rec: semantic-aware token initialisation and alignment", "TS-Rec Table 3",
         (("Base", {"model.sa_init": False}, None, "SCID embeddings seeded normal, no TS-Align"),
@@ -239,6 +283,17 @@ TABLES: dict[str, TableSpec] = {
          ("Pretrained SFT, SA-Init", {"model.sa_init": True}, "sft", "new SCID rows from their keywords' pretrained rows"),
          ("Pretrained after SP-DPO", {"model.sa_init": True}, "sp", "SA-Init SFT, then Easy -> Medium -> Hard")),
         "first", "sp", baselines=("SASRec",)),
+    # Depth pruning at equal wall time (issue 38; SLMRec, arXiv 2405.17890): every row trains for the
+    # same DEPTH_MINUTES (sft.max_minutes) at a constant learning rate, so a shallower backbone sees more
+    # examples (recorded as train_examples_seen); rows differ in model.keep_layers only. For SmolLM2 (30 layers).
+    "depth": TableSpec(
+        "depth", "Depth-pruned backbone at equal wall time", "align3gr-kit (issue 38; SLMRec, arXiv 2405.17890)",
+        tuple((label, {"model.keep_layers": k, **DEPTH_BUDGET}, "sft", note) for label, k, note in (
+            ("30 layers (all)", 30, "every pretrained decoder layer"),
+            ("first 15 layers", 15, "layers 0-14"),
+            ("first 10 layers", 10, "layers 0-9"),
+            ("first 6 layers", 6, "layers 0-5"))),
+        "first", "sft", baselines=("SASRec",)),
 }
 
 
@@ -249,9 +304,15 @@ TABLE_NAMES = (*TABLES, "ladder")
 #: -1 = worse (the "without" rows of a table compared with its full setting). Rows not named (the
 #: reference rows, the kit's own backbone table) have no paper direction. The ladder (Figure 4)
 #: rises at every rung.
+#: Row labels of committed table files measured before the row was redefined (the token table's
+#: "Item-only SCID" kept L_U2I on until issue 37); :data:`PAPER_DIRECTION` still gives their direction.
+FORMER_LABELS: dict[str, set[str]] = {"token": {"Item-only SCID"}}
+
 PAPER_DIRECTION: dict[str, dict[str, int]] = {
-    "token": {"Item-only SCID": -1, "w/o CF": -1, "w/o U-I align": -1},
-    "sft": {"+B1": 1, "+C1-C3": 1, "+User SCID": 1, "+B2": 1},
+    # FORMER_LABELS: rows of files measured before a row was renamed, still read as the paper's row
+    "token": {"w/o U-I align": -1, "w/o CF": -1, "w/o CF, w/o U-I align": -1, "Item-only SCID (CF)": -1,
+              "Item-only SCID (text)": -1, "Item-only SCID": -1},
+    "sft": {"+C1-C3": 1, "+B1": 1, "+User SCID": 1, "+B2": 1},
     "dpo": {"Softmax-DPO": 1, "SP-DPO w/o progression": 1, "Progressive SP-DPO": 1, "RF-DPO w/o progression": 1,
             "Progressive RF-DPO": 1},
     "tsrec": {"+SA-Init": 1, "+TS-Align": 1, "+SA-Init +TS-Align": 1},

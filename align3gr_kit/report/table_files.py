@@ -72,6 +72,13 @@ def table_markdown(doc: dict[str, Any]) -> str:
         "",
         "Budget: " + "; ".join(f"`{k}` {v}" for k, v in sorted(json.loads(next(iter(budgets))).items()))
         if len(budgets) == 1 else "Budget: per row in the JSON file (rows differ).",
+    ]
+    spec = TABLES.get(doc["table"])
+    # how the rows share the budget, for the files whose rows ran under that rule (not files measured before it)
+    if spec is not None and spec.budget_note and all(r.get("budget", {}).get(spec.budget_note_if)
+                                                     for r in doc["rows"] if r.get("last_stage") != "baseline"):
+        lines[-1] += " " + spec.budget_note
+    lines += [
         "",
         "| variant | seeds | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 |" + (" liked@10 |" if liked else "")
         + " vs | Δ Recall@10 | Δ NDCG@10 |" + (" Δ liked@10 |" if liked else "")
