@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -225,9 +226,12 @@ class ModelConfig:
             random, their means are small and alike, and short SFT runs do worse (Recall@10 0.03 vs 0.2
             on the default data after 200 steps), hence off by default.
         sa_init_keywords: keywords per SCID token for SA-Init (the first ones of the extractor's list).
-        sa_init_levels: SA-Init only the SCID tokens of the first N levels of each table (the TS-Rec
-            depth ablation: 1, 2 = levels 1-2, 3 = levels 1-3); 0 = every level. The other levels' rows
-            keep ``new_token_init``. The random-init arm of that ablation is ``sa_init: false``.
+        sa_init_levels: SA-Init the item tokens of the first N semantic (RQ-VAE) levels (the TS-Rec depth
+            ablation: 1, 2 = levels 1-2, 3 = levels 1-3; capped at ``tokenizer.levels``); 0 = every semantic
+            level. Never the item SCID's last, collision-resolving level (its code is an index among items
+            sharing a prefix, so its keywords describe nothing) nor user tokens (SA-Init is TS-Rec's item-token
+            init): those rows, and the levels past N, keep ``new_token_init``. The random-init arm of that
+            ablation is ``sa_init: false``.
         sa_init_extractor: where SA-Init's (and TS-Align's) keywords come from: ``tfidf`` (TF-IDF over the
             text of the rows carrying a token) or ``llm`` (the backbone, an instruct model, writes a short
             description and 10-20 keywords from a sample of those rows; greedy, cached per token, TF-IDF
@@ -238,6 +242,16 @@ class ModelConfig:
             ``resize_token_embeddings(mean_resizing=True)``: N(mean, 1e-9 cov), nearly identical rows,
             the "random init" baseline TS-Rec compares SA-Init with).
         trust_remote_code: allow a hub model's own code (off by default: safety).
+        default_system: keep the chat template's own default system turn in every prompt's frame
+            (SmolLM2: "You are a helpful AI assistant named SmolLM, trained by Hugging Face", 16 more
+            tokens a sequence) instead of an explicit empty system message (the default, false). The
+            choice is saved with the tokenizer, so SFT, DPO and decoding use the same frame
+            (:mod:`align3gr_kit.model.encoding`). Backbones without a chat template ignore it.
+        keep_layers: the pretrained decoder layers kept, before LoRA and the SCID rows are added (depth
+            pruning; SLMRec, arXiv 2405.17890, found most middle layers of an LLM redundant for
+            sequential recommendation): ``k`` = the first ``k`` layers, a list = those layers (0-based,
+            in order), 0 = all. The pruned model saves and reloads as an ordinary model of that depth
+            (:func:`align3gr_kit.model.backbone.keep_decoder_layers`).
         dtype: the *compute* precision; weights that training changes (directly or through a merged
             LoRA delta) are fp32 on every device whatever this says, and bf16/fp16 run only through
             autocast and the Trainer's ``bf16``/``fp16`` (:mod:`align3gr_kit.model.precision`).
@@ -267,6 +281,8 @@ class ModelConfig:
     sa_init_extractor: str = field(default="tfidf", metadata={"choices": ("tfidf", "llm")})
     new_token_init: str = field(default="normal", metadata={"choices": ("normal", "mean_resizing")})
     trust_remote_code: bool = False
+    default_system: bool = False
+    keep_layers: int | list[int] = field(default=0, metadata={"min": 0})
     dtype: str = field(default="auto", metadata={"choices": tuple(DTYPE_NAMES)})
 
     def check(self, where: str, machine: bool = True) -> None:
@@ -312,9 +328,22 @@ class SFTConfig:
             one (the main process's clock decides for every rank): ``save_steps`` sized for CPU step
             times checkpoints every few seconds on a GPU, where ``save_steps: 0`` with ``save_minutes:
             15`` keeps a killed run's loss under 15 minutes. 0 = by steps only. Not in the fingerprint.
+        max_minutes: stop training when this many minutes of wall time have passed (checked after each
+            optimiser step; the main process's clock decides for every rank), whichever of it and
+            ``max_steps`` comes first; the metrics record the steps and examples seen. The learning-rate
+            schedule still runs over ``max_steps``. For comparisons at equal wall time (the ``depth``
+            table). 0 = no time limit.
         gradient_checkpointing: recompute activations in the backward pass instead of keeping them
             (non-reentrant checkpointing): less memory for long sequences or large backbones, about a
             third more compute. The same gradients, so not in the fingerprint.
+        fixed_task_a: fix how many task-A (sequential prediction) examples training sees, whatever the
+            other tasks: ``E_A = max_steps x batch_size x grad_accum`` (``epochs x`` the A rows when
+            ``max_steps`` is 0), what the A-only dataset sees without it; every other task ``t`` comes on
+            top in its dataset proportion to A, ``round(E_A x n_t / n_A)``. Each task's rows are cycled in
+            seeded passes to their count, and training is one shuffled pass over that mix
+            (:func:`align3gr_kit.train.sft.fixed_task_a_mix`), so a mix with more tasks trains more
+            steps, and the SFT table measures what each task adds rather than how much it dilutes A.
+            The metrics record ``task_a_examples`` and ``mix_examples`` seen. Needs task ``A``.
     """
 
     epochs: float = field(default=3.0, metadata={"min_exclusive": 0.0})
@@ -331,7 +360,9 @@ class SFTConfig:
     logging_steps: int = field(default=10, metadata={"min": 1})
     save_steps: int = field(default=50, metadata={"min": 0, "fingerprint": False})
     save_minutes: float = field(default=0.0, metadata={"min": 0.0, "fingerprint": False})
+    max_minutes: float = field(default=0.0, metadata={"min": 0.0})
     gradient_checkpointing: bool = field(default=False, metadata={"fingerprint": False})
+    fixed_task_a: bool = False
 
 
 @dataclass
@@ -385,23 +416,32 @@ class DPOConfig:
         sp_difficulty: how SP negatives are graded: ``prefix`` (shared SCID levels, the paper) or
             ``similarity`` (terciles of the cosine similarity of SC item embeddings to the chosen item:
             easy = least similar third; needs the SC item embeddings of ``01_tokenize``).
-        sp_progressive: SP-DPO one stage per difficulty (off: one stage ``all`` mixing every difficulty).
-        rf_progressive: RF-DPO one stage per level (off: one stage ``all``, liked vs disliked or neutral).
+        sp_progressive: SP-DPO one round per difficulty of ``sp_stages``, in order (off: as many rounds,
+            ``all-1``, ``all-2``..., each mixing every difficulty). Every round regenerates the beams
+            from the current policy, then trains; a one-stage variant (off, or ``sp_negatives``
+            ``generated``/``random``: rounds ``generated-1``...) gets the same rounds, prompts and steps.
+        rf_progressive: RF-DPO one round per level of ``rf_stages`` (off: as many rounds ``all-1``...,
+            liked vs disliked or neutral together), each regenerating the shown items from the current policy.
         rf_oracle: who grades the policy's shown recommendations in RF-DPO: ``simulator`` (a rating model
             fit on the training split's ratings, judges any item by its predicted mean rating),
             ``simulator_sampled`` (the same, plus rating noise of its measured spread: dislikes as
             frequent as in logged ratings), ``ground_truth`` (the generator's own affinity; generated
             data only) or ``ratings`` (logged training ratings; most shown items stay ungraded). See
-            :mod:`align3gr_kit.feedback`.
-        epochs: epochs per stage.
-        max_steps: optimiser steps per stage; 0 = by epochs.
+            :mod:`align3gr_kit.feedback`. On real data it sees only half of the training ratings; the
+            judge of the liked share is another model fit on the other half (:mod:`align3gr_kit.feedback.judge`).
+        rf_chosen: RF-DPO's chosen response among the shown items the oracle grades liked (Align3GR
+            Fig. 2): ``next_or_best`` (the logged next item when shown and liked, else the best-graded
+            liked shown item), ``best`` (always the best-graded liked shown item) or ``next`` (the logged
+            next item when the oracle grades it liked, shown or not). Never a held-out item.
+        epochs: epochs per round, counted over the round's ``max_prompts`` prompts (not over the examples
+            they gave), so every variant of a table trains the same steps.
+        max_steps: optimiser steps per round; 0 = ``ceil(epochs * prompts / global batch)``.
         lr: learning rate.
         batch_size: prompts per device per step (each brings 1 + n_rejected sequences).
         grad_accum: gradient accumulation steps.
-        max_prompts: preference prompts sampled per stage from the training samples (seeded; RF-DPO
-            draws them among the samples whose next item's logged rating is liked, the only ones that
-            give a chosen response); 0 = all training prompts. ``smoke`` caps it at 32 (and each stage
-            at 2 optimiser steps).
+        max_prompts: preference prompts sampled per round from the training samples (seeded by the
+            round's name); 0 = all training prompts. ``smoke`` caps it at 32 (and each round at 2
+            optimiser steps).
             Prompts are encoded as in SFT and evaluation, cut to ``sft.max_length``.
         precompute_ref: score the reference once per stage before training (off: on the fly under
             ``no_grad`` at every step, keeping the reference in memory).
@@ -426,6 +466,7 @@ class DPOConfig:
     rf_progressive: bool = True
     rf_oracle: str = field(default="simulator", metadata={"choices": ("ratings", "simulator", "simulator_sampled",
                                                                      "ground_truth")})
+    rf_chosen: str = field(default="next_or_best", metadata={"choices": ("next_or_best", "best", "next")})
     epochs: float = field(default=1.0, metadata={"min_exclusive": 0.0})
     max_steps: int = field(default=0, metadata={"min": 0})
     lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0})
@@ -739,6 +780,13 @@ def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
         if isinstance(value, (dict, list)) or value is None:
             raise _bad(source, key, value, "a string")
         return str(value)
+    if origin in (types.UnionType, typing.Union):  # e.g. model.keep_layers: int | list[int]
+        for member in typing.get_args(kind):
+            try:
+                return _convert(value, member, key, source)
+            except ConfigError:
+                continue
+        raise _bad(source, key, value, " or ".join(getattr(m, "__name__", str(m)) for m in typing.get_args(kind)))
     if origin is list:
         (inner,) = typing.get_args(kind)
         if not isinstance(value, list):

@@ -38,7 +38,13 @@ Measured:
   copies, the trainable-token rows (``index_copy``, the embedding's dense gradient), optimiser ops and
   the rest; shares of the profiled step (profiler overhead included, so shares, not seconds, matter).
 
-Run: ``.venv/bin/python bench/roofline.py --steps 2 --out reports/bench/roofline-<machine>.json``
+``--compare 30,15`` measures instead the SFT step before issue 38 (SmolLM2's default system turn in
+every prompt, logits at every position, all layers) and after it (an empty system turn, label-only
+logits, ``model.keep_layers`` k for each k given), fp32, each on its own backbone and rows, with its
+examples/s over the before variant's and its achieved/limit ratio (:func:`compare_variants`).
+
+Run: ``.venv/bin/python bench/roofline.py --steps 2 --out reports/bench/roofline-<machine>.json``;
+``.venv/bin/python bench/roofline.py --compare 30,15 --batch 8 --steps 2 --out reports/bench/roofline-after-<machine>.json``
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ import torch.nn.functional as F
 from align3gr_kit import bench_device
 from align3gr_kit.config import RunConfig
 from align3gr_kit.flops import LinearSpec, decoder_linears, lora_step_flops
-from align3gr_kit.model import apply_lora, autocast, build_backbone, trainable_parameters
+from align3gr_kit.model import apply_lora, autocast, build_backbone, prompt_frame, trainable_parameters
 from align3gr_kit.model.lora import scid_token_ids
 from align3gr_kit.model.precision import cpu_supports_bf16
 from align3gr_kit.train.sft import CompletionCollator
@@ -98,10 +104,80 @@ def step_batches(rows, batch: int, n: int, seed: int) -> list[list[dict]]:
 
 
 def batch_tokens(batch: dict) -> tuple[list[int], int, int]:
-    """``(real tokens per row, real positions with logits, padded tokens)`` of a collated batch."""
+    """``(real tokens per row, real positions with logits, padded tokens)`` of a collated batch
+    (label-only logits: the ``logits_to_keep`` mask's positions; full logits: every real token)."""
     mask = batch["attention_mask"]
-    keep = int(batch.get("logits_to_keep", mask.shape[1]))
-    return mask.sum(1).tolist(), int(mask[:, -keep:].sum()), int(mask.numel())
+    keep = batch.get("logits_to_keep")
+    head = int(keep.sum()) if keep is not None else int(mask.sum())
+    return mask.sum(1).tolist(), head, int(mask.numel())
+
+
+def head_rows(batch: dict) -> int:
+    """Rows the LM head's GEMM runs on: the mask's positions (label-only) or every padded position."""
+    keep = batch.get("logits_to_keep")
+    return int(keep.sum()) if keep is not None else int(batch["input_ids"].numel())
+
+
+#: ``--compare`` variants: (label, model.default_system, label-only logits, keep_layers or None = the list given)
+BEFORE = ("before: template system turn, full logits, all layers", True, False, 0)
+
+
+def compare_variants(args, cfg, device) -> dict:
+    """The SFT step before and after issue 38 on the same machine, fp32: ``BEFORE`` (SmolLM2's default
+    system turn in every frame, logits at every position, every layer) and, for each ``k`` of
+    ``--compare``, the empty system turn, label-only logits and ``model.keep_layers = k``. Each variant
+    gets its own backbone, rows (tokenized with its frame), batches (same seed and batch size), its
+    model FLOPs and its fp32 matmul limit on its own shapes. Returns ``{label: {...}}`` with
+    ``examples_per_s_over_before`` beside each."""
+    ks = [int(k) for k in args.compare.split(",") if k.strip()]
+    variants = [BEFORE] + [(f"after: empty system turn, label-only logits, keep_layers {k}", False, True, k) for k in ks]
+    batch_size = args.batch or cfg.sft.batch_size
+    max_length = args.max_length or cfg.sft.max_length
+    out = {}
+    for label, default_system, label_only, keep in variants:
+        model_cfg = dataclasses.replace(cfg.model, sa_init=False, default_system=default_system, keep_layers=keep)
+        rows, base, tok = sft_rows(Path(args.sft_run), model_cfg, max_length, args.seed)
+        base.to(device)
+        batches = step_batches(rows, batch_size, args.warmup + args.steps, args.seed)
+        torch.manual_seed(args.seed)
+        model = apply_lora(base, model_cfg)
+        linears = decoder_linears(model)
+        mcfg = model.config
+        hidden, vocab = mcfg.hidden_size, model.get_output_embeddings().weight.shape[0]
+        n_rows = len(scid_token_ids(model))
+        attn_dim = mcfg.num_attention_heads * getattr(mcfg, "head_dim", hidden // mcfg.num_attention_heads)
+        collate = CompletionCollator(int(tok.pad_token_id), logits_to_keep=label_only)
+        recs, _ = run_steps(model, batches, collate, "float32", device, cfg.sft.lr, cfg.sft.weight_decay,
+                            args.warmup, False)
+        flops = secs = 0.0
+        real = head = 0
+        for r in recs:
+            lengths, h, _ = batch_tokens(r["batch"])
+            flops += lora_step_flops(linears, hidden, vocab, n_rows, mcfg.num_hidden_layers, attn_dim, lengths, h).total
+            real, head = real + sum(lengths), head + h
+            secs += sum(r[k] for k in ("data", "forward", "backward", "optimizer"))
+        n = len(recs)
+        t_pad = round(sum(batch_tokens(r["batch"])[2] for r in recs) / n)
+        shapes = gemm_shapes(linears, hidden, vocab, n_rows, real / n, head / n)
+        for sh in shapes:
+            tokens = round(sum(head_rows(r["batch"]) for r in recs) / n) if sh["kind"] == "head" else t_pad
+            sh["gflops"] = gemm_gflops(tokens, sh["in"], sh["out"], "float32", device, args.gemm_warmup,
+                                       args.gemm_repeats)
+        limit = sum(sh["flops"] for sh in shapes) / sum(sh["flops"] / sh["gflops"] for sh in shapes)
+        out[label] = {"layers": mcfg.num_hidden_layers, "frame_tokens": sum(len(x) for x in prompt_frame(tok)),
+                      "steps": n, "step_s": round(secs / n, 3), "real_tokens_per_step": real / n,
+                      "head_positions_per_step": head / n, "model_gflops_per_step": round(flops / n / 1e9, 2),
+                      "achieved_gflops": round(flops / secs / 1e9, 2), "matmul_limit_gflops": round(limit, 2),
+                      "ratio_to_limit": round(flops / secs / 1e9 / limit, 4),
+                      "tokens_per_s": round(real / secs, 1), "examples_per_s": round(batch_size * n / secs, 3),
+                      "losses": [round(r["loss"], 4) for r in recs]}
+        print(f"# {label}: {out[label]['step_s']} s/step, {out[label]['examples_per_s']} examples/s, "
+              f"ratio to limit {out[label]['ratio_to_limit']}", file=sys.stderr, flush=True)
+        del model, base, recs
+    first = out[BEFORE[0]]["examples_per_s"]
+    for v in out.values():
+        v["examples_per_s_over_before"] = round(v["examples_per_s"] / first, 3)
+    return out
 
 
 def gemm_gflops(tokens: int, n_in: int, n_out: int, mode: str, device, warmup: int, repeats: int) -> float:
@@ -230,6 +306,8 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the profiled step")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", default="", help="comma-separated keep_layers values: measure only the before/after "
+                   "SFT step (fp32; see compare_variants), e.g. 30,15")
     p.add_argument("--out", default="", help="also write the JSON to this file (e.g. reports/bench/roofline-<machine>.json)")
     bench_device.add_device_argument(p)
     args = p.parse_args()
@@ -242,6 +320,20 @@ def main() -> None:
     bench_device.header(device, "float32")
 
     cfg = RunConfig.from_yaml(args.config)
+    if args.compare:
+        record = {"bench": "roofline-compare", "config": args.config, "sft_run": args.sft_run, "base": cfg.model.base,
+                  "batch": args.batch or cfg.sft.batch_size, "max_length": args.max_length or cfg.sft.max_length,
+                  "warmup": args.warmup, "threads": torch.get_num_threads(), "cpu_bf16_units": cpu_supports_bf16(),
+                  **bench_device.device_fields(device, "float32", peak=False),
+                  "flop_rule": "align3gr_kit.flops (Kaplan et al. 2020; frozen base: fwd 2NT + bwd 2NT; LoRA 6NT; "
+                               "causal attention)",
+                  "variants": compare_variants(args, cfg, device)}
+        bench_device.emit(record)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+            print(f"# written to {args.out}", file=sys.stderr, flush=True)
+        return
     model_cfg = dataclasses.replace(cfg.model, sa_init=False)
     batch_size = args.batch or cfg.sft.batch_size
     max_length = args.max_length or cfg.sft.max_length
@@ -252,7 +344,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     start = apply_lora(base, model_cfg)
     trainable = trainable_parameters(start)
-    collate = CompletionCollator(int(tok.pad_token_id), logits_to_keep=True)
+    collate = CompletionCollator(int(tok.pad_token_id), logits_to_keep=True)  # label-only logits, as SFT runs
 
     linears = decoder_linears(start)
     mcfg = start.config
@@ -296,7 +388,7 @@ def main() -> None:
     t_real = sum(sum(batch_tokens(r["batch"])[0]) for r in measured) / n
     h_real = sum(batch_tokens(r["batch"])[1] for r in measured) / n
     t_pad = round(sum(batch_tokens(r["batch"])[2] for r in measured) / n)
-    h_pad = round(sum(r["batch"]["input_ids"].shape[0] * int(r["batch"]["logits_to_keep"]) for r in measured) / n)
+    h_pad = round(sum(head_rows(r["batch"]) for r in measured) / n)
     modes = {"float32": "float32", "bfloat16": "bfloat16", "bfloat16_autocast": "autocast"}
     shapes = gemm_shapes(linears, hidden, vocab, n_rows, t_real, h_real)
     for s in shapes:

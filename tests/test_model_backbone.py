@@ -87,7 +87,7 @@ def test_sa_init_is_the_mean_of_keyword_embeddings(tables):
     ds = RecDataset("t", make_items([{"raw_id": str(i), "title": t} for i, t in enumerate(TEXTS)], "t"),
                     make_users([{"raw_id": "u0", "profile": "guitarist vintage"}, {"raw_id": "u1", "profile": "drummer"}], "t"),
                     make_interactions([0], [0], [0]))
-    kw = scid_keywords(ds, items, users, k=3)
+    kw = scid_keywords(ds, items, k=3)
     # Token <a_0> is carried by items 0 and 1 (both guitar texts): "guitar" is its top keyword.
     assert [list(r) for r in token_groups(items).rows][:1] == [[0, 1]] and kw["<a_0>"][0] == "guitar"
     cfg = ModelConfig(**{**CFG.__dict__, "sa_init": True})

@@ -53,11 +53,11 @@ def test_loss_on_completion_only_and_it_learns(tmp_path):
     trainer = res["trainer"]
     batch = trainer.data_collator([trainer.train_dataset[0]])
     n_prompt = len(encode_prompts(tok, [data[0]["prompt"]])[0])
-    labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
-    # labels cover the last len(labels) positions (the logits window, see CompletionCollator)
+    labels, ids = batch["labels"].tolist(), batch["input_ids"][0].tolist()
+    # logits at the last prompt token and every completion token but EOS; labels: the next tokens
     n_comp = len(ids) - n_prompt
-    assert batch["logits_to_keep"] == len(labels) == n_comp + 1
-    assert labels[0] == -100 and labels[1:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
+    assert batch["logits_to_keep"][0].nonzero().flatten().tolist() == list(range(n_prompt - 1, len(ids) - 1))
+    assert len(labels) == n_comp and labels == ids[n_prompt:] and ids[-1] == tok.eos_token_id
     assert tok.convert_ids_to_tokens(ids[n_prompt:-1]) == ITEMS.tokens(FAVOURITE[0])
     assert res["steps"] == 40 and res["world_size"] == 1
     assert res["last_loss"] < 0.5 * res["first_loss"]
@@ -134,13 +134,14 @@ def test_completion_collator_masks_prompt_and_padding():
     assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 1, 1, 1]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 1, 2]]
     assert b["labels"].tolist() == [[-100, -100, 7, 8], [-100, -100, 9, 3]]
-    # logits only where they are scored: the longest completion (2 tokens) + the last prompt token
+    # logits only where a label is next: positions 1, 2 of row 0 and 1, 2 of row 1
     k = CompletionCollator(pad_id=0, logits_to_keep=True)(rows)
-    assert k["logits_to_keep"] == 3 and k["labels"].tolist() == [[-100, 7, 8], [-100, 9, 3]]
+    assert k["logits_to_keep"].tolist() == [[False, True, True, False], [False, True, True, False]]
+    assert k["labels"].tolist() == k["shift_labels"].tolist() == [7, 8, 9, 3]
 
 
 def test_logits_to_keep_gives_the_full_loss(tmp_path):
-    """The windowed loss (LM head on the last K positions) equals the loss over all positions."""
+    """The label-only loss (LM head on the positions a label follows) equals the loss over all positions."""
     from align3gr_kit.train.sft import CompletionCollator, tokenize_sft
 
     cfg = run_cfg(tmp_path)
@@ -152,7 +153,7 @@ def test_logits_to_keep_gives_the_full_loss(tmp_path):
     with torch.no_grad():
         a = model(**full).loss
         b = model(**window).loss
-    assert window["logits_to_keep"] < full["input_ids"].shape[1]
+    assert int(window["logits_to_keep"].sum()) < full["input_ids"].numel()
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -236,3 +237,28 @@ def test_killed_sft_resumes_from_its_checkpoint(tmp_path, lora):
     model, tok = fresh()
     other = train_sft(cfg.override({"sft.lr": 2e-2}), model, tok, toy_sft(), tmp_path / "c")
     assert any(not torch.allclose(want[k], v, atol=1e-6) for k, v in _weights(other["model"]).items())
+
+
+def test_fixed_task_a_mix_holds_equal_task_a_and_the_other_tasks_on_top(tmp_path):
+    """sft.fixed_task_a (issue 37): E_A = max_steps x batch x grad_accum task-A examples, each other task
+    round(E_A x n_t / n_A) on top, each task's rows cycled evenly; training is one pass over that mix."""
+    from align3gr_kit.train.sft import fixed_task_a_mix
+
+    tasks = ["A"] * 6 + ["B1"] * 4 + ["C2"] * 3  # n_A = 6
+    data = Dataset.from_list([{**toy_sft(13)[i], "task": t, "row": i} for i, t in enumerate(tasks)])
+    cfg = run_cfg(tmp_path, max_steps=2, batch_size=8, grad_accum=1, fixed_task_a=True)
+    mix, counts = fixed_task_a_mix(data, cfg)
+    # by hand: E_A = 2 x 8 = 16; B1 16 x 4/6 = 10.67 -> 11; C2 16 x 3/6 = 8
+    assert counts == {"task_a_examples": 16, "mix_examples": 35, "task_examples": {"A": 16, "B1": 11, "C2": 8}}
+    seen = np.bincount(mix["row"], minlength=13)
+    assert len(mix) == 35 and sorted(set(seen[:6])) == [2, 3] and seen[:6].sum() == 16  # 16 over 6 rows
+    assert sorted(set(seen[6:10])) == [2, 3] and seen[6:10].sum() == 11 and sorted(seen[10:]) == [2, 3, 3]
+    assert fixed_task_a_mix(data, cfg)[0]["row"] == mix["row"]  # seeded
+    # A alone: the same 16 task-A examples, nothing on top, what max_steps x batch trains without the rule
+    only_a = data.select(range(6))
+    assert fixed_task_a_mix(only_a, cfg)[1]["mix_examples"] == 16
+    model, tok = build_backbone(cfg.model, corpus(), TOKENS, cfg.seed)
+    res = train_sft(cfg, model, tok, data, tmp_path / "out")
+    assert res["steps"] == 5 and (res["task_a_examples"], res["mix_examples"]) == (16, 35)  # ceil(35 / 8) steps
+    with pytest.raises(ValueError, match="no task-A rows"):
+        fixed_task_a_mix(data.select(range(6, 13)), cfg)

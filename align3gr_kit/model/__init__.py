@@ -4,7 +4,8 @@ Public API::
 
     build_tokenizer(model_cfg, corpus_texts, scid_tokens) -> tokenizer
     build_backbone(model_cfg, corpus_texts, scid_tokens, seed, tokenizer=None, keywords=None) -> (model, tokenizer)
-    scid_keywords(ds, item_scids, user_scids, k, extractor=None, levels=0) -> {token: keywords}  (SA-Init input)
+    keep_decoder_layers(model, keep) -> model   (model.keep_layers: depth pruning, renumbered, saves as a plain model)
+    scid_keywords(ds, item_scids, k, extractor=None, levels=0, semantic_levels=None) -> {token: keywords}  (SA-Init input)
     keyword_extractor(model_cfg, cache_dir, reuse=None) -> None (TF-IDF) | LLMKeywords  (model.sa_init_extractor)
     sa_init(model, tokenizer, keywords, new_ids), normal_init / mean_resizing_init(model, new_ids, seed)
     apply_lora(model, model_cfg) -> PeftModel; trainable_parameters(model) -> dict
@@ -19,6 +20,7 @@ from align3gr_kit.model.backbone import (
     add_scid_tokens,
     build_backbone,
     build_tokenizer,
+    keep_decoder_layers,
     load_model,
     minilm_path,
     save_model,
@@ -49,6 +51,7 @@ __all__ = [
     "encode_prompts",
     "encode_sft_batch",
     "fit_prompt",
+    "keep_decoder_layers",
     "keyword_extractor",
     "left_pad",
     "load_model",

@@ -20,6 +20,10 @@ or transformers' mean resizing (``model.new_token_init``; :mod:`align3gr_kit.mod
 
 Weights are built and loaded in fp32 whatever ``model.dtype`` says; bf16/fp16 are compute only
 (:mod:`align3gr_kit.model.precision`).
+
+``model.keep_layers`` prunes the decoder to a subset of its layers right after loading, before the
+SCID rows (and later LoRA) are added (:func:`keep_decoder_layers`); ``model.default_system`` picks the
+chat frame's system turn, recorded on the tokenizer (:mod:`align3gr_kit.model.encoding`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from align3gr_kit.config import ModelConfig
+from align3gr_kit.model.encoding import set_system_prompt, uses_chat_template
 from align3gr_kit.model.lora import SCID_IDS_KEY
 from align3gr_kit.model.precision import weight_dtype
 from align3gr_kit.model.pretrained import resolve_base
@@ -69,7 +74,8 @@ def build_tokenizer(model_cfg: ModelConfig, corpus_texts: Iterable[str], scid_to
     """The backbone's tokenizer with every SCID token added (``tiny-llama``: BPE trained on ``corpus_texts``).
 
     Returns a tokenizer with BOS, EOS and PAD set (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``; a hub model
-    without a pad token pads with EOS).
+    without a pad token pads with EOS) and, when it has a chat template, the frame's system message
+    recorded (an explicit empty one unless ``model.default_system``; saved with the tokenizer).
     """
     from transformers import AutoTokenizer
 
@@ -86,6 +92,8 @@ def build_tokenizer(model_cfg: ModelConfig, corpus_texts: Iterable[str], scid_to
             raise ValueError(f"model.base {model_cfg.base!r}: its tokenizer has no EOS token; completions cannot end")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        if uses_chat_template(tok):
+            set_system_prompt(tok, None if model_cfg.default_system else "")
     add_scid_tokens(tok, scid_tokens)
     return tok
 
@@ -100,6 +108,64 @@ def _identity_head(model) -> None:
     """
     model.cls.predictions.transform = nn.Identity()
     model.config.align3gr_identity_head = True
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The decoder's list of layers (``model.model.layers`` for Llama, Qwen2, Mistral...).
+
+    Raises:
+        ValueError: the model keeps its layers elsewhere (BERT/MiniLM's ``encoder.layer``).
+    """
+    layers = getattr(getattr(model, "base_model", model), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"model.keep_layers: {type(model).__name__} has no decoder layer list (base_model.layers); "
+                         "depth pruning supports decoder-only hub models (Llama, Qwen2, SmolLM2...); set "
+                         "model.keep_layers: 0")
+    return layers
+
+
+def layer_indices(keep: int | Sequence[int], n_layers: int) -> list[int]:
+    """``model.keep_layers`` as a list of layer indices: ``k`` -> ``0..k-1``, a list unchanged (checked),
+    0 or ``[]`` -> every layer.
+
+    Raises:
+        ValueError: an index out of ``0..n_layers-1``, a repeated or unsorted list, or ``k > n_layers``.
+    """
+    if isinstance(keep, int):
+        if keep > n_layers:
+            raise ValueError(f"model.keep_layers = {keep}: the backbone has only {n_layers} layers")
+        return list(range(keep or n_layers))
+    idx = [int(i) for i in keep] or list(range(n_layers))
+    if idx != sorted(set(idx)) or idx[-1] >= n_layers:
+        raise ValueError(f"model.keep_layers = {list(keep)}: give increasing layer indices in 0..{n_layers - 1}")
+    return idx
+
+
+def keep_decoder_layers(model, keep: int | Sequence[int]):
+    """Prune ``model`` in place to the decoder layers ``keep`` (:func:`layer_indices`); returns it.
+
+    The kept layers are renumbered ``0..n-1``: every submodule's ``layer_idx`` (the attention's KV-cache
+    slot), ``config.num_hidden_layers`` and ``config.layer_types`` follow, so generation with a cache,
+    ``save_pretrained`` and ``from_pretrained`` treat it as an ordinary ``n``-layer model.
+    ``config.align3gr_kept_layers`` records the original indices (provenance; loading ignores it).
+    """
+    layers = decoder_layers(model)
+    idx = layer_indices(keep, len(layers))
+    if len(idx) == len(layers):
+        return model
+    kept = nn.ModuleList([layers[i] for i in idx])
+    for new, layer in enumerate(kept):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = new
+    model.base_model.layers = kept
+    config = model.config
+    if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == len(layers):
+        config.layer_types = [config.layer_types[i] for i in idx]
+    config.num_hidden_layers = len(idx)
+    previous = getattr(config, "align3gr_kept_layers", None) or list(range(len(layers)))
+    config.align3gr_kept_layers = [previous[i] for i in idx]
+    return model
 
 
 def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
@@ -167,7 +233,7 @@ def build_backbone(
         keywords: ``{token: keywords}`` for SA-Init (:func:`align3gr_kit.model.sa_init.scid_keywords`, which
             also applies ``model_cfg.sa_init_levels``); required when ``model_cfg.sa_init``.
     Returns:
-        ``(model, tokenizer)``; the model has at least ``len(tokenizer)`` embedding rows (a resized matrix
+        ``(model, tokenizer)``; the model (pruned to ``model_cfg.keep_layers``) has at least ``len(tokenizer)`` embedding rows (a resized matrix
         is padded to a multiple of :func:`embedding_multiple`), fp32 weights. ``model.align3gr_init_stats``
         says how many rows were set by SA-Init; ``model.config.align3gr_scid_token_ids`` lists the SCID ids.
     """
@@ -178,6 +244,8 @@ def build_backbone(
     else:
         add_scid_tokens(tokenizer, scid_tokens)
     model = _build_model(model_cfg, tokenizer, seed)
+    if model_cfg.keep_layers:
+        keep_decoder_layers(model, model_cfg.keep_layers)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # Only grow: hub models often pad their matrices beyond the tokenizer (Qwen), never shrink those.
         # The padding rows past len(tokenizer) are never produced: constrained decoding only allows SCID
@@ -190,7 +258,7 @@ def build_backbone(
     if model_cfg.sa_init:
         if keywords is None:
             raise ValueError("model.sa_init is on but no keywords were given; pass "
-                             "keywords=scid_keywords(ds, item_scids, user_scids, k) or set model.sa_init: false")
+                             "keywords=scid_keywords(ds, item_scids, k) or set model.sa_init: false")
         stats.update(sa_init(model, tokenizer, keywords, new_ids))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = tokenizer.bos_token_id

@@ -8,9 +8,15 @@ token. Here the rule is explicit and shared:
 * a prompt is framed as ``head + ids of the prompt text + tail`` (:func:`prompt_frame`):
   - a backbone with a chat template (SmolLM2, Qwen2.5, Llama instruct models): the prompt text is
     one user turn followed by the generation prompt, i.e. head = the template's text before the
-    user content (its default system turn and ``<|im_start|>user\\n`` for SmolLM2), tail = the
-    text after it (``<|im_end|>\\n<|im_start|>assistant\\n``). The model answers as it was
-    instruction-tuned to;
+    user content, tail = the text after it (``<|im_end|>\\n<|im_start|>assistant\\n``). The model
+    answers as it was instruction-tuned to. The system turn is the one the *tokenizer* records
+    (:func:`set_system_prompt`, written by :func:`align3gr_kit.model.backbone.build_tokenizer` from
+    ``model.default_system`` and saved with the tokenizer, so SFT, DPO and decoding of one model
+    share it): an explicit empty system message by default (SmolLM2: head
+    ``<|im_start|>system\\n<|im_end|>\\n<|im_start|>user\\n``, 8 tokens, + tail 6), or, where the
+    tokenizer records none, the template's own default (SmolLM2's "You are a helpful AI assistant
+    named SmolLM, trained by Hugging Face" turn: head 24 tokens + tail 6). The 16 tokens saved come
+    off every training and decoding sequence;
   - the from-scratch and encoder backbones (``tiny-llama``, ``minilm``; no template): head =
     ``[bos]`` (when the tokenizer has one), tail = nothing;
 * completion ids = ids of the completion text + ``[eos]`` (SmolLM2's EOS is ``<|im_end|>``, which
@@ -31,6 +37,8 @@ import torch
 # Stands in for the user's text while the chat template is rendered; the rendered string is split
 # around it into the frame's head and tail.
 _SLOT = "\uE000ALIGN3GR-PROMPT\uE000"
+# tokenizer_config.json key holding the frame's system message (set_system_prompt)
+SYSTEM_PROMPT_KEY = "align3gr_system_prompt"
 
 
 def bos_ids(tokenizer) -> list[int]:
@@ -43,17 +51,42 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def set_system_prompt(tokenizer, text: str | None) -> None:
+    """Record the system message of every prompt's chat frame on ``tokenizer`` (saved with it by
+    ``save_pretrained``): a string (``""``: an explicit empty system turn) or ``None`` (the chat
+    template's own default turn, what an unmarked tokenizer gets)."""
+    if text is None:
+        tokenizer.init_kwargs.pop(SYSTEM_PROMPT_KEY, None)
+    else:
+        tokenizer.init_kwargs[SYSTEM_PROMPT_KEY] = str(text)
+
+
+def system_prompt(tokenizer) -> str | None:
+    """The system message :func:`set_system_prompt` recorded on ``tokenizer``; ``None``: the template's default."""
+    return getattr(tokenizer, "init_kwargs", {}).get(SYSTEM_PROMPT_KEY)
+
+
 def prompt_frame(tokenizer) -> tuple[list[int], list[int]]:
     """``(head ids, tail ids)`` around every prompt's text ids (module docstring).
 
     The chat template is rendered with ``add_generation_prompt=True`` around a placeholder user
-    message; head and tail are tokenized without the tokenizer's automatic special tokens (the
-    template writes its own).
+    message, after the system message the tokenizer records (:func:`system_prompt`; none: the
+    template's default); head and tail are tokenized without the tokenizer's automatic special
+    tokens (the template writes its own).
     """
     if not uses_chat_template(tokenizer):
         return bos_ids(tokenizer), []
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
-                                         add_generation_prompt=True)
+    system = system_prompt(tokenizer)
+    messages = [{"role": "user", "content": _SLOT}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja2's TemplateError: some templates (Gemma) refuse a system role
+        if system is None:
+            raise
+        raise ValueError(f"the tokenizer's chat_template refuses a system message ({e}); set "
+                         "model.default_system: true to keep the template's own frame") from e
     if text.count(_SLOT) != 1:
         raise ValueError("the tokenizer's chat_template does not render the user message once; "
                          "set tokenizer.chat_template = None to use the plain prompt format")

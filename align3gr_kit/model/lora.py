@@ -92,7 +92,13 @@ def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None
         trainable_token_indices={name: ids for name in (names[:1] if tied else names)},
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lcfg)
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
+        # since transformers 5, shown in red in every LoRA notebook and report); nothing of ours calls it
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lcfg)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, int | float]:

@@ -4,6 +4,8 @@ train, build the backbone.
 * :func:`train_sft`: tokenize (:mod:`align3gr_kit.model.encoding`, loss on the completion only),
   optionally wrap with LoRA, train, save the loss history.
 * :func:`build_sft_model`: the backbone with the stage-03 tokenizer and SA-Init keywords.
+* :func:`fixed_task_a_mix`: the one-pass mix of ``sft.fixed_task_a`` (a fixed number of task-A
+  examples, the other tasks on top), so that adding a task adds training instead of diluting task A.
 
 The stages that use them are :mod:`align3gr_kit.stages.s03_sft_prompts` and
 :mod:`align3gr_kit.stages.s04_sft`. Several processes: ``torchrun --nproc_per_node N -m
@@ -47,6 +49,55 @@ def tokenizer_corpus(ds, sft, seed: int, n_prompts: int = BPE_PROMPT_SAMPLE) -> 
     return texts
 
 
+# ---------------------------------------------------------------------------- fixed task-A budget
+def task_a_budget(cfg: RunConfig, n_task_a: int) -> int:
+    """``sft.fixed_task_a``'s task-A examples: ``max_steps x batch_size x grad_accum`` (what the A-only
+    dataset sees in ``max_steps`` steps of one process), or ``round(epochs x n_task_a)`` when training by
+    epochs (``max_steps`` 0)."""
+    s = cfg.sft
+    return s.max_steps * s.batch_size * s.grad_accum if s.max_steps > 0 else int(round(s.epochs * n_task_a))
+
+
+def task_mix_counts(available: dict[str, int], task_a: int) -> dict[str, int]:
+    """Examples of each task in a mix holding ``task_a`` task-A examples, the other tasks on top in their
+    dataset proportion to A: ``{"A": task_a, t: round(task_a x n_t / n_A)}`` (``available``: rows per task).
+
+    Raises:
+        ValueError: the dataset has no task-A row (nothing to fix the budget by).
+    """
+    n_a = available.get("A", 0)
+    if n_a <= 0:
+        raise ValueError(f"sft.fixed_task_a: the SFT dataset has no task-A rows (tasks {sorted(available)}); add A to "
+                         "prompts.tasks or set sft.fixed_task_a: false")
+    return {t: task_a if t == "A" else int(round(task_a * n / n_a)) for t, n in available.items()}
+
+
+def fixed_task_a_mix(sft, cfg: RunConfig):
+    """The one-pass training set of ``sft.fixed_task_a``: each task's rows of ``sft`` (a ``datasets.Dataset``
+    with a ``task`` column) cycled to :func:`task_mix_counts` examples: whole passes over the task's rows,
+    then a seeded sample without replacement of the remainder, so every row is seen ``floor`` or ``ceil``
+    of ``count / rows`` times.
+
+    Returns:
+        ``(dataset, {"task_a_examples": E_A, "mix_examples": total, "task_examples": {task: count}})``; the
+        Trainer shuffles the rows (length-grouped), so their order here plays no part.
+    """
+    if "task" not in sft.column_names:
+        raise ValueError("sft.fixed_task_a: the SFT dataset has no 'task' column to count task-A rows by; build it "
+                         "with align3gr_kit.prompts.build_sft_dataset or set sft.fixed_task_a: false")
+    tasks = np.asarray(sft["task"], dtype=object)
+    names = list(dict.fromkeys(tasks.tolist()))  # the dataset's task order
+    rows = {t: np.flatnonzero(tasks == t) for t in names}
+    counts = task_mix_counts({t: len(r) for t, r in rows.items()}, task_a_budget(cfg, int((tasks == "A").sum())))
+    rng = np.random.default_rng([cfg.seed, 11])
+    picked = []
+    for t in names:
+        whole, rest = divmod(counts[t], len(rows[t]))
+        picked += [rows[t]] * whole + [np.sort(rng.choice(rows[t], size=rest, replace=False))]
+    index = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    return sft.select(index), {"task_a_examples": counts["A"], "mix_examples": int(len(index)), "task_examples": counts}
+
+
 # ---------------------------------------------------------------------------- training
 def tokenize_sft(sft, tokenizer, max_length: int):
     """``input_ids``, ``completion_mask`` and ``length`` columns (the prompt/completion text columns are dropped)."""
@@ -75,12 +126,16 @@ class CompletionCollator:
     padding (the model's causal-LM loss shifts them and ignores -100; the Trainer's
     ``num_items_in_batch`` keeps the mean per completion token under gradient accumulation).
 
-    With ``logits_to_keep`` (models whose forward takes it, e.g. Llama): left padding puts every
-    completion at the end, so only the last ``K = longest completion + 1`` positions need logits
-    (the +1: the last prompt token predicts the first completion token). The batch then carries
-    ``logits_to_keep = K`` and ``labels`` ``[B, K]`` (the same window); the LM head and the
-    vocabulary-wide softmax run on ``K`` positions instead of ``T``. For SmolLM2 (vocabulary 49k)
-    that is a large share of the step.
+    With ``logits_to_keep`` (models whose forward takes it, e.g. Llama, BERT): logits only where a
+    label is. The batch carries ``logits_to_keep``, a boolean ``[B, T]`` mask of the ``N`` positions
+    whose *next* token is a completion token (the last prompt token predicts the first completion
+    token), and ``labels`` = ``shift_labels`` = those next tokens, ``[N]``. transformers' forward then
+    runs the LM head on the ``N`` selected hidden states only (``slice_logits_to_keep``, flattened to
+    ``[N, d]``) and its causal-LM loss takes ``shift_labels`` as given; the Trainer counts the ``N``
+    items from ``shift_labels``. Same loss and gradients as full logits (a test checks), but the head,
+    the vocabulary-wide softmax and its backward (peft's trainable-token wrapper computes the whole
+    ``V x d`` weight gradient) run on ``N`` positions instead of ``B x T``: with SmolLM2's 49k
+    vocabulary, one head position costs about a quarter of a body token.
 
     Written by hand because trl's collator comes with ``SFTTrainer``, which cannot train the SCID
     rows of tied backbones (see :mod:`align3gr_kit.model.lora`); the rule is a few lines.
@@ -89,25 +144,24 @@ class CompletionCollator:
     pad_id: int
     logits_to_keep: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor | int]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), int(self.pad_id), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        keep = 1
         for r, row in enumerate(rows):
             x = torch.as_tensor(row["input_ids"], dtype=torch.long)
             comp = torch.as_tensor(row["completion_mask"], dtype=torch.bool)
             ids[r, width - len(x):] = x
             mask[r, width - len(x):] = 1
             labels[r, width - len(x):] = x.masked_fill(~comp, IGNORE_INDEX)
-            first = int(comp.nonzero()[0]) if bool(comp.any()) else len(x)
-            keep = max(keep, len(x) - first + 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        batch: dict[str, torch.Tensor | int] = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+        batch: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
         if self.logits_to_keep:
-            keep = min(keep, width)
-            batch["labels"], batch["logits_to_keep"] = labels[:, width - keep:], keep
+            # position p predicts token p + 1: keep the positions whose next token carries a label
+            scored = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+            targets = labels[:, 1:][scored[:, :-1]]
+            batch.update(logits_to_keep=scored, labels=targets, shift_labels=targets)
         else:
             batch["labels"] = labels
         return batch
@@ -172,8 +226,9 @@ def training_args(cfg: RunConfig, out_dir: str | Path, checkpoint_dir: str | Pat
     saving = checkpoint_dir is not None and (s.save_steps > 0 or s.save_minutes > 0)
     return TrainingArguments(
         output_dir=str(checkpoint_dir if saving else Path(out_dir) / "trainer"),
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps if s.max_steps > 0 else -1,
+        # sft.fixed_task_a: one pass over the mix fixed_task_a_mix built, whatever max_steps and epochs say
+        num_train_epochs=1 if s.fixed_task_a else s.epochs,
+        max_steps=s.max_steps if s.max_steps > 0 and not s.fixed_task_a else -1,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
         learning_rate=s.lr,
@@ -225,6 +280,29 @@ class WallClockCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.last = time.monotonic()
+        return control
+
+
+class WallClockBudget(TrainerCallback):
+    """Stop training once ``minutes`` of wall time have passed since it began (``sft.max_minutes``).
+
+    Checked after every optimiser step; the main process's clock decides for every rank
+    (:func:`align3gr_kit.distributed.main_decides`), so all ranks stop at the same step. ``stopped``
+    says whether the budget, not ``max_steps``, ended the run.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * minutes
+        self.start = time.monotonic()
+        self.stopped = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if main_decides(time.monotonic() - self.start >= self.seconds):
+            control.should_training_stop = self.stopped = True
         return control
 
 
@@ -294,10 +372,13 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         callbacks: extra ``transformers.TrainerCallback`` objects.
     Returns:
         ``{"model": trained model (PEFT-wrapped when LoRA), "trainable": {...}, "train_loss",
-        "train_loss_steps", "first_loss", "last_loss", "steps", "world_size", "global_batch", "lr", "seconds",
+        "train_loss_steps", "first_loss", "last_loss", "steps", "world_size", "global_batch", "examples_seen",
+        "stopped_by_time", "lr", "seconds",
         "padding": {...}, "bf16", "fp16", "log_history": [...], "trainer", "resumed_from_step"}`` (``seconds``: this
         call's training time only, when it resumed; ``train_loss``: the mean over all ``train_loss_steps``
-        steps, those before a resume included, :func:`mean_loss_over_steps`).
+        steps, those before a resume included, :func:`mean_loss_over_steps`), and ``"task_a_examples"``,
+        ``"mix_examples"``, ``"task_examples"``: what the one pass of ``sft.fixed_task_a`` holds
+        (:func:`fixed_task_a_mix`; None without it).
     """
     from accelerate.utils import extract_model_from_parallel
     from transformers import Trainer
@@ -314,6 +395,11 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
                            "trainable tokens (align3gr_kit.model.lora.apply_lora does this)")
     print(f"trainable parameters: {trainable['trainable']:,} of {trainable['total']:,} "
           f"({100 * trainable['share']:.2f}%); embeddings and output layer trainable: yes")
+    mix = {}
+    if cfg.sft.fixed_task_a:
+        train_ds, mix = fixed_task_a_mix(train_ds, cfg)
+        print(f"fixed task-A budget: {mix['task_a_examples']:,} task-A examples, {mix['mix_examples']:,} in all "
+              f"({', '.join(f'{t} {n:,}' for t, n in mix['task_examples'].items())}), one pass")
     tokenized = tokenize_sft(train_ds, tokenizer, cfg.sft.max_length)
     args = training_args(cfg, out_dir, checkpoint_dir)
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
@@ -325,6 +411,9 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = CompletionCollator(int(pad_id), logits_to_keep=forward_accepts(model, "logits_to_keep"))
     callbacks = list(callbacks)
+    budget = WallClockBudget(cfg.sft.max_minutes) if cfg.sft.max_minutes > 0 else None
+    if budget is not None:
+        callbacks.append(budget)
     if args.save_strategy != "no" and cfg.sft.save_minutes > 0:
         callbacks.append(WallClockCheckpoints(cfg.sft.save_minutes))
     if args.save_strategy != "no":
@@ -355,6 +444,10 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         # what one optimiser step saw and did: per-device batch x grad_accum x world size
         "global_batch": int(trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
                             * trainer.args.world_size),
+        # rows trained on (every step but a last partial batch is full): what equal-wall-time comparisons read
+        "examples_seen": int(trainer.state.global_step * trainer.args.per_device_train_batch_size
+                             * trainer.args.gradient_accumulation_steps * trainer.args.world_size),
+        "stopped_by_time": bool(budget is not None and budget.stopped),
         "lr": float(trainer.args.learning_rate),
         "seconds": round(seconds, 2),
         "padding": padding,
@@ -363,6 +456,10 @@ def train_sft(cfg: RunConfig, model, tokenizer, train_ds, out_dir: str | Path, c
         "log_history": history,
         "trainer": trainer,
         "resumed_from_step": resumed,
+        # sft.fixed_task_a: the examples of the one pass (task A, all tasks, per task); None otherwise
+        "task_a_examples": mix.get("task_a_examples"),
+        "mix_examples": mix.get("mix_examples"),
+        "task_examples": mix.get("task_examples"),
     }
 
 
@@ -378,7 +475,9 @@ def embeddings_trainable(model) -> bool:
 
 
 def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer, keyword_cache=None, reuse_keywords=None):
-    """The backbone for SFT with the stage-03 tokenizer and SA-Init keywords when enabled.
+    """The backbone for SFT with the stage-03 tokenizer and SA-Init keywords when enabled (item tokens of
+    the first ``model.sa_init_levels`` of the ``tokenizer.levels`` semantic levels:
+    :func:`align3gr_kit.model.sa_init.scid_keywords`).
 
     ``keyword_cache``/``reuse_keywords``: folders of the LLM keyword cache (``model.sa_init_extractor: llm``;
     :func:`align3gr_kit.model.sa_init.keyword_extractor`). With the LLM extractor, the model's
@@ -390,8 +489,8 @@ def build_sft_model(cfg: RunConfig, ds, item_scids, user_scids, tokenizer, keywo
     keywords = extractor = None
     if cfg.model.sa_init:
         extractor = keyword_extractor(cfg.model, keyword_cache, reuse_keywords)
-        keywords = scid_keywords(ds, item_scids, user_scids, cfg.model.sa_init_keywords, extractor,
-                                 levels=cfg.model.sa_init_levels)
+        keywords = scid_keywords(ds, item_scids, cfg.model.sa_init_keywords, extractor, levels=cfg.model.sa_init_levels,
+                                 semantic_levels=cfg.tokenizer.levels)
     model, tokenizer = build_backbone(cfg.model, [], scid_vocabulary(item_scids, user_scids), cfg.seed,
                                       tokenizer=tokenizer, keywords=keywords)
     if extractor is not None:
