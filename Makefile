@@ -9,7 +9,7 @@ CONFIG ?= configs/default.yaml
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test lab setup clean-runs
+.PHONY: demo view test lab setup clean-runs
 
 setup: $(STAMP)
 
@@ -30,14 +30,25 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(BIN)/python -m align3gr_kit run --config $(CONFIG) --resume
 
+# every notebook of the finished run in view mode (trains nothing, writes nothing under runs/), reports re-rendered
+view: $(STAMP)
+	$(BIN)/python -m align3gr_kit run --config $(CONFIG) --mode view
+
 # nbval executes notebook 07 over a real table: `notebooks tables` makes the smoke DPO table first
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m align3gr_kit notebooks tables
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks
 
+# JupyterLab on the default run when `make demo` has finished it (its 07_report, or 06_rf_dpo), else on
+# smoke; the notebooks' `config = None` reads ALIGN3GR_CONFIG, and their mode "auto" views finished stages.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	@if [ -f runs/default/07_report/manifest.json ] || [ -f runs/default/06_rf_dpo/manifest.json ]; then \
+	  lab_config=configs/default.yaml; echo "make lab: the default run (runs/default, made by make demo): configs/default.yaml"; \
+	else \
+	  lab_config=configs/smoke.yaml; echo "make lab: no finished default run (make demo makes it), so the smoke config: configs/smoke.yaml"; \
+	fi; \
+	ALIGN3GR_CONFIG=$(CURDIR)/$$lab_config $(BIN)/jupyter lab notebooks
 
 clean-runs:
 	rm -rf runs reports/*/

@@ -12,7 +12,10 @@ items); constrained decoding must keep it at 0.
 
 Each stage that evaluates models also keeps every user's 0-based target rank per split
 (``target_ranks.json``, :func:`write_target_ranks`), so that two models of one run can be compared
-user by user (:func:`align3gr_kit.metrics.paired_hit_difference`) without a second beam search.
+user by user (:func:`align3gr_kit.metrics.paired_hit_difference`) without a second beam search, and
+every user's top-K items themselves (``recommendations.json``, :func:`write_recommendations`), so that
+a finished run shows what each model recommended to whom (the curriculum explorer,
+:mod:`align3gr_kit.dpo.explorer`) without loading a model.
 
 With a judge (a feedback oracle, :func:`align3gr_kit.feedback.evaluation_oracle`), :func:`liked_share`
 grades the same top-K lists: what users like in them (:func:`evaluate_liked` recommends and grades).
@@ -52,6 +55,24 @@ def write_target_ranks(folder, ranks: dict[str, dict[str, list[int]]]) -> None:
 def read_target_ranks(folder) -> dict[str, dict[str, list[int]]]:
     """The per-user target ranks a stage folder kept, ``{}`` when it kept none (runs before they were kept)."""
     path = Path(folder) / TARGET_RANKS
+    return read_json(path) if path.exists() else {}
+
+
+#: ``<stage folder>/recommendations.json``: ``{model label: {split: {"user_id": [n], "items": [n][K]}}}``,
+#: every evaluated user's top-K item ids (K = ``max(decode.topk)``, best first, ``-1`` = empty slot), users
+#: in the order :func:`evaluate` scored them (the order of ``target_ranks.json``).
+RECOMMENDATIONS = "recommendations.json"
+
+
+def write_recommendations(folder, recommendations: dict[str, dict[str, dict[str, list]]]) -> None:
+    """Write the per-user top-K lists of a stage's models (atomic; format: :data:`RECOMMENDATIONS`)."""
+    write_json(Path(folder) / RECOMMENDATIONS, recommendations)
+
+
+def read_recommendations(folder) -> dict[str, dict[str, dict[str, list]]]:
+    """The per-user top-K lists a stage folder kept (format: :data:`RECOMMENDATIONS`), ``{}`` when it kept
+    none (runs before they were kept)."""
+    path = Path(folder) / RECOMMENDATIONS
     return read_json(path) if path.exists() else {}
 
 
@@ -214,7 +235,9 @@ def evaluate(
             the first ``decode.max_eval_users`` rows when that is set, else all.
         decode: ``beam_width``, ``topk`` (the K of the metrics), ``batch_size``.
         judge: grades the top-``max(decode.topk)`` lists (no second beam search); None = skip.
-        keep_ranks: also return ``target_ranks``, each user's 0-based target rank (-1 = not in the top K).
+        keep_ranks: also return ``target_ranks``, each user's 0-based target rank (-1 = not in the top K),
+            and ``recommendations``: ``{"user_id": [n], "items": [n][K]}``, each user's top-K item ids (the
+            lists the metrics scored; :func:`write_recommendations` keeps them).
         Other arguments: as :func:`recommend` (under a launch the ranks share the beam search; every rank
         gets the same metrics).
 
@@ -242,6 +265,8 @@ def evaluate(
            "invalid": count_invalid(items, item_scids.n, k), "seconds": round(time.time() - t0, 2)}
     if keep_ranks:
         out["target_ranks"] = [int(r) for r in ranks]
+        out["recommendations"] = {"user_id": [int(u) for u in samples["user_id"]],
+                                  "items": items[:, :k].astype(int).tolist()}
     return out
 
 

@@ -8,7 +8,13 @@ from align3gr_kit.stages.contract import STAGES
 from align3gr_kit.utils import project_root
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("*.ipynb"))
-PARAMETERS = ["config", "run_name", "seed", "smoke", "dataset", "data_path", "runs_dir", "overrides"]
+PARAMETERS = ["config", "mode", "run_name", "seed", "smoke", "dataset", "data_path", "runs_dir", "overrides"]
+#: The first two lines of every parameters cell (the view-mode API, align3gr_kit/stages/notebook.py).
+PARAMETERS_HEAD = [
+    'config = None  # None: $ALIGN3GR_CONFIG when set (`make lab` sets it), else ../configs/smoke.yaml',
+    'mode = "auto"  # view: draw the finished stage from its artifacts, train nothing | run: (re)train it | '
+    'auto: view when finished and current, else run',
+]
 
 
 def test_every_notebook_is_a_stage():
@@ -29,9 +35,9 @@ def test_notebook_shape(path):
     src = "".join(params["source"])
     for name in PARAMETERS:
         assert f"\n{name} = " in "\n" + src, f"parameters cell lacks {name!r}"
-    assert 'config = "../configs/smoke.yaml"' in src
     assert "nbval-ignore-output" in code[1]["metadata"].get("tags", []), "setup cell must be nbval-ignore-output"
-    assert "start_stage(" in "".join(code[1]["source"])
+    setup = "".join(code[1]["source"])
+    assert "start_stage(" in setup and "mode=mode" in setup, "the setup cell passes the mode to start_stage"
     counts = [c["execution_count"] for c in code]
     assert counts == list(range(1, len(code) + 1)), f"{path.name}: commit it executed in order (refresh it)"
     for c in code:
@@ -41,6 +47,26 @@ def test_notebook_shape(path):
     closing = "".join(code[-1]["source"])
     assert "stage.finish(" in closing or "_stage(stage" in closing, "the closing cell saves the stage (manifest)"
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "strip notebook metadata"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_starts_with_config_and_mode(path):
+    """Every notebook opens the same way: ``config = None`` (``$ALIGN3GR_CONFIG``, else smoke) and
+    ``mode = "auto"``, so ``make lab`` and ``run --mode view`` drive them all alike."""
+    params = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    assert "".join(params["source"]).splitlines()[:2] == PARAMETERS_HEAD
+
+
+def test_the_parameters_head_is_what_start_stage_resolves(monkeypatch, tmp_path):
+    """``config = None`` means $ALIGN3GR_CONFIG when set, else the smoke config; ``mode`` is checked."""
+    from align3gr_kit.stages.notebook import CONFIG_ENV, notebook_config, start_stage
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    assert notebook_config(None) == str(project_root() / "configs" / "smoke.yaml")
+    monkeypatch.setenv(CONFIG_ENV, "configs/default.yaml")
+    assert notebook_config(None) == "configs/default.yaml" and notebook_config("x.yaml") == "x.yaml"
+    with pytest.raises(ValueError, match="mode = 'rerun'"):
+        start_stage("00_data", None, mode="rerun", runs_dir=str(tmp_path))
 
 
 def test_committed_outputs_carry_no_machine_path():
@@ -73,3 +99,30 @@ def test_notebooks_tables_makes_the_smoke_table_that_07_reads(monkeypatch, capsy
     # out_dir None: run_table writes to tables_dir(cfg), the folder 07's tables_overview(cfg) reads
     assert calls == [("smoke", "smoke.yaml", "dpo", [0], "sp", None)]
     assert json.loads(capsys.readouterr().out)["table"] == "dpo"
+
+
+#: The papers every notebook's opening names (issue 36: a class knows where the method comes from).
+ARXIV = {"Align3GR": "2511.11255", "TIGER": "2305.05065", "LC-Rec": "2311.09049", "TS-Rec": "2602.22632"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_opens_for_a_class_and_ends_with_try_this(path):
+    """The opening says what the notebook shows, what to know first and the papers (arXiv links); the last
+    cell is a "Try this" list whose overrides name real config fields."""
+    from align3gr_kit.config import RunConfig
+
+    cells = json.loads(path.read_text())["cells"]
+    intro = "".join(cells[0]["source"])
+    assert "**What this notebook shows.**" in intro, path.name
+    assert "**Know first.**" in intro or "**What to know first.**" in intro, path.name
+    for paper, arxiv in ARXIV.items():
+        assert f"arXiv:{arxiv}" in intro, (path.name, paper)
+    last = "".join(cells[-1]["source"])
+    assert cells[-1]["cell_type"] == "markdown" and last.startswith("## Try this"), path.name
+    assert len([ln for ln in last.splitlines() if ln[:2] in {"1.", "2.", "3."}]) >= 2, path.name
+    import re
+
+    base = RunConfig.from_yaml(str(project_root() / "configs" / "smoke.yaml"))
+    for key in re.findall(r'"([a-z_]+\.[a-z_0-9]+)": ', last):  # every override names a real field
+        section, field = key.split(".")
+        base.override({key: getattr(getattr(base, section), field)})

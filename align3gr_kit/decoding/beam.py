@@ -45,6 +45,32 @@ from align3gr_kit.model.precision import autocast
 
 
 @dataclass
+class BeamStep:
+    """What one SCID level of the search saw and kept (``constrained_beam_search(trace=[])``), on CPU.
+
+    Attributes:
+        parents: ``[B, w]`` trie node (depth ``level``) of each beam entering the level.
+        parent_scores: ``[B, w]`` their cumulative log-probs (0 at level 0).
+        tokens: ``[B, w, C]`` the vocabulary ids the trie allows after each beam, ``-1`` padding.
+        scores: ``[B, w, C]`` cumulative log-prob of each allowed continuation, ``-inf`` at padding.
+        kept_parent / kept_slot: ``[B, k]`` the beam and the column of ``tokens`` each kept beam came
+            from, best first.
+        kept_scores: ``[B, k]`` the kept cumulative log-probs; kept_nodes: ``[B, k]`` their trie nodes
+            at depth ``level + 1`` (item ids at the last level).
+    """
+
+    level: int
+    parents: torch.Tensor
+    parent_scores: torch.Tensor
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    kept_parent: torch.Tensor
+    kept_slot: torch.Tensor
+    kept_scores: torch.Tensor
+    kept_nodes: torch.Tensor
+
+
+@dataclass
 class BeamResult:
     """Ranked items per user.
 
@@ -105,6 +131,7 @@ def constrained_beam_search(
     topk: int | None = None,
     tree_attention: bool | None = None,
     precision: str = "float32",
+    trace: list[BeamStep] | None = None,
 ) -> BeamResult:
     """Top items per user by beam search over the item trie (one forward per SCID level).
 
@@ -121,6 +148,8 @@ def constrained_beam_search(
             eager) and every layer is full attention (no sliding window).
         precision: ``model.dtype`` semantics (:mod:`align3gr_kit.model.precision`): ``auto`` =
             bf16 autocast where the hardware has bf16 units; scores are accumulated in fp32 either way.
+        trace: a list to append one :class:`BeamStep` per level to (the decoding walk of notebook 04);
+            ``None`` records nothing and costs nothing.
 
     Returns:
         :class:`BeamResult` with ``items``/``scores`` ``[B, K]``, ``K = min(topk or beam_width,
@@ -178,8 +207,12 @@ def constrained_beam_search(
                 top, flat = top[:, :k], flat[:, :k]
                 parent, slot = flat // C, flat % C
                 dead = torch.isinf(top)
+                parents = nodes
                 nodes = child_nodes[lv][nodes.gather(1, parent), slot].masked_fill(dead, 0)
                 chosen = toks.reshape(B, w * C).gather(1, flat).masked_fill(dead, 0)  # [B, k] tokens to feed
+                if trace is not None:
+                    trace.append(BeamStep(lv, parents.cpu(), scores.cpu(), toks.cpu(), cand.cpu(), parent.cpu(),
+                                          slot.cpu(), top.cpu(), nodes.cpu()))
                 scores = top
                 if lv == trie.levels - 1:
                     break

@@ -135,6 +135,19 @@ class ItemTrie:
             self._allowed[depth, node] = toks[toks >= 0].tolist()
         return self._allowed[depth, node]
 
+    def items_under(self, depth: int) -> torch.Tensor:
+        """``[n_nodes[depth]]`` long: how many catalogue items start with each depth-``depth`` prefix."""
+        if not 0 <= depth <= self.levels:
+            raise ValueError(f"ItemTrie.items_under: depth {depth} is outside 0..{self.levels}")
+        return torch.bincount(self.item_nodes[:, depth], minlength=self.n_nodes[depth])
+
+    def prefix_of(self, depth: int, node: int) -> list[int]:
+        """The ``depth`` token ids that lead from the root to ``node`` (a node id at that depth)."""
+        if not 0 <= node < self.n_nodes[depth]:
+            raise ValueError(f"ItemTrie.prefix_of: node {node} is outside 0..{self.n_nodes[depth] - 1} at depth {depth}")
+        item = int((self.item_nodes[:, depth] == node).nonzero()[0])
+        return self.item_token_ids[item, :depth].tolist()
+
     def allowed_mask(self, level: int, nodes: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Boolean ``[len(nodes), vocab_size]`` mask of the tokens allowed after each node of depth ``level``."""
         toks = self.child_tokens[level].to(nodes.device)[nodes]

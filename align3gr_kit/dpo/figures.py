@@ -28,13 +28,16 @@ def example_pairs(art: DPOArtifacts, ds: RecDataset, item_scids: ScidTable,
                   per_stage: int = 1, rejected: int = 3) -> pd.DataFrame:
     """The first ``per_stage`` examples of each stage: chosen and first rejected items with titles.
 
-    Returns a long table ``stage, user, role, item, overlap/level`` (one row per response).
+    Returns a long table ``stage, user, role, item, detail`` (one row per response). ``detail``: for the
+    chosen item, ``next item`` (SP: the logged next item) or ``liked, next item`` / ``liked, shown item``
+    (RF: whether the liked chosen item is the logged next item); for a rejected one, the semantic SCID
+    levels it shares with the chosen item (SP) or the oracle's grade (RF).
     """
     rows = []
     for stage in art.stages:
         for ex in art.preferences(stage)[:per_stage]:
             rows.append({"stage": stage, "user": ex["user_id"], "role": "chosen",
-                         "item": _label(ds, item_scids, ex["chosen_item"]), "detail": "liked" if "rejected_levels" in ex else "target"})
+                         "item": _label(ds, item_scids, ex["chosen_item"]), "detail": _chosen_detail(ex)})
             details = ex.get("rejected_levels") or [f"{o} shared level(s)" for o in ex.get("overlaps", [])]
             for item, detail in list(zip(ex["rejected_items"], details))[:rejected]:
                 rows.append({"stage": stage, "user": ex["user_id"], "role": "rejected",
@@ -42,19 +45,35 @@ def example_pairs(art: DPOArtifacts, ds: RecDataset, item_scids: ScidTable,
     return pd.DataFrame(rows, columns=["stage", "user", "role", "item", "detail"])
 
 
+def _chosen_detail(ex: dict) -> str:
+    is_next = ex.get("target") == ex["chosen_item"]
+    if "rejected_levels" not in ex:  # SP: the chosen item is the logged next item by construction
+        return "next item"
+    return "liked, next item" if is_next else "liked, shown item"
+
+
 def negatives_table(art: DPOArtifacts) -> pd.DataFrame:
-    """Per stage: prompts, mean rejected per prompt, share of rejected taken from the policy's beams,
-    and (SP) the mean shared SCID levels or (RF) the share of target-chosen prompts."""
+    """Per stage: prompts that gave an example, mean rejected per example, and where the rejected items
+    came from, as shares of all rejected: ``from beams`` (the policy's own beam: SP self-play, RF the
+    items shown), for SP ``from ranked`` (the policy's best-scored items of the difficulty) and ``from
+    catalogue`` (uniform fill) with the ``mean shared levels`` with the chosen item, for RF ``fallback``
+    (not shown) and ``chosen = next item`` (share of examples whose liked chosen item is the logged next item)."""
     rows = []
     for stage in art.stages:
         ex = art.preferences(stage)
-        n_rej = sum(len(e["rejected"]) for e in ex)
-        row: dict[str, Any] = {"stage": stage, "prompts": len(ex), "rejected/prompt": n_rej / max(1, len(ex)),
-                               "from beams": sum(e.get("from_beams", 0) for e in ex) / max(1, n_rej)}
+        n_rej = max(1, sum(len(e["rejected"]) for e in ex))
+        n_beam = sum(e.get("from_beams", 0) for e in ex)
+        row: dict[str, Any] = {"stage": stage, "prompts": len(ex),
+                               "rejected/prompt": sum(len(e["rejected"]) for e in ex) / max(1, len(ex)),
+                               "from beams": n_beam / n_rej}
         if ex and "overlaps" in ex[0]:
+            n_ranked = sum(e.get("from_ranked", 0) for e in ex)
+            row["from ranked"] = n_ranked / n_rej
+            row["from catalogue"] = 1 - (n_beam + n_ranked) / n_rej
             row["mean shared levels"] = float(np.mean([o for e in ex for o in e["overlaps"]]))
-        if ex and "chosen_is_target" in ex[0]:
-            row["chosen = target"] = float(np.mean([e["chosen_is_target"] for e in ex]))
+        if ex and "rejected_levels" in ex[0]:
+            row["fallback"] = 1 - n_beam / n_rej
+            row["chosen = next item"] = float(np.mean([e.get("target") == e["chosen_item"] for e in ex]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -130,6 +149,17 @@ def metrics_figure(table: pd.DataFrame, title: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=table["model"], y=table[col], mode="lines+markers", name=col))
     fig.update_layout(title=title, xaxis_title="after stage", yaxis_title="metric", height=360)
     return fig
+
+
+def training_rating_levels(dataset: RecDataset, split) -> pd.DataFrame:
+    """How the logged ratings of every user's training items (``split.train_sequences``; validation and
+    test ratings excluded) fall into the feedback levels (1 disliked, 2-3 neutral, 4-5 liked:
+    :class:`align3gr_kit.feedback.RatingsOracle`): :func:`level_counts` of them."""
+    from align3gr_kit.feedback.oracle import RatingsOracle
+
+    pairs = [(int(u), int(i)) for u, seq in split.train_sequences.items() for i in seq]
+    users, items = zip(*pairs) if pairs else ((), ())
+    return level_counts(RatingsOracle(dataset).levels(list(users), list(items)))
 
 
 def level_counts(levels: list[str | None]) -> pd.DataFrame:

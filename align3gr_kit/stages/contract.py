@@ -22,8 +22,20 @@ every artifact the manifest lists present with its size (and its sha256 where th
 ``run --verify``). :func:`reuse_stage` copies an identical stage of another run (never hard links:
 a later in-place write in one run must not change another run's files).
 
-One writer per run: :func:`run_lock` holds ``<runs_dir>/.locks/<run_name>.lock`` for a whole command;
-a second command on the same run is refused with the holder's PID and start time.
+Who may write a run at once (the locks live in ``<runs_dir>/.locks/``, outside the run):
+
+* a *command* (``run``, ``train``, ``tokenize``, :func:`ensure_stage`) holds the run lock
+  ``<run_name>.lock`` for its whole length (:func:`run_lock`), and is refused at once, naming the holder,
+  when another command holds it or when a notebook has a stage of the run open in run mode;
+* a *notebook* in run mode (:class:`StageRun` made by ``start_stage``) holds only its own stage's lock
+  ``<run_name>.stages/<stage>.lock`` until ``stage.finish`` (or its kernel ends); it takes the run lock for
+  an instant first, so it is refused while a command writes the run. Two notebooks of one run (04 and 05)
+  are open together, each writing only its own ``.<stage>.partial`` folder; two notebooks of one stage are not;
+* a notebook that ``run`` executes (papermill) finds the run lock held by its parent and takes nothing;
+* a *view* (:class:`StageView`) takes no lock and writes nothing under the run.
+
+Only the command-line runner removes what stopped commands left (:func:`clean_leftovers`, naming each
+path); starting a stage removes its own partial folder and nothing else.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.errors import InputError
@@ -49,7 +61,8 @@ MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a stage's temporary folder: ``.<stage>.partial``
 RETIRED = ".retired"  # suffix of a finished folder being replaced: ``.<stage>.retired``
 CHECKPOINTS = ".checkpoints"  # ``<run>/.checkpoints/<stage>-<fingerprint>``: resumable mid-stage state
-LOCKS = ".locks"  # ``<runs_dir>/.locks/<run_name>.lock`` (+ ``.json``, the holder): one writer per run
+LOCKS = ".locks"  # ``<runs_dir>/.locks/<run_name>.lock`` (+ ``.json``, the holder): one command per run
+STAGE_LOCKS = ".stages"  # ``<runs_dir>/.locks/<run_name>.stages/<stage>.lock``: one notebook per stage
 #: Artifacts up to this size are hashed on every ``--resume`` check (a few ms each); bigger ones (a
 #: model's weights: seconds) are checked by size, and by hash with ``run --verify``.
 HASH_CHEAP_BYTES = 16 * 2**20
@@ -281,7 +294,8 @@ def drop_stale_checkpoints(cfg: RunConfig, stage: Stage) -> list[Path]:
 def clean_leftovers(run_dir: Path, report: bool = True) -> list[Path]:
     """Remove what stopped commands left in one run folder: temporary stage folders and notebooks (not
     checkpoints: a re-run continues from them; :func:`drop_stale_checkpoints`). Call it only while
-    holding the run's :func:`run_lock`. ``report``: one line on stderr per removed path (at start-up;
+    holding the run's :func:`run_lock` (a command's, which no notebook of the run shares): a notebook's
+    partial folder is work in progress. ``report``: one line on stderr per removed path (at start-up;
     not when a command cleans up after its own failure)."""
     removed = []
     if not run_dir.is_dir():
@@ -326,21 +340,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_run(cfg: RunConfig) -> bool:
-    """Take ``cfg``'s run lock for this process at once, or raise :class:`RunInUse` naming the holder.
-
-    Returns False (and takes nothing) when a parent process holds it (the runner, for the notebooks its
-    kernel executes), True otherwise; each True needs one :func:`release_run`. A lock whose holder died
-    is released by the system; its leftover holder file is reported as taken over.
-    """
+def _take_lock(path: Path, refused: str, where: str) -> Any:
+    """Take the file lock at ``path`` at once and write its holder file (``.json`` beside it); returns the
+    ``FileLock``. Raises :class:`RunInUse` (``refused``, then who holds it and the lock's path) when a live
+    process holds it. A lock whose holder died is released by the system; its leftover holder file is
+    reported as taken over (``where``: the run or stage, for that message)."""
     from filelock import FileLock, Timeout
 
-    path, key = _lock_key(cfg)
-    if key in os.environ.get(_LOCK_ENV, "").split(os.pathsep) and key not in _HELD:
-        return False
-    if key in _HELD:
-        _HELD[key][1] += 1
-        return True
     holder = path.with_suffix(".json")
     lock = FileLock(path, timeout=0)
     try:
@@ -349,17 +355,72 @@ def acquire_run(cfg: RunConfig) -> bool:
         info = load_holder(holder)
         who = (f"PID {info.get('pid')} ({info.get('command', '?')}, started {info.get('started', '?')})"
                if info else "another process (it has not written its PID yet)")
-        raise RunInUse(f"{cfg.run_dir}: run {cfg.run_name!r} is in use by {who}; wait for it to finish or stop it, "
-                       f"or give this command another --run-name (lock: {path})") from None
+        raise RunInUse(refused.format(who=who) + f" (lock: {path})") from None
     old = load_holder(holder)
     if old and old.get("pid") != os.getpid():
         state = "no longer running" if not _pid_alive(int(old.get("pid", 0) or 0)) else "no longer holding it"
-        print(f"warning: {cfg.run_dir}: taking over the lock of PID {old.get('pid')} (started "
+        print(f"warning: {where}: taking over the lock of PID {old.get('pid')} (started "
               f"{old.get('started', '?')}), which is {state}", file=sys.stderr)
     write_json(holder, {"pid": os.getpid(), "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-                        "command": " ".join(["python -m align3gr_kit", *sys.argv[1:]])[:200]})
+                        "command": _command_line()})
+    return lock
+
+
+def _command_line() -> str:
+    """What this process is, for a holder file: the command line, or ``a Jupyter kernel`` in a notebook."""
+    if "ipykernel" in sys.modules and "ipykernel" in " ".join(sys.argv[:1]):
+        return "a Jupyter kernel"
+    return " ".join(["python -m align3gr_kit", *sys.argv[1:]])[:200]
+
+
+def stage_lock_path(cfg: RunConfig, stage: str) -> Path:
+    """The lock of one stage of ``cfg``'s run that a notebook in run mode holds:
+    ``<runs_dir>/.locks/<run_name>.stages/<stage>.lock``."""
+    return cfg.run_dir.parent / LOCKS / f"{cfg.run_name}{STAGE_LOCKS}" / f"{get_stage(stage).name}.lock"
+
+
+def _open_notebook_stage(cfg: RunConfig) -> tuple[str, dict[str, Any]] | None:
+    """A stage of ``cfg``'s run that a notebook of another process holds open in run mode (its name and
+    holder file), or None. Call it while holding the run lock: no notebook can open a stage meanwhile."""
+    from filelock import FileLock, Timeout
+
+    folder = cfg.run_dir.parent / LOCKS / f"{cfg.run_name}{STAGE_LOCKS}"
+    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else ():
+        if str(path.resolve()) in _HELD:  # this process's own notebook stage (ensure_stage inside a notebook)
+            continue
+        probe = FileLock(path, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return path.stem, load_holder(path.with_suffix(".json"))
+        probe.release()
+    return None
+
+
+def acquire_run(cfg: RunConfig, notebooks: bool = True) -> bool:
+    """Take ``cfg``'s run lock for this process at once (a command's), or raise :class:`RunInUse` naming
+    the holder: another command, or (``notebooks``) a notebook that has a stage of the run open in run mode.
+
+    Returns False (and takes nothing) when a parent process holds it (the runner, for the notebooks its
+    kernel executes), True otherwise; each True needs one :func:`release_run`.
+    """
+    path, key = _lock_key(cfg)
+    if key in os.environ.get(_LOCK_ENV, "").split(os.pathsep) and key not in _HELD:
+        return False
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return True
+    lock = _take_lock(path, f"{cfg.run_dir}: run {cfg.run_name!r} is in use by {{who}}; wait for it to finish or "
+                            "stop it, or give this command another --run-name", str(cfg.run_dir))
     _HELD[key] = [lock, 1]
     os.environ[_LOCK_ENV] = os.pathsep.join(p for p in [*os.environ.get(_LOCK_ENV, "").split(os.pathsep), key] if p)
+    if notebooks and (open_stage := _open_notebook_stage(cfg)) is not None:
+        release_run(cfg)
+        name, info = open_stage
+        who = f"PID {info.get('pid')}, started {info.get('started', '?')}" if info else "a process"
+        raise RunInUse(f"{cfg.run_dir}: stage {name} of run {cfg.run_name!r} is open in run mode in a notebook "
+                       f"({who}); finish it there (stage.finish) or stop that kernel, or give this command another "
+                       f"--run-name (lock: {stage_lock_path(cfg, name)})")
     return True
 
 
@@ -374,6 +435,49 @@ def release_run(cfg: RunConfig) -> None:
         del _HELD[key]
         os.environ[_LOCK_ENV] = os.pathsep.join(
             p for p in os.environ.get(_LOCK_ENV, "").split(os.pathsep) if p and p != key)
+        with contextlib.suppress(FileNotFoundError):
+            path.with_suffix(".json").unlink()
+        entry[0].release()
+
+
+def acquire_stage(cfg: RunConfig, stage: str) -> bool:
+    """Open ``stage`` of ``cfg``'s run for writing by a notebook (see the module's note on locks).
+
+    Returns False (takes nothing) when this process or its parent holds the run lock (a command, which
+    excludes every notebook already); else takes the run lock for an instant (:class:`RunInUse` when a
+    command holds it) and then the stage's own lock (:class:`RunInUse` when another notebook has that
+    stage open), and returns True; each True needs one :func:`release_stage`.
+    """
+    _, run_key = _lock_key(cfg)
+    if run_key in _HELD or run_key in os.environ.get(_LOCK_ENV, "").split(os.pathsep):
+        return False
+    path = stage_lock_path(cfg, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return True
+    acquire_run(cfg, notebooks=False)
+    try:
+        name = get_stage(stage).name
+        lock = _take_lock(path, f"{cfg.run_dir}: stage {name} of run {cfg.run_name!r} is open in run mode by "
+                                "{who}; finish or stop it there, or open this notebook with mode = \"view\"",
+                          f"{cfg.run_dir} (stage {name})")
+    finally:
+        release_run(cfg)
+    _HELD[key] = [lock, 1]
+    return True
+
+
+def release_stage(cfg: RunConfig, stage: str) -> None:
+    """Undo one :func:`acquire_stage` that returned True; the last one removes the holder file and unlocks."""
+    path = stage_lock_path(cfg, stage)
+    entry = _HELD.get(key := str(path.resolve()))
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _HELD[key]
         with contextlib.suppress(FileNotFoundError):
             path.with_suffix(".json").unlink()
         entry[0].release()
@@ -454,13 +558,18 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 class StageRun:
     """One stage of one run while it runs: typed inputs, a private folder, the manifest at the end.
 
-    Create it at the start of a notebook or command (the wall clock starts then). With
-    ``all_processes`` (a stage every process of ``torchrun`` / ``accelerate launch`` runs together),
-    only the main process prepares and finishes the folder, the others wait for it, and every
-    process sees the same ``dir``; otherwise the calling process alone does everything.
+    Create it at the start of a notebook or command (the wall clock starts then). It removes its own
+    stage's partial folder (left by a stopped attempt) and nothing else of the run. Outside a command
+    it holds the stage's lock until ``finish`` (:func:`acquire_stage`): other stages of the run may be
+    open in other notebooks meanwhile. With ``all_processes`` (a stage every process of ``torchrun`` /
+    ``accelerate launch`` runs together), only the main process prepares and finishes the folder, the
+    others wait for it, and every process sees the same ``dir``; otherwise the calling process alone
+    does everything.
     """
 
-    #: lock path -> the StageRun of this process that holds that run's lock (see ``__init__``)
+    #: False: this object writes the stage (:class:`StageView` is the read-only twin)
+    viewing = False
+    #: stage lock path -> the StageRun of this process that holds that stage's lock (see ``__init__``)
     _open: dict[str, "StageRun"] = {}
 
     def __init__(self, cfg: RunConfig, stage: str, all_processes: bool = False):
@@ -473,24 +582,27 @@ class StageRun:
         self._inputs: dict[str, Any] = {}
         self._took_lock = False
         if self._is_main():
-            # the run's lock first, then what stopped commands left, then a fresh private folder. A notebook
-            # run by hand takes the lock here; one that ``run`` executes finds it held by the command, which
-            # has cleaned already and whose temporary notebook and kernel log must stay
-            self._took_lock = acquire_run(cfg)
+            # the stage's lock first (a notebook run by hand; a command holds the run's lock already and a
+            # notebook that ``run`` executes finds it held by its parent), then a fresh private folder
+            self._took_lock = acquire_stage(cfg, self.stage.name)
             if self._took_lock:
                 # a notebook's setup cell run again in the same kernel after a failed cell: the earlier,
-                # abandoned StageRun of this run hands its hold over, so the lock does not stay taken
+                # abandoned StageRun of this stage hands its hold over, so the lock does not stay taken
                 # once this one finishes
-                previous = StageRun._open.pop(_lock_key(cfg)[1], None)
+                key = str(stage_lock_path(cfg, self.stage.name).resolve())
+                previous = StageRun._open.pop(key, None)
                 if previous is not None and previous._took_lock:
                     previous._took_lock = False
-                    release_run(cfg)
-                StageRun._open[_lock_key(cfg)[1]] = self
-                clean_leftovers(cfg.run_dir)
+                    release_stage(cfg, self.stage.name)
+                StageRun._open[key] = self
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
         self._barrier()
+
+    def execute(self, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """Do the stage's work: ``fn(cfg, self, **kwargs)`` (a stage module's ``run``); returns its metrics."""
+        return fn(self.cfg, self, **kwargs)
 
     def _is_main(self) -> bool:
         from align3gr_kit.distributed import process_state
@@ -511,17 +623,7 @@ class StageRun:
 
     def input(self, stage: str) -> Any:
         """The typed artifacts of a finished earlier stage of the same run (loaded once)."""
-        s = get_stage(stage)
-        if s.name not in self._inputs:
-            folder = self.cfg.run_dir / s.name
-            if load_manifest(folder / MANIFEST) is None:
-                raise FileNotFoundError(
-                    f"{folder}: stage {s.name} has not finished for run {self.cfg.run_name!r}; run it first: "
-                    f"python -m align3gr_kit run --config <your config> --stages {s.name.split('_')[0]} "
-                    f"(or execute notebooks/{s.notebook})"
-                )
-            self._inputs[s.name] = s.load_artifacts(folder)
-        return self._inputs[s.name]
+        return _load_input(self.cfg, self._inputs, stage)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -574,9 +676,99 @@ class StageRun:
     def _release(self) -> None:
         if self._took_lock:
             self._took_lock = False
-            if StageRun._open.get(key := _lock_key(self.cfg)[1]) is self:
+            if StageRun._open.get(key := str(stage_lock_path(self.cfg, self.stage.name).resolve())) is self:
                 del StageRun._open[key]
-            release_run(self.cfg)
+            release_stage(self.cfg, self.stage.name)
+
+
+def _load_input(cfg: RunConfig, cache: dict[str, Any], stage: str) -> Any:
+    """The typed artifacts of finished ``stage`` of ``cfg``'s run, kept in ``cache``; FileNotFoundError
+    naming the stage and the command that makes it when it has not finished."""
+    s = get_stage(stage)
+    if s.name not in cache:
+        folder = cfg.run_dir / s.name
+        if load_manifest(folder / MANIFEST) is None:
+            raise FileNotFoundError(
+                f"{folder}: stage {s.name} has not finished for run {cfg.run_name!r}; run it first: "
+                f"python -m align3gr_kit run --config <your config> --stages {s.name.split('_')[0]} "
+                f"(or execute notebooks/{s.notebook})"
+            )
+        cache[s.name] = s.load_artifacts(folder)
+    return cache[s.name]
+
+
+def make_command(stage: str, config: str = "<your config>") -> str:
+    """The command that makes ``stage`` and the stages it needs, skipping those already current:
+    ``python -m align3gr_kit run --config <config> --stages 00,01,03,04 --resume``."""
+    chain = [*upstream_chain(stage), get_stage(stage).name]
+    return f"python -m align3gr_kit run --config {config} --stages {','.join(n.split('_')[0] for n in chain)} --resume"
+
+
+class StageNotFinished(InputError):
+    """A view of a stage that has not finished (or whose files changed since): nothing to draw from."""
+
+
+class StageView:
+    """A finished stage of a run, read back for a notebook in view mode: the same surface as
+    :class:`StageRun` (``cfg``, ``stage``, ``input``, ``output``, ``path``, ``execute``, ``finish``,
+    ``dir``, ``final_dir``) that trains nothing, takes no lock and writes nothing under the run.
+
+    ``dir`` is the finished folder (read it, never write it); ``path(name)`` is a scratch folder outside
+    the run (a figure or cache a cell writes goes there and is dropped with the process); ``execute``
+    returns the manifest's metrics without calling anything; ``finish`` writes nothing.
+
+    Raises :class:`StageNotFinished` (one line: the stage and the command that makes it) when the stage
+    has no readable manifest or a file it lists is missing or changed. A stage finished with other
+    settings than ``cfg``'s is still viewed (``current`` is then False: the caller says so).
+    """
+
+    viewing = True
+
+    def __init__(self, cfg: RunConfig, stage: str, config: str = "<your config>"):
+        self.cfg = cfg
+        self.stage = get_stage(stage)
+        self.final_dir = self.dir = cfg.run_dir / self.stage.name
+        self._inputs: dict[str, Any] = {}
+        self._scratch: Any = None  # a tempfile.TemporaryDirectory, made by the first path()
+        state, problem = check_stage(cfg, self.stage)
+        if state in ("missing", "damaged"):
+            why = "has not finished" if state == "missing" else f"changed since it finished ({problem})"
+            raise StageNotFinished(f"{self.final_dir}: stage {self.stage.name} of run {cfg.run_name!r} {why}, so there "
+                                   f"is nothing to view; make it with: {make_command(self.stage.name, config)} "
+                                   "(or set mode = \"run\" in the notebook)")
+        self.current = state == "current"
+        self.manifest: dict[str, Any] = read_manifest(cfg, self.stage.name) or {}
+
+    def execute(self, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """Call nothing; the metrics the stage recorded when it finished (its manifest's)."""
+        return dict(self.manifest.get("metrics") or {})
+
+    def input(self, stage: str) -> Any:
+        """The typed artifacts of a finished earlier stage of the same run (loaded once)."""
+        return _load_input(self.cfg, self._inputs, stage)
+
+    @property
+    def output(self) -> Any:
+        """This stage's typed artifacts, read from its finished folder."""
+        return _load_input(self.cfg, self._inputs, self.stage.name)
+
+    def path(self, name: str) -> Path:
+        """A path in a scratch folder outside the run (made on first use, parents created)."""
+        if self._scratch is None:
+            import tempfile
+
+            # removed when this view is garbage-collected or the process ends
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"align3gr-view-{self.stage.name}-")
+        p = Path(self._scratch.name) / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def finish(self, metrics: dict[str, Any] | None = None) -> Path:
+        """Write nothing; the finished folder."""
+        return self.final_dir
+
+    def abandon(self) -> None:
+        """Nothing to undo: a view holds no lock and wrote nothing under the run."""
 
 
 class Interrupted(Exception):

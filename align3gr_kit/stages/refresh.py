@@ -3,7 +3,8 @@ metadata, so that nbval in CI compares real, stable outputs.
 
 ``python -m align3gr_kit notebooks refresh [--only 00,01]`` executes ``notebooks/*.ipynb`` in place
 (in order, each with its default parameters = the smoke config) and then strips: cell execution
-timestamps, widget state, papermill metadata; execution counts are renumbered 1..n per notebook.
+timestamps, widget state, papermill metadata, progress bars frozen as text (:func:`drop_progress_bars`;
+they still show live in Lab and on the command line); execution counts are renumbered 1..n per notebook.
 
 Notebook 07 reads the papers' tables (``ablate --table``); so that it is executed over a real table
 file, not only the commands that would make one, ``python -m align3gr_kit notebooks tables`` makes
@@ -13,12 +14,15 @@ re-executing 07).
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 
 from align3gr_kit.stages.contract import STAGES, get_stage
+from align3gr_kit.stages.runner import drop_progress_bars, quiet_kernel_manager
 from align3gr_kit.utils import atomic_path, project_root
 
 VOLATILE_CELL_KEYS = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
@@ -60,23 +64,39 @@ def smoke_tables() -> dict:
 
 def refresh(only: list[str] | None = None, timeout: int = 1800) -> list[Path]:
     """Execute the stage notebooks in place on their defaults, then strip them (before notebook 07:
-    :func:`smoke_tables`, which it reads)."""
+    :func:`smoke_tables`, which it reads).
+
+    Each runs in run mode (its parameters cell's ``mode`` set to ``"run"`` while it executes, the committed
+    ``"auto"`` written back), so the committed outputs are those of a fresh smoke run, as nbval on a clean
+    clone makes them, and on the smoke config even where ``$ALIGN3GR_CONFIG`` names another.
+    """
     from nbclient import NotebookClient
+
+    from align3gr_kit.stages.notebook import CONFIG_ENV
 
     names = [get_stage(s).notebook for s in only] if only else [s.notebook for s in STAGES]
     done = []
-    for name in names:
-        path = project_root() / "notebooks" / name
-        if not path.exists():
-            continue
-        if name == get_stage("07").notebook:
-            smoke_tables()
-        print(f"executing {path.name}", file=sys.stderr)
-        nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-        strip_notebook(nb)
-        with atomic_path(path) as tmp:
-            nbformat.write(nb, tmp)
-        done.append(path)
+    config_env = os.environ.pop(CONFIG_ENV, None)
+    try:
+        for name in names:
+            path = project_root() / "notebooks" / name
+            if not path.exists():
+                continue
+            if name == get_stage("07").notebook:
+                smoke_tables()
+            print(f"executing {path.name}", file=sys.stderr)
+            nb = nbformat.read(path, as_version=4)
+            params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+            committed = params.source
+            params.source = re.sub(r"^mode = .*$", 'mode = "run"', committed, count=1, flags=re.M)
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=quiet_kernel_manager(),
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            params.source = committed
+            strip_notebook(drop_progress_bars(nb))
+            with atomic_path(path) as tmp:
+                nbformat.write(nb, tmp)
+            done.append(path)
+    finally:
+        if config_env is not None:
+            os.environ[CONFIG_ENV] = config_env
     return done

@@ -11,8 +11,11 @@ from typing import Any
 
 from align3gr_kit import viz
 from align3gr_kit.config import RunConfig
-from align3gr_kit.stages.contract import StageRun
+from align3gr_kit.report.specs import table_rungs
+from align3gr_kit.stages.contract import MANIFEST, StageRun
 from align3gr_kit.stages.notebook import save_figure
+from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
+from align3gr_kit.utils import resolve_path
 
 
 def run(cfg: RunConfig, stage: StageRun, progress: bool = True) -> dict[str, Any]:
@@ -36,3 +39,26 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True) -> dict[str, Any
             f"no item has a category label (items.category is empty or 'unknown' for all {len(items)} items), "
             "so the codes cannot be compared with categories")
     return {**out, **{f"{r.side}_collisions_after": int(r["collisions after"]) for _, r in collisions.iterrows()}}
+
+
+def unaligned_tokenizer(cfg: RunConfig) -> tuple[TokenizeArtifacts | None, str]:
+    """The tokenizer of this run's twin without U-I alignment, for the joint map's comparison.
+
+    That twin is the token table's "w/o U-I align" row for this seed (``ablate --table token`` names
+    its runs ``<run_name>-token-NN-s<seed>``). Returns ``(its 01_tokenize artifacts, its run name)``
+    when it has finished, else ``(None, a sentence naming the command that makes it)`` (or saying that
+    this run is itself without U-I alignment).
+    """
+    if not cfg.tokenizer.u2i_align:
+        return None, ("This run has no U-I alignment itself (tokenizer.u2i_align: false): its map is the one "
+                      "without it.")
+    rungs = table_rungs("token")
+    row = next(i for i, r in enumerate(rungs) if r.overrides == {"tokenizer.u2i_align": False})
+    name = f"{cfg.run_name}-token-{row:02d}-s{cfg.seed}"
+    folder = resolve_path(cfg.runs_dir) / name / "01_tokenize"
+    if (folder / MANIFEST).exists():
+        return TokenizeArtifacts.load(folder), name
+    return None, (f"No run without U-I alignment yet: `python -m align3gr_kit ablate --config <your config> --table "
+                  f"token --seeds 1` makes one (run `{name}`, with its SFT); for its tokenizer alone, `python -m "
+                  f"align3gr_kit run --config <your config> --run-name {name} --set tokenizer.u2i_align=false "
+                  f"--stages 00,01`.")

@@ -41,6 +41,8 @@ class TokenizeArtifacts:
             each split row's target (row order), so a report can score it on any user subset.
         state_dict: the tokenizer's weights (written by :meth:`save`, not read back by :meth:`load`;
             :meth:`load_state_dict` reads them).
+        folder: the folder :meth:`load` read (``None`` for artifacts built in memory), where
+            :meth:`rqvae` finds the weights.
     """
 
     items: ScidTable
@@ -57,6 +59,7 @@ class TokenizeArtifacts:
     sasrec_history: list | None = None
     state_dict: dict | None = None
     sasrec_ranks: dict[str, np.ndarray] | None = None
+    folder: Path | None = None
 
     def save(self, folder: str | Path) -> None:
         import torch
@@ -94,7 +97,8 @@ class TokenizeArtifacts:
                    opt("item_codebooks"), opt("user_codebooks"),
                    {n: a for n in FEATURES if (a := opt(n)) is not None},
                    read_json(sasrec) if sasrec.exists() else None,
-                   sasrec_ranks={k: a for k in ("valid", "test") if (a := opt(f"sasrec_ranks_{k}")) is not None} or None)
+                   sasrec_ranks={k: a for k in ("valid", "test") if (a := opt(f"sasrec_ranks_{k}")) is not None} or None,
+                   folder=f)
 
     @staticmethod
     def load_state_dict(folder: str | Path) -> dict:
@@ -102,3 +106,27 @@ class TokenizeArtifacts:
         import torch
 
         return torch.load(Path(folder) / "tokenizer.pt", weights_only=True)
+
+    def rqvae(self, side: str = "item"):
+        """The trained RQ-VAE of ``side`` (``item``/``user``), rebuilt from ``tokenizer.pt`` in :attr:`folder`
+        (eval mode, CPU). Its input is the SC embedding (:attr:`item_sc` / :attr:`user_sc`); the sizes
+        come from the saved weights, so no config is needed.
+
+        Raises:
+            ValueError: the artifacts were not loaded from a folder, or the run has no RQ-VAE for ``side``.
+        """
+        from align3gr_kit.tokenizer.rqvae import RQVAE
+
+        if self.folder is None:
+            raise ValueError("these tokenizer artifacts were built in memory; load them with "
+                             "TokenizeArtifacts.load(<run>/01_tokenize) to read the RQ-VAE weights")
+        prefix = f"{side}_rq."
+        state = {k[len(prefix):]: v for k, v in self.load_state_dict(self.folder).items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{self.folder / 'tokenizer.pt'} has no {side} RQ-VAE "
+                             "(user SCIDs need tokenizer.dual: true)")
+        levels, size, code_dim = state["quantizer.codebooks"].shape
+        hidden, in_dim = state["encoder.0.weight"].shape
+        model = RQVAE(in_dim, hidden, code_dim, levels, size)
+        model.load_state_dict(state)
+        return model.eval()
