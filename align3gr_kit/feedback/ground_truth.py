@@ -16,11 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from align3gr_kit.data.schema import DataError, RecDataset
-from align3gr_kit.feedback.oracle import LEVELS, FeedbackOracle
-from align3gr_kit.feedback.simulator import levels_of
+from align3gr_kit.feedback.simulator import PredictedRatingOracle
 
 
-class GroundTruthOracle(FeedbackOracle):
+class GroundTruthOracle(PredictedRatingOracle):
     """Levels from the generator's noise-free ratings.
 
     Args:
@@ -79,16 +78,6 @@ class GroundTruthOracle(FeedbackOracle):
     def ratings(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
         """Noise-free ratings ``[n]`` clipped to ``[1, 5]`` of aligned pairs."""
         return np.clip(self.expected(user_ids, item_ids), 1.0, 5.0)
-
-    def level(self, user_id: int, item_id: int) -> str | None:
-        return self.levels([user_id], [item_id])[0]
-
-    def levels(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> list[str | None]:
-        if len(user_ids) != len(item_ids):
-            raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
-        if not len(user_ids):
-            return []
-        return [LEVELS[k] for k in levels_of(self.ratings(user_ids, item_ids))]
 
 
 def _generated_index(raw_ids, generated_raw_ids, src: str, what: str) -> np.ndarray:

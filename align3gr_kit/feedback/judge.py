@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from align3gr_kit.data.schema import DataError, RecDataset
-from align3gr_kit.feedback.oracle import LEVELS, RATED_LOADERS, FeedbackOracle
-from align3gr_kit.feedback.simulator import levels_of
+from align3gr_kit.feedback.oracle import RATED_LOADERS
+from align3gr_kit.feedback.simulator import PredictedRatingOracle
 
 #: The judge's seed is the run seed plus this (its own seed, never the training oracle's).
 JUDGE_SEED_OFFSET = 1009
@@ -107,7 +107,7 @@ def has_generator(dataset: RecDataset) -> bool:
     return dataset.name == "synthetic" and bool(dataset.extra.get("generator"))
 
 
-class NeighbourJudge(FeedbackOracle):
+class NeighbourJudge(PredictedRatingOracle):
     """Levels from an item-kNN rating model (``surprise.KNNBaseline``) fit on the judge's ratings.
 
     Build with :meth:`fit`. Grades any (user, item) pair of the dataset by its predicted rating, rounded
@@ -142,13 +142,3 @@ class NeighbourJudge(FeedbackOracle):
         """Predicted ratings ``[n]`` in ``[1, 5]`` of aligned pairs."""
         est = self._algo.predict
         return np.array([est(int(u), int(i), clip=True).est for u, i in zip(user_ids, item_ids)], dtype=np.float64)
-
-    def level(self, user_id: int, item_id: int) -> str | None:
-        return self.levels([user_id], [item_id])[0]
-
-    def levels(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> list[str | None]:
-        if len(user_ids) != len(item_ids):
-            raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
-        if not len(user_ids):
-            return []
-        return [LEVELS[k] for k in levels_of(self.ratings(user_ids, item_ids))]

@@ -58,6 +58,21 @@ def levels_of(ratings: np.ndarray) -> np.ndarray:
     return np.where(r < 1.5, 0, np.where(r < 3.5, 1, 2))
 
 
+class PredictedRatingOracle(FeedbackOracle):
+    """An oracle whose level of a pair is that of the 1-5 rating it predicts (:meth:`ratings`, rounded by
+    :func:`levels_of`): the generator's ground truth and the kNN judge."""
+
+    def level(self, user_id: int, item_id: int) -> str | None:
+        return self.levels([user_id], [item_id])[0]
+
+    def levels(self, user_ids: Sequence[int], item_ids: Sequence[int]) -> list[str | None]:
+        if len(user_ids) != len(item_ids):
+            raise ValueError(f"levels(): {len(user_ids)} users for {len(item_ids)} items; pass aligned sequences")
+        if not len(user_ids):
+            return []
+        return [LEVELS[k] for k in levels_of(self.ratings(user_ids, item_ids))]
+
+
 def split_ratings(dataset: RecDataset, holdout: int = 2) -> pd.DataFrame:
     """Every rated interaction with the leave-one-out part it belongs to.
 
