@@ -44,6 +44,8 @@ def run(cfg: RunConfig, stage: StageRun, progress: bool = True, evaluate_splits:
     train["trainable"] = res["trainable"]["trainable"]
     # sft.fixed_task_a: the examples the one pass held (task A, all tasks), for the SFT table's row files
     train.update({k: res[k] for k in ("task_a_examples", "mix_examples") if res.get(k) is not None})
+    # examples the optimiser saw, and whether sft.max_minutes ended it (the depth table's equal wall time)
+    train.update({k: res[k] for k in ("examples_seen", "stopped_by_time") if res.get(k) is not None})
     flat = {f"train_{k}": v for k, v in train.items()}
     state.wait_for_everyone()
     model = res["model"]  # train_sft returns it without DDP/accelerate wrappers
