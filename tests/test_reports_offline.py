@@ -97,3 +97,14 @@ def test_injected_parameters_are_relative_to_the_project(smoke_run):
     assert params["runs_dir"] == str(smoke_run.run_dir.parent)  # outside the project: stays absolute
     inside = smoke_run.override({"runs_dir": "runs"})
     assert notebook_parameters(inside, "configs/smoke.yaml", {}, "run")["runs_dir"] == "runs"
+
+
+def test_drop_progress_bars_drops_tqdm_widgets_and_keeps_other_displays():
+    """A tqdm widget saved in a notebook is only its text frozen at 0%: it goes; other displays stay."""
+    bar = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0},
+        "text/plain": "beam search:   0%|          | 0/5 [00:00<?, ?it/s]"})
+    table = nbformat.v4.new_output("display_data", data={"text/plain": "a table"})
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x", outputs=[bar, table])]
+    assert drop_progress_bars(nb).cells[0].outputs == [table]

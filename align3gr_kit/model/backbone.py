@@ -28,8 +28,9 @@ chat frame's system turn, recorded on the tokenizer (:mod:`align3gr_kit.model.en
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +44,23 @@ from align3gr_kit.scid import ScidTable, load_scid_tables, save_scid_tables
 
 MINILM = "minilm"
 TINY_LLAMA = "tiny-llama"
+
+
+@contextlib.contextmanager
+def _no_checkpoint_bars() -> Iterator[None]:
+    """transformers' own progress bars off while a checkpoint is read or written ("Loading weights",
+    "Writing model shards": a second or two for these models); in a notebook each one is a widget whose
+    saved text is a bar frozen at 0% in the committed outputs and the HTML reports. The kit's own bars
+    (training, beam search) are untouched."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def embedding_multiple() -> int:
@@ -208,8 +226,9 @@ def _build_model(model_cfg: ModelConfig, tokenizer, seed: int):
             hf_logging.enable_progress_bar()
         _identity_head(model)
         return model
-    return AutoModelForCausalLM.from_pretrained(resolve_base(model_cfg.base), dtype=dtype,
-                                                trust_remote_code=model_cfg.trust_remote_code)
+    with _no_checkpoint_bars():
+        return AutoModelForCausalLM.from_pretrained(resolve_base(model_cfg.base), dtype=dtype,
+                                                    trust_remote_code=model_cfg.trust_remote_code)
 
 
 def build_backbone(
@@ -288,7 +307,8 @@ def save_model(model, tokenizer, folder: str | Path, item_scids: ScidTable, user
     # The SCID ids travel with the model: a later LoRA (every DPO stage) trains exactly these rows.
     scid = item_scids.vocabulary() + (user_scids.vocabulary() if user_scids is not None else [])
     setattr(to_save.config, SCID_IDS_KEY, sorted(set(tokenizer.convert_tokens_to_ids(scid))))
-    to_save.save_pretrained(folder)
+    with _no_checkpoint_bars():
+        to_save.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_scid_tables(folder, item_scids, user_scids)
     return folder
@@ -307,7 +327,8 @@ def load_model(folder: str | Path, dtype: str = "auto", trust_remote_code: bool 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no saved model (config.json missing); run the SFT stage (04_sft) first")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype(dtype), trust_remote_code=trust_remote_code)
+    with _no_checkpoint_bars():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype(dtype), trust_remote_code=trust_remote_code)
     if getattr(model.config, "align3gr_identity_head", False):
         _identity_head(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)

@@ -23,6 +23,7 @@ The module names come from ``get_input_embeddings()`` / ``get_output_embeddings(
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 from torch import nn
@@ -92,8 +93,6 @@ def apply_lora(model: nn.Module, cfg: ModelConfig, new_ids: Sequence[int] | None
         trainable_token_indices={name: ids for name in (names[:1] if tied else names)},
         task_type="CAUSAL_LM",
     )
-    import warnings
-
     with warnings.catch_warnings():
         # peft's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
         # since transformers 5, shown in red in every LoRA notebook and report); nothing of ours calls it

@@ -294,8 +294,13 @@ def _run_pipeline(cfg: RunConfig, config_path: str, stages: list[str] | None, re
 _PROGRESS = re.compile(r"(\d+/\S+|\d+(\.\d+)?\s?[a-zA-Z ]*)\s\[\d+:\d\d")
 
 
+#: The MIME type of a Jupyter widget's output (tqdm draws one per bar in a kernel with ipywidgets).
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
 def drop_progress_bars(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Remove the frames of progress bars from ``nb``'s stderr streams, in place; returns ``nb``.
+    """Remove progress bars from ``nb``'s saved outputs, in place; returns ``nb``: tqdm's widget outputs, and
+    the frames in stderr streams.
 
     tqdm redraws a bar with carriage returns; a saved notebook keeps every frame as text, which a report
     shows as a wall of bars. Each stderr text is cut at ``\\r`` and ``\\n``; pieces that are tqdm frames go,
@@ -305,6 +310,9 @@ def drop_progress_bars(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             continue
         kept = []
         for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET in data and _PROGRESS.search(_ANSI.sub("", str(data.get("text/plain", "")))):
+                continue  # a tqdm widget: live in Lab, saved it is only its text at 0%
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 pieces = [p for p in re.split(r"[\r\n]", out["text"]) if p.strip()]
                 rest = [p for p in pieces if not _PROGRESS.search(_ANSI.sub("", p))]
