@@ -25,7 +25,7 @@ class SFTData:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        _save_folder(lambda tmp: self.sft.save_to_disk(str(tmp)), folder / SFT_DATASET)
+        _save_folder(lambda tmp: _save_dataset(self.sft, tmp), folder / SFT_DATASET)
         _save_folder(lambda tmp: self.tokenizer.save_pretrained(str(tmp)), folder / TOKENIZER)
 
     @classmethod
@@ -35,6 +35,20 @@ class SFTData:
 
         folder = Path(folder)
         return cls(load_from_disk(str(folder / SFT_DATASET)), AutoTokenizer.from_pretrained(str(folder / TOKENIZER)))
+
+
+def _save_dataset(dataset: Any, folder: Path) -> None:
+    """``dataset.save_to_disk(folder)`` without datasets' progress bar (a second here; in a notebook it is a
+    widget whose saved text is a bar frozen at 0% in the committed outputs and the reports)."""
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(folder))
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _save_folder(write, target: Path) -> None:
