@@ -377,6 +377,11 @@ def test_ablate_dpo_table_end_to_end_on_smoke(tmp_path, capsys):
     assert [generated[f"generated-{r}/preferences/from_beams_share"] for r in (1, 2, 3)] == [1.0] * 3
     progressive = json.loads((runs / "e2e-dpo-03-s0" / "05_sp_dpo" / "manifest.json").read_text())["metrics"]
     assert {"easy/preferences/from_beams_share", "hard/preferences/from_beams_share"} <= set(progressive)
+    # what each DPO row trained travels with the table (issue 37): as many rounds and prompts in every row
+    trained = {r["method"]: r["dpo"] for r in doc["rows"] if r.get("dpo")}
+    assert set(trained) == {"Softmax-DPO", "SP-DPO w/o progression", "Progressive SP-DPO"}
+    assert {(d["rounds"], d["prompts"]) for d in trained.values()} == {(3, 12)}
+    assert trained["Progressive SP-DPO"]["round_names"] == ["easy", "medium", "hard"]
 
 
 def test_reading_says_which_steps_go_the_papers_way_beyond_the_spread():
@@ -567,3 +572,67 @@ def test_dpo_beta_table_rows_differ_only_in_beta():
     flat = [{k: v for k, v in reaching_fields(c, r.stages).items() if k != "dpo.beta"} for r, c in rows]
     assert all(f == flat[0] for f in flat)
     assert len({json.dumps(reaching_fields(c, r.stages), sort_keys=True, default=str) for r, c in rows}) == 4
+
+
+def _fake_dpo_pipeline(test_of_beta=None):
+    """A pipeline whose DPO stages record rounds as the real ones do (``<round>/run/...``,
+    ``<round>/pairs/...``), and whose validation and test metrics can disagree (``test_of_beta``)."""
+    def fake(cfg, config_path, stages=None, resume=False, overrides=None, kernel_name="python3", render=True,
+             reports_dir=None):
+        last = stages[-1]
+        valid = 0.1 + 0.1 * cfg.dpo.beta + 0.001 * cfg.seed  # validation rises with beta
+        test = test_of_beta(cfg.dpo.beta) if test_of_beta else valid
+        metrics = {s: {"recall@5": v, "recall@10": v, "ndcg@5": v / 2, "ndcg@10": v / 2}
+                   for s, v in (("valid", valid), ("test", test))}
+        if last in ("05_sp_dpo", "06_rf_dpo"):
+            for r, name in enumerate(("easy", "hard"), start=1):
+                metrics.update({f"{name}/run/round": float(r), f"{name}/run/rounds": 2.0, f"{name}/run/prompts": 8.0,
+                                f"{name}/run/steps": 2.0 + cfg.seed, f"{name}/pairs/n_examples": 8.0,
+                                f"{name}/pairs/mean_rejected": 3.0 * r, f"{name}/pairs/margin_before": 0.1 * r,
+                                f"{name}/pairs/margin_after": 0.5 * r, f"{name}/pairs/margin_up_share": 0.5 + 0.1 * r})
+        StageRun(cfg, last).finish(metrics)
+        return {"ok": True, "stages": []}
+    return fake
+
+
+def test_dpo_rows_record_and_show_what_each_round_trained(tmp_path, monkeypatch):
+    """Issue 37: every DPO row file keeps its rounds (prompts, steps, examples, rejected per example,
+    margins before/after, share up), and the table shows their sums and means over seeds."""
+    monkeypatch.setattr(runner, "run_pipeline", _fake_dpo_pipeline())
+    base = RunConfig.from_yaml(SMOKE, run_name="t", runs_dir=str(tmp_path / "runs"))
+    doc = run_table(base, SMOKE, "dpo", [0, 1], upto="sp")
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert "dpo" not in rows["SFT"]
+    d = rows["Progressive SP-DPO"]["dpo"]
+    assert d["stage"] == "05_sp_dpo" and d["round_names"] == ["easy", "hard"] and d["seeds"] == 2
+    # steps: 2 rounds of (2 + seed) -> 4 and 6, mean 5; examples 2 x 8; rejected mean of 3 and 6
+    assert (d["rounds"], d["prompts"], d["steps"], d["n_examples"]) == (2, 16, 5, 16)
+    assert d["mean_rejected"] == pytest.approx(4.5) and d["margin_before"] == pytest.approx(0.15)
+    assert d["margin_after"] == pytest.approx(0.75) and d["margin_up_share"] == pytest.approx(0.65)
+    assert "judge_kappa" not in d  # SP-DPO has no oracle
+    row_files = list((tmp_path / "runs" / "tables" / "synthetic" / "rows").glob("*-05_sp_dpo.json"))
+    ran = json.loads(row_files[0].read_text())["ran"]["05_sp_dpo"]["rounds"]
+    assert set(ran) == {"easy", "hard"} and ran["hard"]["mean_rejected"] == 6.0
+    md = table_markdown(doc)
+    assert "What each row's last DPO stage trained" in md
+    line = next(x for x in md.splitlines() if x.startswith("| Progressive SP-DPO | 05_sp_dpo"))
+    assert "| 2 | 16 | 5 | 16 | 4.50 | +0.150 | +0.750 | 0.65 | – |" in line
+
+    # a row read back from its committed file keeps what it trained
+    again = run_table(base, SMOKE, "dpo", [0, 1], upto="sp")
+    assert {r["method"]: r.get("dpo") for r in again["rows"]} == {r["method"]: r.get("dpo") for r in doc["rows"]}
+
+
+def test_the_beta_table_chooses_on_validation_not_on_test(tmp_path, monkeypatch):
+    """Issue 37: dpo.beta is chosen by validation Recall@10; here test prefers the smallest beta and
+    validation the largest, and the reading names the largest."""
+    monkeypatch.setattr(runner, "run_pipeline", _fake_dpo_pipeline(test_of_beta=lambda b: 0.9 - 0.1 * b))
+    base = RunConfig.from_yaml(SMOKE, run_name="b", runs_dir=str(tmp_path / "runs"))
+    doc = run_table(base, SMOKE, "dpo-beta", [0])
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["beta 2.0"]["valid recall@10"] == pytest.approx(0.3)
+    assert max(rows.values(), key=lambda r: r["recall@10"])["method"] == "beta 0.1"
+    md = table_markdown(doc)
+    assert "Chosen on validation: **beta 2.0** (validation Recall@10 0.3000" in md
+    assert "its test Recall@10 is 0.7000" in md
+    assert "Chosen on validation" not in table_markdown(run_table(base, SMOKE, "dpo", [0], upto="sp"))

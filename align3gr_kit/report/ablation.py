@@ -50,6 +50,7 @@ class RungResult:
     source: str = ""  # where a row measured before was read from (:mod:`align3gr_kit.report.ledger`)
     ranks: list[int] | None = None  # the final model's per-user test target ranks, when kept
     machine: str = ""  # where the last stage ran (:func:`align3gr_kit.utils.machine_info`), when known
+    ran: dict[str, Any] = field(default_factory=dict)  # what its training stages did (:func:`stages_ran`)
 
 
 def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[int], prefix: str,
@@ -88,8 +89,12 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                     ranks = local_ranks(cfg, rung.last_stage, found.get("run"))
                     if ranks is not None:
                         attach_ranks(ledger, cfg, rung.last_stage, ranks)
+                ran = found.get("ran")
+                if not ran and (run := local_run(cfg, rung.last_stage, found.get("run"))) is not None:
+                    ran = stages_ran(run, rung.stages)  # read from a pipeline file: its run is still here
                 results.append(RungResult(rung.label, seed, run_name, found["metrics"], found["seconds"],
-                                          source=found["source"], ranks=ranks, machine=found.get("machine") or ""))
+                                          source=found["source"], ranks=ranks, machine=found.get("machine") or "",
+                                          ran=ran or {}))
                 continue
             t0 = time.time()
             try:  # each run's lock is held while it runs; a run another command holds fails its row alone
@@ -104,11 +109,12 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
                 out.ranks = final_target_ranks(cfg, rung.last_stage)
                 last = read_manifest(cfg, rung.last_stage) or {}
                 out.machine = last.get("machine") or ""
+                out.ran = stages_ran(cfg, rung.stages)
                 if ledger is not None:  # the stages' own times (a resumed or copied stage keeps its cost)
                     cost = sum((read_manifest(cfg, s) or {}).get("wall_seconds") or 0.0 for s in rung.stages)
                     record_row(ledger, cfg, rung.last_stage, out.metrics, round(cost, 1),
                                commit=last.get("git_commit"), date=last.get("finished_at"), machine=last.get("machine"),
-                               ranks=out.ranks, ran=stages_ran(cfg, rung.stages))
+                               ranks=out.ranks, ran=out.ran)
             else:
                 failed = next(s for s in res["stages"] if s["status"] == "failed")
                 out.error = f"{failed['stage']}: {failed['error']} (see {failed['notebook']})"
@@ -120,33 +126,60 @@ def run_rungs(base: RunConfig, config_path: str, rungs: list[Rung], seeds: list[
 #: step, and with ``sft.fixed_task_a`` the task-A and all-task examples of its one pass.
 SFT_RAN_KEYS = ("steps", "global_batch", "task_a_examples", "mix_examples")
 
+#: What a row file records of each round of a DPO stage (the manifest's ``<round>/<key>``): prompts and
+#: optimiser steps, training examples and rejected items per example (the effective N of Softmax-DPO),
+#: the mean chosen-minus-rejected margin under the reference before and under the policy after, the
+#: share of pairs whose margin rose, and for RF-DPO the training oracle's agreement with the judge.
+DPO_RAN_KEYS = ("run/prompts", "run/steps", "pairs/n_examples", "pairs/mean_rejected", "pairs/margin_before",
+                "pairs/margin_after", "pairs/margin_up_share", "pairs/judge_agreement", "pairs/judge_kappa")
+DPO_STAGES = ("05_sp_dpo", "06_rf_dpo")
+
+
+def dpo_rounds(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{round name: {key: value}}`` of a DPO stage's manifest metrics, in training order: the keys of
+    :data:`DPO_RAN_KEYS` (without their ``run/``/``pairs/`` group) that the round recorded."""
+    names = sorted((k.split("/")[0] for k in metrics if k.endswith("/run/round")),
+                   key=lambda n: metrics[f"{n}/run/round"])
+    return {n: {k.split("/")[1]: metrics[f"{n}/{k}"] for k in DPO_RAN_KEYS if metrics.get(f"{n}/{k}") is not None}
+            for n in names}
+
 
 def stages_ran(cfg: RunConfig, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """What the training stages among ``stages`` of ``cfg``'s run did, read from their manifests:
     ``{"04_sft": {"steps", "global_batch", "task_a_examples", "mix_examples"}}`` (the keys the stage
-    recorded of :data:`SFT_RAN_KEYS`; the last two only with ``sft.fixed_task_a``); ``{}`` when the row
-    has no SFT stage or it left no manifest."""
+    recorded of :data:`SFT_RAN_KEYS`; the last two only with ``sft.fixed_task_a``) and for each DPO
+    stage ``{"rounds": {name: {...}}}`` (:func:`dpo_rounds`); a stage that left no manifest is left out."""
     out: dict[str, dict[str, Any]] = {}
     if "04_sft" in stages:
         metrics = (read_manifest(cfg, "04_sft") or {}).get("metrics") or {}
         sft = {k: metrics[f"train_{k}"] for k in SFT_RAN_KEYS if metrics.get(f"train_{k}") is not None}
         if sft:
             out["04_sft"] = sft
+    for stage in DPO_STAGES:
+        if stage in stages and (rounds := dpo_rounds((read_manifest(cfg, stage) or {}).get("metrics") or {})):
+            out[stage] = {"rounds": rounds}
     return out
 
 
-def local_ranks(cfg: RunConfig, last_stage: str, measured_by: str | None = None) -> list[int] | None:
-    """The per-user test target ranks of the row ``(cfg, last_stage)`` from a run on this machine that
-    holds it: the row's own run, or ``measured_by`` (the run a committed result names, e.g. the full
-    pipeline run whose file the row was read from), each only while that run's stage is current for
-    ``cfg``'s config and seed (:func:`~align3gr_kit.stages.contract.is_current`); None otherwise."""
+def local_run(cfg: RunConfig, last_stage: str, measured_by: str | None = None) -> RunConfig | None:
+    """The run on this machine that holds the row ``(cfg, last_stage)``: the row's own run, or
+    ``measured_by`` (the run a committed result names, e.g. the full pipeline run whose file the row
+    was read from), each only while that run's stage is current for ``cfg``'s config and seed
+    (:func:`~align3gr_kit.stages.contract.is_current`); None otherwise."""
     stage = get_stage(last_stage)
     names = [cfg.run_name] + ([measured_by] if measured_by and measured_by != cfg.run_name else [])
     for name in names:
         run = cfg.override({"run_name": name})
         if is_current(run, stage):
-            return final_target_ranks(run, last_stage)
+            return run
     return None
+
+
+def local_ranks(cfg: RunConfig, last_stage: str, measured_by: str | None = None) -> list[int] | None:
+    """The per-user test target ranks of the row ``(cfg, last_stage)`` from the run on this machine
+    that holds it (:func:`local_run`); None when there is none."""
+    run = local_run(cfg, last_stage, measured_by)
+    return None if run is None else final_target_ranks(run, last_stage)
 
 
 def results_table(results: list[RungResult], split: str = "test") -> pd.DataFrame:

@@ -199,7 +199,8 @@ def _from_pipeline_file(doc: dict[str, Any], last_stage: str) -> tuple[dict[str,
 def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | None:
     """The committed result of the row ``(cfg, last_stage)`` in ``folder``, or None.
 
-    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "run", "ranks", "machine"}``,
+    Returns ``{"metrics": {"valid": {...}, "test": {...}}, "seconds", "source", "run", "ranks", "machine"}``
+    (and ``ran``, what its training stages did, for a row file),
     ``source`` naming the file (and the run, commit and date that measured it), ``run`` the name of
     that run, ``ranks`` the per-user test target ranks when the row (or the pipeline file) kept them
     (else None), ``machine`` where it ran (None if unrecorded).
@@ -209,7 +210,7 @@ def find_row(folder: Path, cfg: RunConfig, last_stage: str) -> dict[str, Any] | 
     if path is not None:
         rec = read_json(path)
         return {"metrics": rec["metrics"], "seconds": rec.get("seconds", 0.0), "ranks": kept_ranks(rec),
-                "machine": rec.get("machine"), "run": rec.get("run"),
+                "machine": rec.get("machine"), "run": rec.get("run"), "ran": rec.get("ran") or {},
                 "source": f"{project_relative(path)} (run {rec.get('run')}, commit "
                           f"{(rec.get('commit') or 'unknown')[:7]}, {_minutes(rec.get('date'))})"}
     fp = config_fingerprint(cfg)

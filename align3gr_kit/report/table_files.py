@@ -113,6 +113,7 @@ def table_markdown(doc: dict[str, Any]) -> str:
                       "deviation in size (the same one-spread rule), with how many seeds went up; in the JSON, "
                       "`<metric> paired sd/up/p` (p: two-sided one-sample t-test of the differences)."]
     lines += ["", "Rows: " + "; ".join(f"**{r['method']}**: {r['note']}" for r in doc["rows"]) + "."]
+    lines += dpo_training_lines(doc)
     reading = table_reading(doc, paired)
     if reading:
         lines += ["", "Reading beside the paper (written from the numbers above):", ""] + [f"- {x}" for x in reading]
@@ -126,6 +127,47 @@ def table_markdown(doc: dict[str, Any]) -> str:
     if doc["failed"]:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in doc["failed"])]
     return "\n".join(lines) + "\n"
+
+
+def _num(value: Any, fmt: str = ".2f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def dpo_training_lines(doc: dict[str, Any]) -> list[str]:
+    """What each row's last DPO stage did (the rows' ``dpo``, :func:`align3gr_kit.report.tables.row_training`),
+    as a second table: rounds, prompts, optimiser steps, examples, rejected per example (Softmax-DPO's
+    effective N), the chosen-minus-rejected margin before (reference) and after (policy), the share of
+    pairs whose margin rose, and the training oracle's kappa with the judge; means over seeds. Empty
+    for tables without DPO rows (and files written before rows kept it)."""
+    rows = [r for r in doc["rows"] if r.get("dpo")]
+    if not rows:
+        return []
+    lines = ["", "What each row's last DPO stage trained (mean over seeds; margins are log-probability ratios "
+                 "to the reference times beta, before = the reference's, after = the trained policy's):", "",
+             "| variant | stage | rounds | prompts | steps | examples | rejected / example | margin before | "
+             "margin after | margins up | oracle-judge kappa |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["dpo"]
+        lines.append(f"| {r['method']} | {d['stage']} ({', '.join(d.get('round_names', []))}) | {_num(d.get('rounds'), 'g')} "
+                     f"| {_num(d.get('prompts'), 'g')} | {_num(d.get('steps'), 'g')} | {_num(d.get('n_examples'), 'g')} "
+                     f"| {_num(d.get('mean_rejected'))} | {_num(d.get('margin_before'), '+.3f')} "
+                     f"| {_num(d.get('margin_after'), '+.3f')} | {_num(d.get('margin_up_share'))} "
+                     f"| {_num(d.get('judge_kappa'))} |")
+    return lines
+
+
+def choice_line(doc: dict[str, Any]) -> str | None:
+    """For a hyperparameter table (``choose_on_valid``): the row with the best mean validation
+    Recall@10 and, only then, its test Recall@10; None for other tables or rows without validation means."""
+    spec = TABLES.get(doc["table"])
+    rows = [r for r in doc["rows"] if r.get("valid recall@10") is not None]
+    if spec is None or not spec.choose_on_valid or not rows:
+        return None
+    best = max(rows, key=lambda r: (r["valid recall@10"], r.get("valid ndcg@10") or 0.0))
+    others = ", ".join(f"{r['method']} {r['valid recall@10']:.4f}" for r in rows if r is not best)
+    return (f"Chosen on validation: **{best['method']}** (validation Recall@10 {best['valid recall@10']:.4f}; "
+            f"the others {others}); its test Recall@10 is {_cell(best.get('recall@10'), best.get('recall@10 sd'))}.")
 
 
 def machines_lines(doc: dict[str, Any]) -> list[str]:
@@ -209,6 +251,8 @@ def table_reading(doc: dict[str, Any], paired_steps: dict[tuple[str, str], dict]
                      + (f" Paired by seed: {ours_seed} of {n_seed} the paper's way beyond the spread, "
                         f"{seed_tally['against the paper']} against it, {seed_tally['within the spread']} within the "
                         "spread." if n_seed else ""))
+    if (choice := choice_line(doc)) is not None:
+        lines.insert(0, choice)
     spec = TABLES.get(doc["table"])
     by = {r["method"]: r for r in doc["rows"]}
     calls = {"gain": "beyond the spread", "loss": "beyond the spread", "within spread": "within the spread",

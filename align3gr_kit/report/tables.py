@@ -22,12 +22,51 @@ import pandas as pd
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report import benchmark
-from align3gr_kit.report.ablation import results_table, run_rungs
+from align3gr_kit.report.ablation import DPO_STAGES, RungResult, results_table, run_rungs
 from align3gr_kit.report.ledger import config_fingerprint, dataset_label, json_record, project_relative, tables_dir
 from align3gr_kit.report.specs import TABLES, config_diff, report_overrides, row_budget, table_rungs
 from align3gr_kit.report.statistics import paired_verdicts, seed_paired_verdicts, summarise, verdicts, with_ratios
 from align3gr_kit.report.table_files import write_table
 from align3gr_kit.utils import git_commit, machine_info
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def dpo_summary(rounds: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One seed's DPO stage in a few numbers: its rounds, prompts, steps and examples summed over the
+    rounds, and the rounds' mean rejected per example, margins before/after, share of margins up and
+    oracle-judge kappa (means over the rounds that recorded them)."""
+    def values(key: str) -> list[float]:
+        return [r[key] for r in rounds.values() if r.get(key) is not None]
+
+    out: dict[str, Any] = {"rounds": len(rounds)}
+    out.update({k: sum(values(k)) for k in ("prompts", "steps", "n_examples")})
+    out.update({k: _mean(values(k)) for k in ("mean_rejected", "margin_before", "margin_after", "margin_up_share",
+                                              "judge_kappa")})
+    return out
+
+
+def row_training(results: list[RungResult], label: str, stages: tuple[str, ...]) -> dict[str, Any]:
+    """What row ``label`` trained and how it did on validation, over its seeds: ``dpo`` = the mean over
+    seeds of :func:`dpo_summary` of the row's last DPO stage (with that stage's ``stage`` name and its
+    round names; absent for a row without a DPO stage or whose runs recorded no rounds), and ``valid
+    <metric>`` = the validation means (what a hyperparameter is chosen on, e.g. the ``dpo-beta`` table)."""
+    runs = [r for r in results if r.label == label and not r.error]
+    out: dict[str, Any] = {}
+    for k in ("recall@10", "ndcg@10"):
+        vals = [r.metrics["valid"][k] for r in runs if r.metrics.get("valid", {}).get(k) is not None]
+        if vals:
+            out[f"valid {k}"] = _mean(vals)
+    stage = next((s for s in reversed(stages) if s in DPO_STAGES), None)
+    per_seed = [dpo_summary(r.ran[stage]["rounds"]) for r in runs if stage and r.ran.get(stage, {}).get("rounds")]
+    if per_seed:
+        keys = [k for k in per_seed[0] if all(p.get(k) is not None for p in per_seed)]
+        names = list(next(r.ran[stage]["rounds"] for r in runs if r.ran.get(stage, {}).get("rounds")))
+        out["dpo"] = {"stage": stage, "seeds": len(per_seed), "round_names": names,
+                      **{k: _mean([p[k] for p in per_seed]) for k in keys}}
+    return out
 
 
 def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], upto: str | None = None,
@@ -84,7 +123,7 @@ def run_table(base: RunConfig, config_path: str, name: str, seeds: list[int], up
         rung = next((r for r in rungs if r.label == label), None)
         if rung:
             extra = {"overrides": rung.overrides, "last_stage": rung.last_stage, "note": notes[label],
-                     "budget": budgets[label]}
+                     "budget": budgets[label], **row_training(results, rung.label, rung.stages)}
         else:  # a classic baseline (Popularity counts; SASRec trains with tokenizer.sasrec)
             extra = {"overrides": {}, "last_stage": "baseline",
                      "budget": {"tokenizer.sasrec": dataclasses.asdict(base.tokenizer.sasrec)} if label == "SASRec" else {},
