@@ -10,6 +10,13 @@
 # Environment: CONFIG (default configs/gpu-smollm2.yaml), RUN_NAME (default: the config's run_name),
 # VENV (default .venv-gpu), PYTHON (the interpreter that makes the venv; default python3),
 # RESUME=1 (pass --resume: skip finished stages; a benchmark leaves it off).
+# TABLES="dpo token sft ..." (default none): afterwards re-measure these ml-100k tables on the GPU with
+# `ablate --table T --seeds $SEEDS` (SEEDS default 3) under the same config, each written to
+# reports/tables/ml-100k/T.{json,md,html} and its rows/ (commit them; `python -m align3gr_kit report
+# benchmarks` then regenerates BENCHMARKS.md). This is how the ml-100k tables measured on CPU before
+# issue 37 are re-run: never on the 2-core CPU, where a row took an hour at 9% of an epoch. A table's
+# rows reuse the pipeline's stages where their settings match; its time is not estimated (no GPU run
+# has been made yet).
 # Install: the venv sees the base interpreter's packages (--system-site-packages), so a CUDA torch
 # installed there stays in use: pyproject.toml asks only for torch>=2.6,<3. Every other package
 # gets the lock's exact version (requirements/lock-cpu.txt without its CPU torch line). With no
@@ -111,6 +118,12 @@ main() {
     if [[ "${RESUME:-0}" == 1 ]]; then resume=(--resume); fi
     "$PY" -m align3gr_kit run --config "$CONFIG" "${NAME_ARGS[@]}" "${resume[@]}"
     print_results "$((SECONDS - t0))"
+    local table
+    for table in ${TABLES:-}; do
+        local t1=$SECONDS
+        "$PY" -m align3gr_kit ablate --config "$CONFIG" "${NAME_ARGS[@]}" --table "$table" --seeds "${SEEDS:-3}"
+        echo "table $table: $((SECONDS - t1)) s (this script's clock)"
+    done
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -35,13 +35,15 @@ Measured:
 * ``sft.<precision>.profile``: one more step under ``torch.profiler`` (CPU activities; CUDA too on a
   GPU), self time grouped by op: base matmuls (``aten::mm``/``addmm``/``bmm``), LoRA matmuls (an
   ``mm``/``addmm`` with the LoRA rank in a 2-D operand's shape), attention kernels, dtype casts and
-  copies, the trainable-token rows (``index_copy``, the embedding's dense gradient), optimiser ops and
-  the rest; shares of the profiled step (profiler overhead included, so shares, not seconds, matter).
+  copies, dropout masks (LoRA dropout's ``bernoulli_``), the trainable-token rows (``index_copy``, the
+  embedding's dense gradient), optimiser ops and the rest; shares of the profiled step (profiler overhead included, so shares, not seconds, matter).
 
 ``--compare 30,15`` measures instead the SFT step before issue 38 (SmolLM2's default system turn in
 every prompt, logits at every position, all layers) and after it (an empty system turn, label-only
-logits, ``model.keep_layers`` k for each k given), fp32, each on its own backbone and rows, with its
-examples/s over the before variant's and its achieved/limit ratio (:func:`compare_variants`).
+logits, ``model.keep_layers`` k for each k given; ``--after-dropout 0`` adds each k without LoRA
+dropout, whose Bernoulli masks are a large share of a CPU step: the profile's ``dropout masks``),
+fp32, each on its own backbone and rows, with its examples/s over the before variant's and its
+achieved/limit ratio (:func:`compare_variants`).
 
 Run: ``.venv/bin/python bench/roofline.py --steps 2 --out reports/bench/roofline-<machine>.json``;
 ``.venv/bin/python bench/roofline.py --compare 30,15 --batch 8 --steps 2 --out reports/bench/roofline-after-<machine>.json``
@@ -118,34 +120,51 @@ def head_rows(batch: dict) -> int:
     return int(keep.sum()) if keep is not None else int(batch["input_ids"].numel())
 
 
-#: ``--compare`` variants: (label, model.default_system, label-only logits, keep_layers or None = the list given)
-BEFORE = ("before: template system turn, full logits, all layers", True, False, 0)
+def model_dims(model) -> tuple[list[LinearSpec], int, int, int, int]:
+    """``(linears, hidden, vocab, trainable head rows, attention width)``: what the FLOP rule
+    (:func:`align3gr_kit.flops.lora_step_flops`) needs of a LoRA-wrapped backbone."""
+    linears = decoder_linears(model)
+    mcfg = model.config
+    hidden, vocab = mcfg.hidden_size, model.get_output_embeddings().weight.shape[0]
+    attn_dim = mcfg.num_attention_heads * getattr(mcfg, "head_dim", hidden // mcfg.num_attention_heads)
+    return linears, hidden, vocab, len(scid_token_ids(model)), attn_dim
+
+
+#: ``--compare`` variants: (label, model.default_system, label-only logits, keep_layers, LoRA dropout; None = the
+#: config's)
+BEFORE = ("before: template system turn, full logits, all layers", True, False, 0, None)
 
 
 def compare_variants(args, cfg, device) -> dict:
     """The SFT step before and after issue 38 on the same machine, fp32: ``BEFORE`` (SmolLM2's default
-    system turn in every frame, logits at every position, every layer) and, for each ``k`` of
-    ``--compare``, the empty system turn, label-only logits and ``model.keep_layers = k``. Each variant
+    system turn in every frame, logits at every position, every layer, the config's LoRA dropout) and,
+    for each ``k`` of ``--compare``, the empty system turn, label-only logits and ``model.keep_layers = k``
+    (with ``--after-dropout`` d >= 0 also a LoRA dropout of d, each k measured with the config's and
+    with d). Each variant
     gets its own backbone, rows (tokenized with its frame), batches (same seed and batch size), its
     model FLOPs and its fp32 matmul limit on its own shapes. Returns ``{label: {...}}`` with
     ``examples_per_s_over_before`` beside each."""
     ks = [int(k) for k in args.compare.split(",") if k.strip()]
-    variants = [BEFORE] + [(f"after: empty system turn, label-only logits, keep_layers {k}", False, True, k) for k in ks]
+    after = "after: empty system turn, label-only logits, keep_layers {}"
+    variants = [BEFORE]
+    for k in ks:
+        variants.append((after.format(k), False, True, k, None))
+        if args.after_dropout >= 0:
+            variants.append((after.format(k) + f", LoRA dropout {args.after_dropout:g}", False, True, k,
+                             args.after_dropout))
     batch_size = args.batch or cfg.sft.batch_size
     max_length = args.max_length or cfg.sft.max_length
     out = {}
-    for label, default_system, label_only, keep in variants:
-        model_cfg = dataclasses.replace(cfg.model, sa_init=False, default_system=default_system, keep_layers=keep)
+    for label, default_system, label_only, keep, dropout in variants:
+        model_cfg = dataclasses.replace(cfg.model, sa_init=False, default_system=default_system, keep_layers=keep,
+                                        lora_dropout=cfg.model.lora_dropout if dropout is None else dropout)
         rows, base, tok = sft_rows(Path(args.sft_run), model_cfg, max_length, args.seed)
         base.to(device)
         batches = step_batches(rows, batch_size, args.warmup + args.steps, args.seed)
         torch.manual_seed(args.seed)
         model = apply_lora(base, model_cfg)
-        linears = decoder_linears(model)
+        linears, hidden, vocab, n_rows, attn_dim = model_dims(model)
         mcfg = model.config
-        hidden, vocab = mcfg.hidden_size, model.get_output_embeddings().weight.shape[0]
-        n_rows = len(scid_token_ids(model))
-        attn_dim = mcfg.num_attention_heads * getattr(mcfg, "head_dim", hidden // mcfg.num_attention_heads)
         collate = CompletionCollator(int(tok.pad_token_id), logits_to_keep=label_only)
         recs, _ = run_steps(model, batches, collate, "float32", device, cfg.sft.lr, cfg.sft.weight_decay,
                             args.warmup, False)
@@ -164,7 +183,7 @@ def compare_variants(args, cfg, device) -> dict:
             sh["gflops"] = gemm_gflops(tokens, sh["in"], sh["out"], "float32", device, args.gemm_warmup,
                                        args.gemm_repeats)
         limit = sum(sh["flops"] for sh in shapes) / sum(sh["flops"] / sh["gflops"] for sh in shapes)
-        out[label] = {"layers": mcfg.num_hidden_layers, "frame_tokens": sum(len(x) for x in prompt_frame(tok)),
+        out[label] = {"layers": mcfg.num_hidden_layers, "lora_dropout": model_cfg.lora_dropout, "frame_tokens": sum(len(x) for x in prompt_frame(tok)),
                       "steps": n, "step_s": round(secs / n, 3), "real_tokens_per_step": real / n,
                       "head_positions_per_step": head / n, "model_gflops_per_step": round(flops / n / 1e9, 2),
                       "achieved_gflops": round(flops / secs / 1e9, 2), "matmul_limit_gflops": round(limit, 2),
@@ -268,6 +287,8 @@ def op_group(name: str, shapes, rank: int, body_dims: set[int]) -> str:
         return "trainable-token rows"
     if name in ("aten::to", "aten::_to_copy", "aten::copy_"):
         return "dtype casts and copies"
+    if "bernoulli" in name or "dropout" in name:
+        return "dropout masks"
     if name.startswith("aten::_foreach") or "adamw" in name.lower():
         return "optimiser ops"
     return "other ops"
@@ -308,6 +329,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", default="", help="comma-separated keep_layers values: measure only the before/after "
                    "SFT step (fp32; see compare_variants), e.g. 30,15")
+    p.add_argument("--after-dropout", type=float, default=-1.0, help="with --compare: also measure each after "
+                   "variant at this LoRA dropout (e.g. 0: no dropout masks); -1 = only the config's")
     p.add_argument("--out", default="", help="also write the JSON to this file (e.g. reports/bench/roofline-<machine>.json)")
     bench_device.add_device_argument(p)
     args = p.parse_args()
@@ -346,11 +369,8 @@ def main() -> None:
     trainable = trainable_parameters(start)
     collate = CompletionCollator(int(tok.pad_token_id), logits_to_keep=True)  # label-only logits, as SFT runs
 
-    linears = decoder_linears(start)
+    linears, hidden, vocab, n_rows, attn_dim = model_dims(start)  # n_rows: the head rows that train
     mcfg = start.config
-    hidden, vocab = mcfg.hidden_size, start.get_output_embeddings().weight.shape[0]
-    n_rows = len(scid_token_ids(start))  # the head rows that train
-    attn_dim = mcfg.num_attention_heads * getattr(mcfg, "head_dim", hidden // mcfg.num_attention_heads)
     rank = max((s.lora_rank for s in linears), default=0)
     body_dims = {d for s in linears for d in (s.in_features, s.out_features)} | {hidden, vocab}
 

@@ -229,3 +229,64 @@ def test_other_architecture_qwen2(setup, sliding):
     if sliding:
         with pytest.raises(ValueError, match="sliding window"):
             constrained_beam_search(model, ids, mask, trie, tree_attention=True)
+
+
+def shared_prompts(lengths: list[int], prefix: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts that all open with the same ``prefix`` tokens (a chat frame)."""
+    ids, mask = prompts(lengths, seed)
+    head = torch.randint(1, TEXT_VOCAB, (prefix,), generator=torch.Generator().manual_seed(seed + 7))
+    T = ids.shape[1]
+    for b, n in enumerate(lengths):
+        ids[b, T - n:T - n + prefix] = head
+    return ids, mask
+
+
+def test_shared_prefix_is_the_longest_common_opening():
+    ids, mask = shared_prompts([12, 7, 16, 9], prefix=5)
+    from align3gr_kit.decoding.beam import shared_prefix
+
+    # by hand: the longest p with every row's first p real tokens equal (random tails may extend it)
+    rows = [ids[b, mask[b].bool()].tolist() for b in range(4)]
+    p = 0
+    while p < min(map(len, rows)) - 1 and len({tuple(r[:p + 1]) for r in rows}) == 1:
+        p += 1
+    assert shared_prefix(ids, mask) == p >= 5
+    assert shared_prefix(*shared_prompts([6, 6], prefix=6)) == 5  # the last token always stays per prompt
+    assert shared_prefix(ids[:1], mask[:1]) == 0  # one prompt: nothing to share
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_shared_prefix_changes_nothing_but_the_work(setup, attn):
+    """The prompts' common opening run once (issue 38) gives the items and scores of running each prompt
+    whole, and of generate() itself."""
+    model, trie, _, _ = setup
+    ids, mask = shared_prompts([12, 7, 16, 9, 10], prefix=6, seed=3)
+    model.set_attn_implementation(attn)
+    try:
+        shared = constrained_beam_search(model, ids, mask, trie, beam_width=20, share_prefix=True)
+        whole = constrained_beam_search(model, ids, mask, trie, beam_width=20, share_prefix=False)
+        expanded = constrained_beam_search(model, ids, mask, trie, beam_width=20, share_prefix=True,
+                                           tree_attention=False)
+        ref = generate_reference(model, ids, mask, trie, beam_width=20)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for res in (shared, expanded, ref):
+        assert torch.equal(res.items, whole.items)
+        torch.testing.assert_close(res.scores, whole.scores, atol=1e-4, rtol=0)
+
+
+def test_the_shared_prefix_forward_runs_once_for_the_batch(setup, monkeypatch):
+    model, trie, _, _ = setup
+    ids, mask = shared_prompts([12, 7, 16, 9], prefix=6, seed=3)
+    seen = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    constrained_beam_search(model, ids, mask, trie, beam_width=20)
+    p = seen[0][1]
+    assert seen[0][0] == 1 and p >= 6  # the prefix, once
+    assert seen[1] == (4, ids.shape[1] - p)  # then every prompt's remainder

@@ -189,3 +189,24 @@ def test_gpu_scripts_parse_and_stop_without_a_gpu(tmp_path):
     for script in scripts:
         proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1 and "nvidia-smi not found" in proc.stderr, (script.name, proc.stderr)
+
+
+def test_gpu_script_reruns_the_tables_it_is_given_after_the_pipeline(tmp_path):
+    """Issue 37: the ml-100k tables are re-measured on a GPU by bench/gpu_ml100k.sh (TABLES=...), each
+    with `ablate --table T --seeds S` under the script's config, after its pipeline run."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    script = ROOT / "bench" / "gpu_ml100k.sh"
+    body = (f'source "{script}"; check_gpu() {{ :; }}; setup_env() {{ PY={fake}; }}; ensure_data() {{ :; }}; '
+            'print_results() { :; }; main')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TABLES": "dpo token", "SEEDS": "2",
+           "CONFIG": "configs/gpu-smollm2.yaml", "RUN_NAME": "g"}
+    proc = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines() == [
+        "-m align3gr_kit run --config configs/gpu-smollm2.yaml --run-name g",
+        "-m align3gr_kit ablate --config configs/gpu-smollm2.yaml --run-name g --table dpo --seeds 2",
+        "-m align3gr_kit ablate --config configs/gpu-smollm2.yaml --run-name g --table token --seeds 2"]
+    assert proc.stdout.count("s (this script's clock)") == 2

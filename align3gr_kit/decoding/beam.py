@@ -19,6 +19,14 @@ cannot take a custom 4D mask (e.g. flash-attention) and models with sliding-wind
 to the usual layout: the cache is expanded to ``B * beam_width`` rows and reordered with
 ``Cache.reorder_cache``.
 
+Prompts of one batch that open with the same tokens (the chat frame and the template's first words:
+11 tokens of SmolLM2's task-A prompt, about a sixth of it) share them: step 1 runs that prefix once
+(batch 1), repeats its cache to the batch and runs only each prompt's remainder after it
+(:func:`shared_prefix`). The cache then holds ``[prefix | left padding | remainder]`` and the 2D
+attention mask hides the padding, so every real token sees exactly what it saw before; positions
+come from the mask as always. Used when every layer is full attention (a sliding window would count
+the padding inside its window) and the prefix is at least :data:`MIN_SHARED_PREFIX` tokens.
+
 Scores are ``log p(SCID tokens | prompt)``: log-softmax over the full vocabulary, then the
 disallowed tokens are dropped, exactly as ``generate`` scores constrained beams (``log_softmax``
 then ``PrefixConstrainedLogitsProcessor``), so both paths rank the same way and a score can be
@@ -108,6 +116,51 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_wi
         )
 
 
+#: Shortest common prefix worth a forward of its own (below it the batch runs the prompts whole).
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Tokens every left-padded prompt of the batch starts with, at most the shortest prompt's length
+    minus one (each prompt keeps its last token, whose logits start the search)."""
+    lengths = attention_mask.sum(1)
+    shortest = int(lengths.min())
+    if shortest <= 1 or input_ids.shape[0] < 2:
+        return 0
+    starts = input_ids.shape[1] - lengths  # [B] first real position
+    idx = starts[:, None] + torch.arange(shortest - 1, device=input_ids.device)[None]
+    heads = input_ids.gather(1, idx)  # [B, shortest - 1] each prompt's first tokens
+    same = (heads == heads[:1]).all(0).long()
+    return int(same.cumprod(0).sum())
+
+
+def _prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int, extra: dict):
+    """Step 1 of the search: ``(out, attention_mask)`` of the forward over the prompts, the shared
+    ``prefix`` tokens run once (see the module docstring); the returned mask is the one the cache
+    layout needs afterwards (``[prefix ones | the remainder's left-padded mask]``, as wide as before)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    if not prefix:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                    **extra)
+        return out, attention_mask
+    B, T = input_ids.shape
+    starts = T - attention_mask.sum(1)
+    first = int(starts[0])
+    head = model(input_ids=input_ids[:1, first:first + prefix], use_cache=True,
+                 position_ids=torch.arange(prefix, device=input_ids.device)[None], **extra)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(B)
+    # each row's remainder stays where it was, shifted left by `prefix`: [left padding | remainder]
+    cols = torch.arange(T - prefix, device=input_ids.device)[None]
+    real = cols >= starts[:, None]
+    rest_ids = input_ids[:, prefix:].masked_fill(~real, 0)
+    mask = torch.cat([torch.ones(B, prefix, dtype=attention_mask.dtype, device=input_ids.device), real.long()], 1)
+    rest_pos = (prefix + cols - starts[:, None]).masked_fill(~real, 0)
+    out = model(input_ids=rest_ids, attention_mask=mask, position_ids=rest_pos, past_key_values=cache, use_cache=True,
+                **extra)
+    return out, mask
+
+
 def finalize(items: torch.Tensor, scores: torch.Tensor, topk: int | None) -> BeamResult:
     """Sort ``[B, W]`` finished beams by score and cut to ``K = min(topk, most finite beams)`` columns."""
     scores, order = scores.sort(dim=1, descending=True, stable=True)
@@ -132,6 +185,7 @@ def constrained_beam_search(
     tree_attention: bool | None = None,
     precision: str = "float32",
     trace: list[BeamStep] | None = None,
+    share_prefix: bool | None = None,
 ) -> BeamResult:
     """Top items per user by beam search over the item trie (one forward per SCID level).
 
@@ -150,6 +204,8 @@ def constrained_beam_search(
             bf16 autocast where the hardware has bf16 units; scores are accumulated in fp32 either way.
         trace: a list to append one :class:`BeamStep` per level to (the decoding walk of notebook 04);
             ``None`` records nothing and costs nothing.
+        share_prefix: run the prompts' common first tokens once (module docstring); ``None`` = when
+            every layer is full attention and they are at least :data:`MIN_SHARED_PREFIX` tokens.
 
     Returns:
         :class:`BeamResult` with ``items``/``scores`` ``[B, K]``, ``K = min(topk or beam_width,
@@ -179,14 +235,16 @@ def constrained_beam_search(
 
     was_training = model.training
     model.eval()
+    prefix = 0
+    if share_prefix is not False and supported:  # full-attention layers only (see the module docstring)
+        prefix = shared_prefix(input_ids, attention_mask)
+        if share_prefix is None and prefix < MIN_SHARED_PREFIX:
+            prefix = 0
     with autocast(precision, device):
         try:
             # Position ids from the mask (as generate does) so left padding does not shift positions.
-            position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
             extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
-            out = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
-            )
+            out, attention_mask = _prefill(model, input_ids, attention_mask, prefix, extra)
             cache = out.past_key_values
             logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, None, :]  # [B, w=1, V]
             del out
