@@ -9,10 +9,11 @@ Commands:
     train     sft|dpo --config C [--stage sp|rf]       SFT (stage 04) or DPO (05/06); accelerate-ready
     evaluate  --config C --split test                  Recall/NDCG of the run's model
     ablate    --config C [--ladder] [--baselines] [--seeds 3]   the ladder / all baselines in one table
-              --config C --table token|sft|dpo|tsrec|sa-depth|backbone|depth|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR] [--no-reuse]
+              --config C --table token|sft|dpo|dpo-beta|tsrec|sa-depth|backbone|depth|ladder [--seeds 3] [--upto sft|sp|rf] [--out DIR] [--no-reuse]
                                                        a paper's table -> reports/tables/<dataset>/<table>.json|md|html
     report    benchmarks [--check]                     the tables inside reports/BENCHMARKS.md, from reports/tables/
               pipeline --config C                      a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md
+              full-test --config C [--users N]         its SFT and final models on every test user, beside SASRec
     notebooks refresh [--only 00,01]                   re-execute the committed notebooks (smoke config)
               tables                                   the smoke table notebook 07 reads (make test runs it before nbval)
 """
@@ -225,6 +226,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print({"pipeline": str(path), "markdown": str(path.with_suffix(".md"))})
         return 0
 
+    if args.report_cmd == "full-test":
+        from align3gr_kit.report.full_test import run_full_test
+
+        cfg = _load_config(args)
+        try:
+            doc = run_full_test(cfg, args.config, users=args.users)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        _print({"users": doc["users"], "rows": [{k: r.get(k) for k in ("method", "recall@10", "ndcg@10",
+                                                                         "recall@10 / SASRec")} for r in doc["rows"]],
+                "files": doc["files"]})
+        return 0
+
     changed, blocks = update_benchmarks(check=args.check)
     _print({"benchmarks": str(changed["path"]), "tables": blocks, "changed": changed["changed"], "check": args.check})
     if args.check and changed["changed"]:
@@ -327,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = rsub.add_parser("pipeline", help="a finished run's results -> reports/tables/<dataset>/pipeline-<run>.json|md "
                         "(run writes the same into reports/<run>/)")
     _add_config_args(r)
+    r = rsub.add_parser("full-test", help="the run's SFT and final models on every test user, beside SASRec and "
+                        "Popularity on the same users -> reports/tables/<dataset>/full-test-<run>.json|md")
+    _add_config_args(r)
+    r.add_argument("--users", type=int, default=0, help="the first N test users; 0 = all")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("notebooks", help="maintenance of the committed notebooks")
