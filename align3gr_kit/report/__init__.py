@@ -15,5 +15,6 @@ The modules form one line; each imports only modules above it in this list (a te
   reading), ``headline`` (BENCHMARKS.md's first table: the best model of each chain against SASRec),
   ``benchmarks_md`` (BENCHMARKS.md's generated blocks);
 * the commands, on top: ``ablation`` (rungs as papermill runs, through ``stages.runner``),
-  ``benchmark`` (baselines and ladder), ``tables`` (``ablate --table``).
+  ``benchmark`` (baselines and ladder), ``tables`` (``ablate --table``), ``full_test`` (``report
+  full-test``: a run's SFT and final models on every test user).
 """
