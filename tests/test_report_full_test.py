@@ -56,3 +56,17 @@ def test_it_names_the_command_when_the_run_has_no_sft_model(tmp_path):
     cfg = RunConfig.from_yaml(SMOKE, run_name="nothing", runs_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="run it first: python -m align3gr_kit run"):
         full_test.models_to_score(cfg)
+
+
+def test_benchmarks_show_a_full_test_file_as_its_own_block(run, tmp_path):
+    """A committed full-test file gets a BENCHMARKS block of its own (its table and the paired step);
+    the headline, which compares each chain's best model with SASRec, is not drawn from it."""
+    from align3gr_kit.report.benchmarks_md import render
+    from align3gr_kit.report.headline import headline_rows
+
+    doc = run_full_test(run, SMOKE, users=8, out_dir=tmp_path / "tables")
+    key = "synthetic/full-test-smoke-view"
+    out, changed = render("# B\n", {key: doc})
+    assert changed == [key] and f"<!-- table:{key} -->" in out
+    assert "| SFT | 04_sft: its final model |" in out and "Each model against the one before it" in out
+    assert headline_rows({key: doc}) == []

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from align3gr_kit.report.headline import headline_markdown
-from align3gr_kit.report.pipeline_file import PIPELINE
+from align3gr_kit.report.pipeline_file import FULL_TEST, PIPELINE
 from align3gr_kit.report.specs import PAPER_DIRECTION
 from align3gr_kit.report.stage_metrics import paired_reading
 from align3gr_kit.report.statistics import (
@@ -115,6 +115,8 @@ def block_markdown(key: str, doc: dict[str, Any]) -> str:
     head = paragraphs[0]
     if doc["table"] == PIPELINE:
         head += "".join(" " + p for p in paragraphs if p.startswith("Wall time"))
+        reading = [_pipeline_steps(doc)]
+    elif doc["table"] == FULL_TEST:
         reading = [_pipeline_steps(doc)]
     else:
         # the extra comparisons a table asks for (e.g. RF-DPO after SP-DPO), in the same paragraph

@@ -5,7 +5,8 @@ The stages score their models on ``decode.max_eval_users`` test users (150 in th
 user is 0.0067 of Recall@10 and no step of the chain is measurable); this command scores the two
 models the demo is judged by on all of them (or ``--users N``), with no other change to the
 evaluation (same prompts, constrained beam search, judge), and writes
-``reports/tables/<dataset>/full-test-<run>.{json,md}``: one row per model (Recall/NDCG@5/10, the
+``reports/tables/<dataset>/full-test-<run>.{json,md}``
+(:func:`~align3gr_kit.report.pipeline_file.full_test_markdown`): one row per model (Recall/NDCG@5/10, the
 independent judge's liked share, the ratio to SASRec) and the SFT -> final step paired over the same
 users (McNemar's exact test, paired-bootstrap interval; :func:`~align3gr_kit.report.stage_metrics.paired_steps`).
 
@@ -28,15 +29,15 @@ import pandas as pd
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.ledger import METRIC_KEYS, config_fingerprint, dataset_label, json_record, project_relative, tables_dir
+from align3gr_kit.report.pipeline_file import FULL_TEST, full_test_markdown
 from align3gr_kit.report.pipeline_report import baseline_rows
-from align3gr_kit.report.stage_metrics import paired_markdown, paired_steps
+from align3gr_kit.report.stage_metrics import paired_steps
 from align3gr_kit.report.statistics import LIKED, with_ratios
 from align3gr_kit.stages.contract import get_stage, read_manifest, stage_dir
 from align3gr_kit.utils import atomic_path, git_commit, machine_info, read_json, write_json
 
 #: The model stages, in training order; the last finished one is the run's final model.
 MODEL_STAGES = (("04_sft", "SFT"), ("05_sp_dpo", "after SP-DPO"), ("06_rf_dpo", "after RF-DPO"))
-FULL_TEST = "full-test"
 
 
 def models_to_score(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -119,24 +120,3 @@ def run_full_test(cfg: RunConfig, config_path: str, users: int = 0, out_dir: Pat
     with atomic_path(paths["md"]) as tmp:
         Path(tmp).write_text(full_test_markdown(doc))
     return {**doc, "files": {ext: str(p) for ext, p in paths.items()}}
-
-
-def _num(value: Any, fmt: str = ".4f") -> str:
-    return "–" if value is None or (isinstance(value, float) and value != value) else format(value, fmt)
-
-
-def full_test_markdown(doc: dict[str, Any]) -> str:
-    """The ``.md`` of a full-test document: provenance, one row per model, the paired step."""
-    users = f"all {doc['users']:,}" if doc["users"] == doc["all_users"] else f"the first {doc['users']:,} of {doc['all_users']:,}"
-    lines = [f"**Run `{doc['run_name']}` on {users} test users** (`{doc['dataset']}`): `python -m align3gr_kit report "
-             f"full-test --config {doc['config']}`, fingerprint `{doc['fingerprint']}`, seed {doc['seed']}, commit "
-             f"`{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:,.0f} s on {doc['machine']}; "
-             f"liked share by the judge ({doc['judge'] or 'none: this dataset has no judge'}).", "",
-             "| model | source | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | liked@10 | Recall@10 / SASRec | NDCG@10 / SASRec |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
-        lines.append(f"| {r['method']} | {r.get('source', '')} | " + " | ".join(_num(r.get(k)) for k in METRIC_KEYS)
-                     + f" | {_num(r.get(LIKED))} | {_num(r.get('recall@10 / SASRec'), '.2f')}x "
-                     f"| {_num(r.get('ndcg@10 / SASRec'), '.2f')}x |")
-    lines += paired_markdown(doc["paired"], "The final model against the SFT model on the same users")
-    return "\n".join(lines) + "\n"

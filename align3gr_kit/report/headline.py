@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from align3gr_kit.report.pipeline_file import PIPELINE
+from align3gr_kit.report.pipeline_file import FULL_TEST, PIPELINE
 from align3gr_kit.report.specs import RATIO_TO
 
 POPULARITY = "Popularity"
@@ -106,6 +106,8 @@ def headline_rows(tables: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     scored), ``seeds``, ``users``, ``machine``, ``date``, ``command``, ``file``."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for key, doc in sorted(tables.items()):
+        if doc.get("table") == FULL_TEST:  # a run's two models on every user: its own block, not a chain's best
+            continue
         found = _from_pipeline(key, doc) if doc.get("table") == PIPELINE else _from_table(key, doc)
         for rec in found:
             slot = (rec["dataset"], rec["backbone"])

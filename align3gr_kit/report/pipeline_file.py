@@ -150,3 +150,32 @@ def write_pipeline_document(cfg: RunConfig, config_path: str | Path, out_dir: Pa
     with atomic_path(path.with_suffix(".md")) as tmp:
         Path(tmp).write_text(pipeline_markdown(doc))
     return path
+
+
+#: ``table`` of a run's full-test file (``report full-test``, :mod:`align3gr_kit.report.full_test`).
+FULL_TEST = "full-test"
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return "–" if value is None or (isinstance(value, float) and value != value) else format(value, fmt)
+
+
+def _ratio(value: Any) -> str:
+    return _num(value, ".2f") + ("" if _num(value) == "–" else "x")
+
+
+def full_test_markdown(doc: dict[str, Any]) -> str:
+    """The ``.md`` of a full-test document: provenance, one row per model, the paired step."""
+    users = f"all {doc['users']:,}" if doc["users"] == doc["all_users"] else f"the first {doc['users']:,} of {doc['all_users']:,}"
+    lines = [f"**Run `{doc['run_name']}` on {users} test users** (`{doc['dataset']}`): `python -m align3gr_kit report "
+             f"full-test --config {doc['config']}`, fingerprint `{doc['fingerprint']}`, seed {doc['seed']}, commit "
+             f"`{(doc['commit'] or 'unknown')[:7]}`, {doc['date']}, wall {doc['wall_seconds']:,.0f} s on {doc['machine']}; "
+             f"liked share by the judge ({doc['judge'] or 'none: this dataset has no judge'}).", "",
+             "| model | source | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | liked@10 | Recall@10 / SASRec | NDCG@10 / SASRec |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['method']} | {r.get('source', '')} | " + " | ".join(_num(r.get(k)) for k in METRIC_KEYS)
+                     + f" | {_num(r.get('liked_share@10'))} | {_ratio(r.get('recall@10 / SASRec'))} "
+                     f"| {_ratio(r.get('ndcg@10 / SASRec'))} |")
+    lines += paired_markdown(doc["paired"], "The final model against the SFT model on the same users")
+    return "\n".join(lines) + "\n"

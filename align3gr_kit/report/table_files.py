@@ -22,7 +22,7 @@ import pandas as pd
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.ledger import METRIC_KEYS, project_relative, tables_dir
-from align3gr_kit.report.pipeline_file import PIPELINE, pipeline_markdown
+from align3gr_kit.report.pipeline_file import FULL_TEST, PIPELINE, full_test_markdown, pipeline_markdown
 from align3gr_kit.report.specs import PAPER_DIRECTION, RATIO_TO, TABLE_NAMES, TABLES
 from align3gr_kit.report.statistics import (
     LIKED,
@@ -52,10 +52,12 @@ def _ratio(value: Any) -> str:
 def table_markdown(doc: dict[str, Any]) -> str:
     """The markdown of a table document (the ``.md`` file and the BENCHMARKS.md block): a line of
     provenance, the budget, then one row per variant (mean ± sd over seeds, the step against its
-    reference row and its verdict). A run's result file (``table: pipeline``) has its own layout
-    (:func:`align3gr_kit.report.pipeline_file.pipeline_markdown`)."""
+    reference row and its verdict). A run's result file (``table: pipeline``) and its full-test file
+    (``table: full-test``) have their own layouts (:mod:`align3gr_kit.report.pipeline_file`)."""
     if doc["table"] == PIPELINE:
         return pipeline_markdown(doc)
+    if doc["table"] == FULL_TEST:
+        return full_test_markdown(doc)
     seeds = doc["seeds"]
     ratios = any(f"{VERDICT_KEYS[0]} / {RATIO_TO}" in r for r in doc["rows"])
     verdict_keys = judged_keys(doc["rows"])
