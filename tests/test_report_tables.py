@@ -633,6 +633,6 @@ def test_the_beta_table_chooses_on_validation_not_on_test(tmp_path, monkeypatch)
     assert rows["beta 2.0"]["valid recall@10"] == pytest.approx(0.3)
     assert max(rows.values(), key=lambda r: r["recall@10"])["method"] == "beta 0.1"
     md = table_markdown(doc)
-    assert "Chosen on validation: **beta 2.0** (validation Recall@10 0.3000" in md
+    assert "Chosen on validation: **beta 2.0** (validation Recall@10 0.3000" in md and "above the next, 1 seed(s)" in md
     assert "its test Recall@10 is 0.7000" in md
     assert "Chosen on validation" not in table_markdown(run_table(base, SMOKE, "dpo", [0], upto="sp"))

@@ -144,8 +144,9 @@ def dpo_training_lines(doc: dict[str, Any]) -> list[str]:
     rows = [r for r in doc["rows"] if r.get("dpo")]
     if not rows:
         return []
-    lines = ["", "What each row's last DPO stage trained (mean over seeds; margins are log-probability ratios "
-                 "to the reference times beta, before = the reference's, after = the trained policy's):", "",
+    lines = ["", "What each row's last DPO stage trained (mean over seeds; margin = the mean chosen-minus-rejected "
+                 "log-probability over the stage's pairs, before under the reference, after under the trained "
+                 "policy):", "",
              "| variant | stage | rounds | prompts | steps | examples | rejected / example | margin before | "
              "margin after | margins up | oracle-judge kappa |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -166,10 +167,14 @@ def choice_line(doc: dict[str, Any]) -> str | None:
     rows = [r for r in doc["rows"] if r.get("valid recall@10") is not None]
     if spec is None or not spec.choose_on_valid or not rows:
         return None
-    best = max(rows, key=lambda r: (r["valid recall@10"], r.get("valid ndcg@10") or 0.0))
-    others = ", ".join(f"{r['method']} {r['valid recall@10']:.4f}" for r in rows if r is not best)
+    ranked = sorted(rows, key=lambda r: (r["valid recall@10"], r.get("valid ndcg@10") or 0.0), reverse=True)
+    best = ranked[0]
+    others = ", ".join(f"{r['method']} {r['valid recall@10']:.4f}" for r in ranked[1:])
+    gap = best["valid recall@10"] - ranked[1]["valid recall@10"] if len(ranked) > 1 else None
     return (f"Chosen on validation: **{best['method']}** (validation Recall@10 {best['valid recall@10']:.4f}; "
-            f"the others {others}); its test Recall@10 is {_cell(best.get('recall@10'), best.get('recall@10 sd'))}.")
+            f"the others {others}" + (f"; {gap:.4f} above the next, {len(doc['seeds'])} seed(s)" if gap is not None
+                                      else "") + f"); its test Recall@10 is "
+            f"{_cell(best.get('recall@10'), best.get('recall@10 sd'))}.")
 
 
 def machines_lines(doc: dict[str, Any]) -> list[str]:
