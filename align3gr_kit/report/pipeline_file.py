@@ -156,12 +156,13 @@ def write_pipeline_document(cfg: RunConfig, config_path: str | Path, out_dir: Pa
 FULL_TEST = "full-test"
 
 
-def _num(value: Any, fmt: str = ".4f") -> str:
+def fmt_number(value: Any, fmt: str = ".4f") -> str:
+    """``value`` formatted, or a dash when it is missing (None or NaN)."""
     return "–" if value is None or (isinstance(value, float) and value != value) else format(value, fmt)
 
 
 def _ratio(value: Any) -> str:
-    return _num(value, ".2f") + ("" if _num(value) == "–" else "x")
+    return fmt_number(value, ".2f") + ("" if fmt_number(value) == "–" else "x")
 
 
 def full_test_markdown(doc: dict[str, Any]) -> str:
@@ -174,8 +175,8 @@ def full_test_markdown(doc: dict[str, Any]) -> str:
              "| model | source | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | liked@10 | Recall@10 / SASRec | NDCG@10 / SASRec |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        lines.append(f"| {r['method']} | {r.get('source', '')} | " + " | ".join(_num(r.get(k)) for k in METRIC_KEYS)
-                     + f" | {_num(r.get('liked_share@10'))} | {_ratio(r.get('recall@10 / SASRec'))} "
+        lines.append(f"| {r['method']} | {r.get('source', '')} | " + " | ".join(fmt_number(r.get(k)) for k in METRIC_KEYS)
+                     + f" | {fmt_number(r.get('liked_share@10'))} | {_ratio(r.get('recall@10 / SASRec'))} "
                      f"| {_ratio(r.get('ndcg@10 / SASRec'))} |")
     lines += paired_markdown(doc["paired"], "The final model against the SFT model on the same users")
     return "\n".join(lines) + "\n"

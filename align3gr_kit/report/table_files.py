@@ -22,7 +22,7 @@ import pandas as pd
 
 from align3gr_kit.config import RunConfig
 from align3gr_kit.report.ledger import METRIC_KEYS, project_relative, tables_dir
-from align3gr_kit.report.pipeline_file import FULL_TEST, PIPELINE, full_test_markdown, pipeline_markdown
+from align3gr_kit.report.pipeline_file import FULL_TEST, PIPELINE, fmt_number, full_test_markdown, pipeline_markdown
 from align3gr_kit.report.specs import PAPER_DIRECTION, RATIO_TO, TABLE_NAMES, TABLES
 from align3gr_kit.report.statistics import (
     LIKED,
@@ -131,10 +131,6 @@ def table_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _num(value: Any, fmt: str = ".2f") -> str:
-    return "–" if value is None else format(value, fmt)
-
-
 def dpo_training_lines(doc: dict[str, Any]) -> list[str]:
     """What each row's last DPO stage did (the rows' ``dpo``, :func:`align3gr_kit.report.tables.row_training`),
     as a second table: rounds, prompts, optimiser steps, examples, rejected per example (Softmax-DPO's
@@ -152,11 +148,11 @@ def dpo_training_lines(doc: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["dpo"]
-        lines.append(f"| {r['method']} | {d['stage']} ({', '.join(d.get('round_names', []))}) | {_num(d.get('rounds'), 'g')} "
-                     f"| {_num(d.get('prompts'), 'g')} | {_num(d.get('steps'), 'g')} | {_num(d.get('n_examples'), 'g')} "
-                     f"| {_num(d.get('mean_rejected'))} | {_num(d.get('margin_before'), '+.3f')} "
-                     f"| {_num(d.get('margin_after'), '+.3f')} | {_num(d.get('margin_up_share'))} "
-                     f"| {_num(d.get('judge_kappa'))} |")
+        lines.append(f"| {r['method']} | {d['stage']} ({', '.join(d.get('round_names', []))}) | {fmt_number(d.get('rounds'), 'g')} "
+                     f"| {fmt_number(d.get('prompts'), 'g')} | {fmt_number(d.get('steps'), 'g')} | {fmt_number(d.get('n_examples'), 'g')} "
+                     f"| {fmt_number(d.get('mean_rejected'), '.2f')} | {fmt_number(d.get('margin_before'), '+.3f')} "
+                     f"| {fmt_number(d.get('margin_after'), '+.3f')} | {fmt_number(d.get('margin_up_share'), '.2f')} "
+                     f"| {fmt_number(d.get('judge_kappa'), '.2f')} |")
     return lines
 
 
