@@ -1,7 +1,8 @@
 """Figures, tables and the browser of the token-level notebooks (01_tokenize, 02_codebooks).
 
 Everything here reads stage 01's outputs (:class:`align3gr_kit.tokenizer.artifacts.TokenizeArtifacts`)
-so the notebooks stay call sites.
+so the notebooks stay call sites; :func:`dropdown_figure` is shared with the SCID views
+(``tokenizer.views``) and the DPO explorer (``dpo.explorer``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,35 @@ from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
+
+
+# ---------------------------------------------------------------------------------------- shared
+def dropdown_figure(fig: go.Figure, groups: list[list[int]], labels: list[str], titles: list[str],
+                    always: list[int] | None = None, x: float = 0.0, y: float = 1.22,
+                    yanchor: str = "top") -> go.Figure:
+    """Add a dropdown to ``fig`` that shows one group of traces at a time (precomputed, no kernel).
+
+    Args:
+        fig: a figure holding every group's traces.
+        groups: per choice, the indices of its traces in ``fig.data``.
+        labels: per choice, the dropdown's label.
+        titles: per choice, the figure title shown with it.
+        always: trace indices visible whatever the choice (a background).
+    Returns:
+        ``fig``, showing the first choice.
+    """
+    n = len(fig.data)
+    keep = set(always or [])
+    buttons = []
+    for group, label, title in zip(groups, labels, titles):
+        visible = [i in keep or i in group for i in range(n)]
+        buttons.append({"label": label, "method": "update", "args": [{"visible": visible}, {"title.text": title}]})
+    for i, trace in enumerate(fig.data):
+        trace.visible = i in keep or (bool(groups) and i in groups[0])
+    fig.update_layout(title_text=titles[0] if titles else "",
+                      updatemenus=[{"buttons": buttons, "direction": "down", "x": x, "xanchor": "left", "y": y,
+                                    "yanchor": yanchor, "showactive": True}])
+    return fig
 
 
 # ---------------------------------------------------------------------------------------- stage 01

@@ -44,6 +44,7 @@ from align3gr_kit.config import RunConfig
 from align3gr_kit.dpo.artifacts import PAIR_MARGINS, DPOArtifacts
 from align3gr_kit.evaluate import evaluation_prompts, read_recommendations
 from align3gr_kit.utils import read_json
+from align3gr_kit.viz import dropdown_figure
 
 #: DPO stage folder -> the label prefix of its sub-stages.
 DPO_LABELS = {"05_sp_dpo": "SP-DPO", "06_rf_dpo": "RF-DPO"}
@@ -355,14 +356,10 @@ def overlap_table(cur: Curriculum, k: int = 10) -> pd.DataFrame:
 # ---- figures (a dropdown over the precomputed users: interactive in a static HTML report) -----------
 
 
-def _dropdown(labels: list[str], traces_per_user: int, titles: list[str]) -> list[dict]:
-    n = len(labels) * traces_per_user
-    buttons = []
-    for k, (label, title) in enumerate(zip(labels, titles)):
-        visible = [k * traces_per_user <= t < (k + 1) * traces_per_user for t in range(n)]
-        buttons.append({"label": label, "method": "update", "args": [{"visible": visible}, {"title.text": title}]})
-    return [{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left", "y": 1.02, "yanchor": "bottom",
-             "showactive": True}]
+def _per_user_dropdown(fig: go.Figure, cur: Curriculum, titles: list[str], traces_per_user: int) -> go.Figure:
+    """A dropdown over ``cur.users``, each user owning ``traces_per_user`` consecutive traces of ``fig``."""
+    groups = [list(range(n * traces_per_user, (n + 1) * traces_per_user)) for n in range(len(cur.users))]
+    return dropdown_figure(fig, groups, [f"user {u}" for u in cur.users], titles, y=1.02, yanchor="bottom")
 
 
 def _user_title(cur: Curriculum, u: int) -> str:
@@ -376,10 +373,10 @@ def top10_figure(cur: Curriculum) -> go.Figure:
     (green: the test target, pink: graded liked by the judge)."""
     fig = make_subplots(rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "table"}]], row_heights=[0.35, 0.65],
                         vertical_spacing=0.03)
-    for n, u in enumerate(cur.users):
+    for u in cur.users:
         who = user_table(cur, u)
         fig.add_trace(go.Table(header={"values": ["", "value"]}, columnwidth=[1, 6],
-                               cells={"values": [who.field, who.value], "align": "left"}, visible=n == 0), row=1, col=1)
+                               cells={"values": [who.field, who.value], "align": "left"}), row=1, col=1)
         d = cur.top[cur.top.user_id == u]
         values, fills = [list(range(1, 11))], [["white"] * 10]
         for m in cur.models:
@@ -387,12 +384,11 @@ def top10_figure(cur: Curriculum) -> go.Figure:
             values.append([f"{_cut(t, 30)} {s}" if isinstance(t, str) else "" for t, s in zip(dm.title, dm.scid)])
             fills.append([HIT if h is True else LIKED if lk is True else "white" for h, lk in zip(dm.hit, dm.liked)])
         fig.add_trace(go.Table(header={"values": ["rank"] + cur.models}, columnwidth=[0.4] + [2] * len(cur.models),
-                               cells={"values": values, "fill_color": fills, "align": "left", "font": {"size": 10}},
-                               visible=n == 0), row=2, col=1)
-    titles = [_user_title(cur, u) for u in cur.users]
-    fig.update_layout(title={"text": titles[0] if titles else "no DPO user"}, height=760, margin={"t": 110},
-                      updatemenus=_dropdown([f"user {u}" for u in cur.users], 2, titles))
-    return fig
+                               cells={"values": values, "fill_color": fills, "align": "left", "font": {"size": 10}}),
+                      row=2, col=1)
+    titles = [_user_title(cur, u) for u in cur.users] or ["no DPO user"]
+    fig.update_layout(height=760, margin={"t": 110})
+    return _per_user_dropdown(fig, cur, titles, traces_per_user=2)
 
 
 def pairs_figure(cur: Curriculum, dataset, item_scids) -> go.Figure:
@@ -400,7 +396,7 @@ def pairs_figure(cur: Curriculum, dataset, item_scids) -> go.Figure:
     grade) and each pair's margin under the sub-stage's reference (before) and policy (after)."""
     fig = go.Figure()
     cols = ["model", "example", "chosen_item", "rejected_item", "detail", "margin_before", "margin_after", "change"]
-    for n, u in enumerate(cur.users):
+    for u in cur.users:
         d = pairs_table(cur, u, dataset, item_scids, width=28)
         # the chosen item once per example: the figure is stored in the notebook and the report
         d = d.astype({"example": object})
@@ -409,11 +405,10 @@ def pairs_figure(cur: Curriculum, dataset, item_scids) -> go.Figure:
         fig.add_trace(go.Table(header={"values": ["sub-stage", "ex.", "chosen", "rejected", "difficulty / grade",
                                                   "margin before", "margin after", "change"]},
                                columnwidth=[1.1, 0.4, 2.4, 2.4, 1.1, 0.8, 0.8, 0.7],
-                               cells={"values": vals, "align": "left", "font": {"size": 10}}, visible=n == 0))
+                               cells={"values": vals, "align": "left", "font": {"size": 10}}))
     titles = [f"{_user_title(cur, u)} · {int((cur.pairs.user_id == u).sum())} pairs" for u in cur.users]
-    fig.update_layout(title={"text": titles[0] if titles else "no DPO user"}, height=560, margin={"t": 110},
-                      updatemenus=_dropdown([f"user {u}" for u in cur.users], 1, titles))
-    return fig
+    fig.update_layout(height=560, margin={"t": 110})
+    return _per_user_dropdown(fig, cur, titles or ["no DPO user"], traces_per_user=1)
 
 
 def margins_figure(cur: Curriculum) -> go.Figure:

@@ -20,36 +20,10 @@ from align3gr_kit.data.schema import RecDataset
 from align3gr_kit.data.split import Split
 from align3gr_kit.scid import ScidTable
 from align3gr_kit.tokenizer.artifacts import TokenizeArtifacts
+from align3gr_kit.viz import dropdown_figure
 
 
 # ------------------------------------------------------------------------------ shared figure parts
-def dropdown_figure(fig: go.Figure, groups: list[list[int]], labels: list[str], titles: list[str],
-                    always: list[int] | None = None, x: float = 0.0, y: float = 1.22) -> go.Figure:
-    """Add a dropdown to ``fig`` that shows one group of traces at a time (precomputed, no kernel).
-
-    Args:
-        fig: a figure holding every group's traces.
-        groups: per choice, the indices of its traces in ``fig.data``.
-        labels: per choice, the dropdown's label.
-        titles: per choice, the figure title shown with it.
-        always: trace indices visible whatever the choice (a background).
-    Returns:
-        ``fig``, showing the first choice.
-    """
-    n = len(fig.data)
-    keep = set(always or [])
-    buttons = []
-    for group, label, title in zip(groups, labels, titles):
-        visible = [i in keep or i in group for i in range(n)]
-        buttons.append({"label": label, "method": "update", "args": [{"visible": visible}, {"title.text": title}]})
-    for i, trace in enumerate(fig.data):
-        trace.visible = i in keep or (bool(groups) and i in groups[0])
-    fig.update_layout(title_text=titles[0] if titles else "",
-                      updatemenus=[{"buttons": buttons, "direction": "down", "x": x, "xanchor": "left", "y": y,
-                                    "yanchor": "top", "showactive": True}])
-    return fig
-
-
 def _table_trace(df: pd.DataFrame, **kw) -> go.Table:
     """A plotly table of ``df`` (all cells as text)."""
     return go.Table(header={"values": list(df.columns), "align": "left"},
